@@ -1,0 +1,1 @@
+"""Configuration shared by the ingress and the stream processor."""

@@ -1,0 +1,95 @@
+"""The one place that reads the environment.
+
+Every other module receives a `Settings` value. Names and defaults are documented in the
+README's configuration table; the contract (`CONTRACT.md`) fixes the first eight.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+
+class SettingsError(ValueError):
+    """An environment variable holds a value that cannot be used."""
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    # --- fixed by the contract ---
+    kafka_bootstrap_servers: str = "localhost:9092"
+    webhook_tokens: tuple[str, ...] = ()
+    provider_tz: str = "Asia/Kolkata"
+    call_idle_timeout_s: float = 900.0
+    hangup_grace_s: float = 10.0
+    short_abandon_s: float = 5.0
+    agent_window_s: int = 3600
+    topic_prefix: str = ""
+    # --- our own ---
+    connected_idle_timeout_s: float = 14400.0
+    closed_call_retention_s: float = 86400.0
+    metrics_grace_s: float = 300.0
+    metrics_interim_interval_s: float = 5.0
+    service_level_s: float = 20.0
+    topic_partitions: int = 6
+    topic_replication: int = 1
+    max_body_bytes: int = 16384
+    produce_timeout_s: float = 5.0
+    worker_store: str = "rocksdb://"
+    worker_data_dir: str = "./var/worker"
+    worker_web_port: int = 6066
+    log_level: str = "INFO"
+
+    @property
+    def tz(self) -> ZoneInfo:
+        return ZoneInfo(self.provider_tz)
+
+    def topic(self, base: str) -> str:
+        """Full topic name: every topic gets `TOPIC_PREFIX` in front."""
+        return f"{self.topic_prefix}{base}"
+
+
+# field name -> environment variable (the field name upper-cased, except where noted)
+_ENV_NAMES = {f.name: f.name.upper() for f in fields(Settings)}
+
+
+def _parse(name: str, raw: str, default: object) -> object:
+    raw = raw.strip()
+    if isinstance(default, tuple):
+        return tuple(t.strip() for t in raw.split(",") if t.strip())
+    if isinstance(default, bool):
+        return raw.lower() in {"1", "true", "yes", "on"}
+    try:
+        if isinstance(default, int):
+            value: object = int(raw)
+        elif isinstance(default, float):
+            value = float(raw)
+        else:
+            return raw
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not a number") from None
+    if value < 0:  # type: ignore[operator]
+        raise SettingsError(f"{name}={raw!r} must not be negative")
+    return value
+
+
+def load(environ: Mapping[str, str] | None = None) -> Settings:
+    """Read settings from `environ` (the process environment by default)."""
+    env = os.environ if environ is None else environ
+    defaults = Settings()
+    values: dict[str, object] = {}
+    for field_name, env_name in _ENV_NAMES.items():
+        if env_name in env and env[env_name].strip() != "":
+            values[field_name] = _parse(env_name, env[env_name], getattr(defaults, field_name))
+    settings = Settings(**values)  # type: ignore[arg-type]
+    try:
+        ZoneInfo(settings.provider_tz)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise SettingsError(f"PROVIDER_TZ={settings.provider_tz!r} is not an IANA time zone") from None
+    if settings.agent_window_s <= 0:
+        raise SettingsError("AGENT_WINDOW_S must be positive")
+    if settings.topic_partitions <= 0 or settings.topic_replication <= 0:
+        raise SettingsError("TOPIC_PARTITIONS and TOPIC_REPLICATION must be positive")
+    return settings

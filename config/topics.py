@@ -1,0 +1,71 @@
+"""The topic catalogue: names from the contract, and how each topic is created."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+from config.settings import Settings
+
+EVENTS = "ivr.events"
+EVENTS_INVALID = "ivr.events.invalid"
+CALLS_COMPLETED = "ivr.calls.completed"
+ALERTS_MISSED = "ivr.alerts.missed"
+METRICS_AGENTS = "ivr.metrics.agents"
+METRICS_APPS = "ivr.metrics.apps"
+# internal: closed calls' missed-call facts, re-keyed by app:cli for repeat counting
+MISSED_BY_CALLER = "ivr.internal.missed-by-caller"
+# internal: closed calls' attempts and call facts, re-keyed by app:agent / app for the metrics
+ATTEMPTS_BY_AGENT = "ivr.internal.attempts-by-agent"
+CALLS_BY_APP = "ivr.internal.calls-by-app"
+
+WEEK_MS = 7 * 24 * 3600 * 1000
+
+
+@dataclass(frozen=True, slots=True)
+class TopicSpec:
+    base: str
+    config: tuple[tuple[str, str], ...] = ()
+
+
+# Every topic the project writes. The latest revision of a call, an agent window or an app
+# window replaces the earlier ones, so those topics are compacted.
+CATALOGUE: tuple[TopicSpec, ...] = (
+    TopicSpec(EVENTS, (("retention.ms", str(WEEK_MS)),)),
+    TopicSpec(EVENTS_INVALID, (("retention.ms", str(4 * WEEK_MS)),)),
+    TopicSpec(CALLS_COMPLETED, (("cleanup.policy", "compact"),)),
+    TopicSpec(ALERTS_MISSED, (("retention.ms", str(WEEK_MS)),)),
+    TopicSpec(METRICS_AGENTS, (("cleanup.policy", "compact"),)),
+    TopicSpec(METRICS_APPS, (("cleanup.policy", "compact"),)),
+    TopicSpec(MISSED_BY_CALLER, (("retention.ms", str(WEEK_MS)),)),
+    TopicSpec(ATTEMPTS_BY_AGENT, (("retention.ms", str(WEEK_MS)),)),
+    TopicSpec(CALLS_BY_APP, (("retention.ms", str(WEEK_MS)),)),
+)
+
+
+async def ensure_topics(settings: Settings, bases: tuple[str, ...] | None = None) -> None:
+    """Create the project's topics if they do not exist yet (idempotent)."""
+    from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+    from aiokafka.errors import TopicAlreadyExistsError
+
+    wanted = [s for s in CATALOGUE if bases is None or s.base in bases]
+    min_isr = "2" if settings.topic_replication >= 3 else "1"
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        new = [
+            NewTopic(
+                name=settings.topic(s.base),
+                num_partitions=settings.topic_partitions,
+                replication_factor=settings.topic_replication,
+                topic_configs={"min.insync.replicas": min_isr, **dict(s.config)},
+            )
+            for s in wanted
+            if settings.topic(s.base) not in existing
+        ]
+        if new:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process created them first
+                await admin.create_topics(new)
+    finally:
+        await admin.close()

@@ -1,0 +1,1 @@
+"""The webhook ingress: provider webhooks in, durable Kafka records out."""

@@ -1,0 +1,211 @@
+"""The Starlette ingress: `uvicorn ingress.app:app`.
+
+POST/GET /webhooks/ivr -> validate -> ivr.events (or ivr.events.invalid) with acks=all -> 202.
+Status codes and bodies follow section 2 of the contract.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import orjson
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from config import settings as settings_module
+from config import topics
+from config.settings import Settings
+from ingress import body as bodies
+from ingress.auth import TokenCheck
+from ingress.logfilter import install_redaction
+from ingress.metrics import DEAD_LETTERED, IN_FLIGHT, REGISTRY, REQUESTS, UNAVAILABLE, event_label
+from ingress.writer import KafkaWriter, NotDurable
+from schemas.codec import dumps
+from schemas.records import FieldError, InvalidEvent
+from schemas.timefmt import format_ts
+from schemas.webhook import InvalidWebhook, normalise
+
+log = logging.getLogger("ingress")
+TOKEN_HEADER = "x-webhook-token"
+RETRY_AFTER_S = "5"
+
+
+def _json(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status, headers=headers, media_type="application/json")
+
+
+def _errors(errors: list[FieldError]) -> list[dict[str, str]]:
+    return [{"field": e.field, "reason": e.reason} for e in errors]
+
+
+def _redacted_query(query: str) -> str:
+    return "&".join(p for p in query.split("&") if p and not p.startswith("token="))
+
+
+class Ingress:
+    """The handlers, holding the settings, the token check and the writer."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.tokens = TokenCheck(settings.webhook_tokens)
+        self.writer = KafkaWriter(settings.kafka_bootstrap_servers, settings.produce_timeout_s)
+        self.events_topic = settings.topic(topics.EVENTS)
+        self.invalid_topic = settings.topic(topics.EVENTS_INVALID)
+        self.tz = settings.tz
+        self._warned_no_tokens = 0.0
+
+    @asynccontextmanager
+    async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
+        install_redaction()
+        if not self.tokens.configured:
+            log.error("WEBHOOK_TOKENS is empty: every webhook will be refused with 401 until it is set")
+        try:
+            await topics.ensure_topics(self.settings, (topics.EVENTS, topics.EVENTS_INVALID))
+        except Exception as e:  # the broker may be down at start: the writer keeps trying
+            log.warning("could not ensure topics at start (%s); continuing", type(e).__name__)
+        await self.writer.start()
+        try:
+            yield
+        finally:
+            await self.writer.stop()
+
+    async def webhook(self, request: Request) -> Response:
+        IN_FLIGHT.inc()
+        label = "unknown"
+        try:
+            response, label = await self._webhook(request)
+        finally:
+            IN_FLIGHT.dec()
+        REQUESTS.labels(label, str(response.status_code)).inc()
+        return response
+
+    async def _webhook(self, request: Request) -> tuple[Response, str]:
+        received_at = time.time()
+        query_string = request.scope.get("query_string", b"").decode("latin-1")
+        try:
+            query = bodies.parse_pairs(query_string, "query")
+        except bodies.BadFields:
+            query = {}
+            query_bad = True
+        else:
+            query_bad = False
+        presented = request.headers.get(TOKEN_HEADER) or query.get("token")
+        if not self.tokens.accepts(presented if isinstance(presented, str) else None):
+            if not self.tokens.configured and received_at - self._warned_no_tokens > 60:
+                self._warned_no_tokens = received_at
+                log.error("refused a webhook: WEBHOOK_TOKENS is not set, so no token is accepted")
+            reason = "missing token" if not presented else "invalid token"
+            return _json(401, {"error": "unauthorized", "detail": reason}), "unknown"
+        query.pop("token", None)
+
+        body = b""
+        kind = ""
+        try:
+            if request.method == "POST":
+                body = await bodies.read_body(request, self.settings.max_body_bytes)
+                kind = bodies.media_type(request)
+                if kind not in (bodies.FORM, bodies.JSON):
+                    raise bodies.UnsupportedMediaType
+            if query_bad:
+                raise bodies.BadFields([FieldError("query", "not valid UTF-8 url-encoded data")])
+            fields = bodies.merge(query, bodies.parse_body(kind, body)) if request.method == "POST" else query
+            event = normalise(fields, received_at, self.tz)
+        except bodies.BodyTooLarge:
+            limit = self.settings.max_body_bytes
+            return _json(413, {"error": "body_too_large", "detail": f"the limit is {limit} bytes"}), "unknown"
+        except bodies.UnsupportedMediaType:
+            detail = f"use {bodies.FORM} or {bodies.JSON} (got {kind or 'none'!r})"
+            return _json(415, {"error": "unsupported_media_type", "detail": detail}), "unknown"
+        except (bodies.BadFields, InvalidWebhook) as e:
+            label = event_label(locals().get("fields", {}).get("event"))
+            return await self._dead_letter(request, received_at, query_string, body, e.errors), label
+
+        try:
+            await self.writer.write(self.events_topic, event.uniqueid.encode(), dumps(event))
+        except NotDurable as e:
+            UNAVAILABLE.inc()
+            log.warning("webhook not made durable: %s", e)
+            return _unavailable(), event.event
+        return _json(202, {"status": "accepted", "id": event.id}), event.event
+
+    async def _dead_letter(
+        self, request: Request, received_at: float, query_string: str, body: bytes, errors: list[FieldError]
+    ) -> Response:
+        text = body.decode("utf-8", errors="replace")
+        app_field = _guess_app(query_string, text)
+        record = InvalidEvent(
+            app=app_field,
+            received_at=format_ts(received_at),
+            method=request.method,
+            content_type=request.headers.get("content-type", ""),
+            query=_redacted_query(query_string),
+            body=text,
+            body_base64=None if text.encode("utf-8") == body else base64.b64encode(body).decode(),
+            errors=errors,
+        )
+        try:
+            await self.writer.write(self.invalid_topic, None, dumps(record))
+        except NotDurable as e:
+            UNAVAILABLE.inc()
+            log.warning("invalid webhook could not be dead-lettered: %s", e)
+            return _unavailable()
+        DEAD_LETTERED.inc()
+        detail = "; ".join(f"{e.field}: {e.reason}" for e in errors)
+        return _json(422, {"error": "invalid_event", "detail": detail, "errors": _errors(errors)})
+
+    async def healthz(self, request: Request) -> Response:
+        return _json(200, {"status": "alive"})
+
+    async def readyz(self, request: Request) -> Response:
+        if await self.writer.ready():
+            return _json(200, {"status": "ready"})
+        return _json(503, {"status": "not ready", "detail": "cannot reach Kafka"}, {"Retry-After": RETRY_AFTER_S})
+
+    async def metrics(self, request: Request) -> Response:
+        return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+
+
+def _unavailable() -> Response:
+    return _json(
+        503,
+        {"error": "unavailable", "detail": "the event could not be made durable; retry later"},
+        {"Retry-After": RETRY_AFTER_S},
+    )
+
+
+def _guess_app(query_string: str, body: str) -> str:
+    """The `app` of a refused request, for the dead-letter record's key field; empty if unreadable."""
+    for source in (body, query_string):
+        try:
+            data = orjson.loads(source) if source.lstrip().startswith("{") else bodies.parse_pairs(source, "x")
+        except (orjson.JSONDecodeError, bodies.BadFields):
+            continue
+        value = data.get("app") if isinstance(data, dict) else None
+        if isinstance(value, str) and 0 < len(value) <= 64:
+            return value
+    return ""
+
+
+def create_app(settings: Settings | None = None) -> Starlette:
+    ingress = Ingress(settings or settings_module.load())
+    return Starlette(
+        routes=[
+            Route("/webhooks/ivr", ingress.webhook, methods=["GET", "POST"]),
+            Route("/healthz", ingress.healthz, methods=["GET"]),
+            Route("/readyz", ingress.readyz, methods=["GET"]),
+            Route("/metrics", ingress.metrics, methods=["GET"]),
+        ],
+        lifespan=ingress.lifespan,
+    )
+
+
+install_redaction()
+app = create_app()

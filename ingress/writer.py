@@ -1,0 +1,98 @@
+"""Durable writes: acks=all with an idempotent producer, bounded in time.
+
+`write` returns only once the broker acknowledged the record, or raises `NotDurable`; the
+handler then answers 503 so that the provider retries. A record that timed out here may still
+be delivered later by the producer's own retries: the retry then arrives as a duplicate with
+the same event id, which the processor absorbs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from ingress.metrics import PRODUCE_SECONDS
+
+log = logging.getLogger("ingress.writer")
+
+
+class NotDurable(Exception):
+    """The broker did not acknowledge the write in time."""
+
+
+class KafkaWriter:
+    def __init__(self, bootstrap: str, timeout_s: float) -> None:
+        self._bootstrap = bootstrap
+        self._timeout = timeout_s
+        self._producer: AIOKafkaProducer | None = None
+        self._starting: asyncio.Task[None] | None = None
+        self._ready_checked_at = 0.0
+        self._ready = False
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(
+            bootstrap_servers=self._bootstrap,
+            acks="all",
+            enable_idempotence=True,
+            linger_ms=1,
+            request_timeout_ms=max(1000, int(self._timeout * 1000)),
+            retry_backoff_ms=100,
+            client_id="ivr-ingress",
+        )
+
+    async def start(self) -> None:
+        """Start in the background: the ingress serves (and answers 503) while the broker is away."""
+        self._starting = asyncio.create_task(self._start_loop())
+
+    async def _start_loop(self) -> None:
+        delay = 0.2
+        while True:
+            producer = self._new_producer()
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as e:
+                log.warning("Kafka producer could not start (%s); retrying in %.1fs", type(e).__name__, delay)
+                await producer.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._producer = producer
+            log.info("Kafka producer connected to %s", self._bootstrap)
+            return
+
+    async def stop(self) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def write(self, topic: str, key: bytes | None, value: bytes) -> None:
+        producer = self._producer
+        if producer is None:
+            raise NotDurable("the Kafka producer is not connected yet")
+        start = time.perf_counter()
+        try:
+            await asyncio.wait_for(producer.send_and_wait(topic, value, key=key), self._timeout)
+        except (TimeoutError, KafkaError, OSError) as e:
+            raise NotDurable(f"{type(e).__name__}: the broker did not acknowledge the write") from None
+        PRODUCE_SECONDS.labels(topic).observe(time.perf_counter() - start)
+
+    async def ready(self) -> bool:
+        """Whether the producer can write now: connected and the cluster answers a metadata request."""
+        producer = self._producer
+        if producer is None:
+            return False
+        now = time.monotonic()
+        if now - self._ready_checked_at < 1.0:
+            return self._ready
+        try:
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0)
+            self._ready = True
+        except (TimeoutError, KafkaError, OSError):
+            self._ready = False
+        self._ready_checked_at = now
+        return self._ready

@@ -1,0 +1,22 @@
+"""Which record shape each topic carries."""
+
+from __future__ import annotations
+
+from config import topics
+from schemas.records import (
+    AgentWindowMetrics,
+    AppWindowMetrics,
+    CompletedCall,
+    InvalidEvent,
+    IvrEvent,
+    MissedCallAlert,
+)
+
+TOPIC_RECORDS: dict[str, type] = {
+    topics.EVENTS: IvrEvent,
+    topics.EVENTS_INVALID: InvalidEvent,
+    topics.CALLS_COMPLETED: CompletedCall,
+    topics.ALERTS_MISSED: MissedCallAlert,
+    topics.METRICS_AGENTS: AgentWindowMetrics,
+    topics.METRICS_APPS: AppWindowMetrics,
+}

@@ -1,0 +1,15 @@
+"""JSON bytes for topics: orjson, which serialises the record dataclasses natively."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+
+def dumps(record: Any) -> bytes:
+    return orjson.dumps(record)
+
+
+def loads(data: bytes | str) -> Any:
+    return orjson.loads(data)

@@ -1,0 +1,158 @@
+"""Every record the project writes to a topic, one frozen dataclass each.
+
+Field docs double as the JSON Schema descriptions. `v` is the schema version (contract: 1).
+Times are `Timestamp` strings (ISO 8601 UTC, milliseconds); durations are seconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from schemas.types import Count, PositiveCount, Rate, Seconds, Timestamp
+
+EventType = Literal["IN", "TA", "TC", "TE", "H"]
+ProviderResult = Literal["answered", "busy", "congestion", "noanswer"]
+AttemptResult = Literal["answered", "busy", "congestion", "noanswer", "caller_hangup"]
+MissedReason = Literal["abandoned_in_ivr", "no_answer"]
+
+
+def doc(text: str, **kw: Any) -> Any:
+    """A dataclass field with a description for the JSON Schema."""
+    return field(metadata={"doc": text}, **kw)
+
+
+@dataclass(frozen=True, slots=True)
+class IvrEvent:
+    """ivr.events: one accepted webhook event, normalised; keyed by uniqueid."""
+
+    id: str = doc("deterministic event id: the same delivery twice gets the same id")
+    app: str = doc("the provider's app GUID")
+    event: EventType = doc("event type")
+    uniqueid: str = doc("the provider's call id")
+    cli: str = doc("caller number as received; empty when withheld")
+    attemptid: str | None = doc("transfer attempt id (TA, TC, TE)")
+    to: str | None = doc("agent number (TA, TC, TE)")
+    result: ProviderResult | None = doc("TE result, lower-cased")
+    duration: Seconds | None = doc("provider's duration field in seconds (TE: the attempt, H: the call)")
+    time: Timestamp = doc("event time: the provider's `time`, or the receive time when it has none")
+    time_source: Literal["provider", "received"] = doc("where `time` came from")
+    received_at: Timestamp = doc("when the ingress received the webhook")
+    raw: dict[str, Any] = doc("the fields exactly as the provider sent them (token removed)")
+    v: Literal[1] = doc("schema version", default=1)
+
+
+@dataclass(frozen=True, slots=True)
+class FieldError:
+    field: str = doc("the offending field, or `body`")
+    reason: str = doc("why it was refused")
+
+
+@dataclass(frozen=True, slots=True)
+class InvalidEvent:
+    """ivr.events.invalid: an authenticated webhook refused as invalid, kept as received."""
+
+    app: str = doc("the `app` field if one could be read, else empty")
+    received_at: Timestamp = doc("when the ingress received it")
+    method: str = doc("HTTP method")
+    content_type: str = doc("Content-Type header as sent")
+    query: str = doc("query string as sent, with the token removed")
+    body: str = doc("request body as sent (UTF-8; undecodable bytes replaced, see body_base64)")
+    body_base64: str | None = doc("the body base64-encoded when it was not valid UTF-8")
+    errors: list[FieldError] = doc("every reason it was refused")
+    v: Literal[1] = doc("schema version", default=1)
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    attemptid: str = doc("provider's transfer attempt id")
+    to: str = doc("agent number")
+    started_at: Timestamp | None = doc("TA time; null when the TA never arrived")
+    connected_at: Timestamp | None = doc("TC time (or the end of an answered attempt without TC)")
+    ended_at: Timestamp | None = doc("TE time, the hang-up for attempts still open at the end")
+    result: AttemptResult = doc("provider result, or caller_hangup when the caller hung up while it rang")
+    ring_s: Seconds | None = doc("start to connect (answered) or start to end (not answered)")
+
+
+@dataclass(frozen=True, slots=True)
+class CompletedCall:
+    """ivr.calls.completed: one closed call; keyed by uniqueid; a later revision replaces it."""
+
+    uniqueid: str = doc("the provider's call id")
+    app: str = doc("the provider's app GUID")
+    cli: str = doc("caller number; empty when withheld")
+    started_at: Timestamp = doc("IN time (earliest event time when IN never arrived)")
+    ended_at: Timestamp = doc("hang-up time (last event time when closed by timeout)")
+    duration: Seconds = doc("ended_at - started_at")
+    outcome: Literal["answered", "missed"] = doc("answered when any attempt was connected")
+    missed_reason: MissedReason | None = doc("why a missed call was missed; null when answered")
+    answered_by: str | None = doc("agent number of the first connected attempt")
+    wait_s: Seconds = doc("IN to answer, or IN to hang-up when missed")
+    talk_s: Seconds = doc("answer to hang-up; 0 when missed")
+    attempts: list[Attempt] = doc("transfer attempts in order")
+    close_reason: Literal["hangup", "timeout"] = doc("hangup, or timeout when no H arrived in time")
+    revision: PositiveCount = doc("1, 2, ... when late events change a closed call")
+    duplicates: Count = doc("repeated deliveries absorbed")
+    closed_at: Timestamp = doc("when the processor closed the call (wall clock)")
+    v: Literal[1] = doc("schema version", default=1)
+
+
+@dataclass(frozen=True, slots=True)
+class MissedCallAlert:
+    """ivr.alerts.missed: a missed call worth a call-back; keyed by cli."""
+
+    uniqueid: str = doc("the provider's call id")
+    app: str = doc("the provider's app GUID")
+    cli: str = doc("the number to call back; empty when withheld")
+    at: Timestamp = doc("when the call was lost (its end)")
+    missed_reason: MissedReason = doc("abandoned_in_ivr or no_answer")
+    wait_s: Seconds = doc("how long the caller waited")
+    attempts: Count = doc("transfer attempts made")
+    agents_tried: list[str] = doc("distinct agents tried, in order")
+    repeat_count: PositiveCount = doc("missed calls from this cli to this app in the 24 h up to this one, included")
+    v: Literal[1] = doc("schema version", default=1)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentWindowMetrics:
+    """ivr.metrics.agents: one agent, one tumbling window of attempts by start time."""
+
+    app: str = doc("the provider's app GUID")
+    agent: str = doc("agent number")
+    window_start: Timestamp = doc("window start (inclusive)")
+    window_end: Timestamp = doc("window end (exclusive)")
+    offered: Count = doc("attempts that started in the window")
+    answered: Count = doc("attempts connected")
+    noanswer: Count = doc("attempts the agent did not answer")
+    busy: Count = doc("attempts refused busy")
+    congestion: Count = doc("attempts lost to network congestion")
+    caller_hangup: Count = doc("attempts ended because the caller hung up while it rang")
+    answer_rate: Rate | None = doc("answered / offered; null when offered is 0")
+    answer_rate_excl_caller_hangup: Rate | None = doc("answered / (offered - caller_hangup); null on 0")
+    avg_ring_s: Seconds | None = doc("mean start-to-connect of answered attempts; null when none")
+    talk_s: Seconds = doc("total talk time of answered attempts")
+    late_attempts: Count = doc("attempts that arrived after this window's final record (not in the counts)")
+    final: bool = doc("false on interim updates; exactly one true per agent and window")
+    v: Literal[1] = doc("schema version", default=1)
+
+
+@dataclass(frozen=True, slots=True)
+class AppWindowMetrics:
+    """ivr.metrics.apps: one app, one tumbling window of calls by start time."""
+
+    app: str = doc("the provider's app GUID")
+    window_start: Timestamp = doc("window start (inclusive)")
+    window_end: Timestamp = doc("window end (exclusive)")
+    offered: Count = doc("calls that started in the window")
+    answered: Count = doc("calls answered")
+    missed: Count = doc("calls missed (any reason)")
+    abandoned_in_ivr: Count = doc("missed with no transfer attempted")
+    short_abandons: Count = doc("missed calls that waited less than SHORT_ABANDON_S")
+    avg_speed_of_answer_s: Seconds | None = doc("mean IN-to-answer of answered calls; null when none")
+    service_level: Rate | None = doc(
+        "answered within service_level_s / (offered - short_abandons); null when the divisor is 0"
+    )
+    service_level_s: Seconds = doc("the service level threshold in seconds")
+    late_calls: Count = doc("calls that arrived after this window's final record (not in the counts)")
+    final: bool = doc("false on interim updates; exactly one true per app and window")
+    v: Literal[1] = doc("schema version", default=1)

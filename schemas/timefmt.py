@@ -1,0 +1,64 @@
+"""Timestamps: the provider's three formats in, one ISO 8601 UTC format out."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+_MIN_EPOCH = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
+_MAX_EPOCH = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
+
+
+def format_ts(epoch: float) -> str:
+    """Epoch seconds -> `2017-06-22T05:47:18.000Z` (fixed width, so it sorts as text)."""
+    ms = round(epoch * 1000)
+    dt = datetime.fromtimestamp(ms // 1000, UTC)
+    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+
+
+def parse_ts(text: str) -> float:
+    """Our own ISO 8601 UTC format (or any ISO string with offset) -> epoch seconds."""
+    return datetime.fromisoformat(text).timestamp()
+
+
+def parse_provider_time(value: str | int | float, tz: ZoneInfo) -> float:
+    """Provider `time` -> epoch seconds. Raises ValueError with a reason.
+
+    Accepts ISO 8601 with an offset, naive ISO (read in `tz`, e.g. Asia/Kolkata), and epoch
+    seconds or milliseconds (13 digits and up are milliseconds).
+    """
+    if isinstance(value, bool):
+        raise ValueError("must be a timestamp, not a boolean")
+    if isinstance(value, int | float):
+        epoch = float(value)
+    else:
+        text = value.strip()
+        if _is_number(text):
+            epoch = float(text)
+        else:
+            try:
+                dt = datetime.fromisoformat(text)
+            except ValueError:
+                raise ValueError(
+                    "not a timestamp: expected ISO 8601 (with or without offset) or epoch seconds/milliseconds"
+                ) from None
+            if dt.tzinfo is None:
+                dt = dt.replace(tzinfo=tz)
+            epoch = dt.timestamp()
+            return _checked(epoch)
+    if epoch >= 1e11:  # milliseconds: 1e11 s would be the year 5138
+        epoch /= 1000.0
+    return _checked(epoch)
+
+
+def _is_number(text: str) -> bool:
+    if not text or text[0] in "+-":
+        return False
+    head, _, tail = text.partition(".")
+    return head.isdigit() and (tail == "" or tail.isdigit())
+
+
+def _checked(epoch: float) -> float:
+    if not (_MIN_EPOCH <= epoch < _MAX_EPOCH):
+        raise ValueError("out of range: must fall between the years 2000 and 2100")
+    return epoch

@@ -1,0 +1,130 @@
+"""Validate and normalise one provider webhook into an `IvrEvent`.
+
+Pure: no I/O. The ingress calls `normalise` on every authenticated request; the processor reads
+the result. Field names are the provider's: app, event, uniqueid, cli, time, attemptid, to,
+duration, result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections.abc import Mapping
+from typing import Any, cast
+from zoneinfo import ZoneInfo
+
+import orjson
+
+from schemas.records import EventType, FieldError, IvrEvent, ProviderResult
+from schemas.timefmt import format_ts, parse_provider_time
+
+EVENT_TYPES: frozenset[str] = frozenset({"IN", "TA", "TC", "TE", "H"})
+RESULTS: frozenset[str] = frozenset({"answered", "busy", "congestion", "noanswer"})
+ATTEMPT_EVENTS: frozenset[str] = frozenset({"TA", "TC", "TE"})
+MAX_FIELD_CHARS = 256
+# Fields never stored: the token may also arrive inside a body.
+SECRET_FIELDS: frozenset[str] = frozenset({"token"})
+
+
+class InvalidWebhook(ValueError):
+    """The request was authenticated but does not hold a valid event."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.reason}" for e in errors))
+        self.errors = errors
+
+
+def event_id(raw: Mapping[str, Any]) -> str:
+    """Deterministic id of a delivery: a hash of its fields, whatever their order."""
+    canonical = orjson.dumps({k: raw[k] for k in sorted(raw)})
+    return hashlib.blake2b(canonical, digest_size=16).hexdigest()
+
+
+def _text(raw: Mapping[str, Any], name: str, errors: list[FieldError]) -> str | None:
+    """A field as text; None when absent or empty. Numbers are accepted (JSON bodies)."""
+    value = raw.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        errors.append(FieldError(name, "must be a string or a number"))
+        return None
+    text = value.strip() if isinstance(value, str) else repr(value)
+    if text == "":
+        return None
+    if len(text) > MAX_FIELD_CHARS:
+        errors.append(FieldError(name, f"longer than {MAX_FIELD_CHARS} characters"))
+        return None
+    if any(ord(c) < 32 for c in text):
+        errors.append(FieldError(name, "contains control characters"))
+        return None
+    return text
+
+
+def normalise(raw: Mapping[str, Any], received_at: float, tz: ZoneInfo) -> IvrEvent:
+    """Build the normalised event, or raise `InvalidWebhook` naming every bad field."""
+    raw = {k: v for k, v in raw.items() if k not in SECRET_FIELDS}
+    errors: list[FieldError] = []
+    app = _text(raw, "app", errors)
+    event = _text(raw, "event", errors)
+    uniqueid = _text(raw, "uniqueid", errors)
+    cli = _text(raw, "cli", errors) or ""
+    attemptid = _text(raw, "attemptid", errors)
+    to = _text(raw, "to", errors)
+    result = _text(raw, "result", errors)
+    duration_text = _text(raw, "duration", errors)
+    time_text = _text(raw, "time", errors)
+
+    for name, value in (("app", app), ("event", event), ("uniqueid", uniqueid)):
+        if value is None and not any(e.field == name for e in errors):
+            errors.append(FieldError(name, "required"))
+    if event is not None:
+        event = event.upper()
+        if event not in EVENT_TYPES:
+            errors.append(FieldError("event", f"unknown event {event!r}: expected one of IN, TA, TC, TE, H"))
+        elif event in ATTEMPT_EVENTS:
+            for name, value in (("attemptid", attemptid), ("to", to)):
+                if value is None and not any(e.field == name for e in errors):
+                    errors.append(FieldError(name, f"required for {event}"))
+    if event == "TE":
+        if result is None:
+            if not any(e.field == "result" for e in errors):
+                errors.append(FieldError("result", "required for TE"))
+        elif result.lower() not in RESULTS:
+            errors.append(FieldError("result", f"{result!r} is not one of answered, busy, congestion, noanswer"))
+    duration: float | None = None
+    if duration_text is not None:
+        try:
+            duration = float(duration_text)
+        except ValueError:
+            errors.append(FieldError("duration", "must be a number of seconds"))
+        else:
+            if not math.isfinite(duration) or duration < 0:
+                errors.append(FieldError("duration", "must be a finite, non-negative number of seconds"))
+                duration = None
+    event_time: float | None = None
+    if time_text is not None:
+        time_value = raw["time"]
+        try:
+            event_time = parse_provider_time(time_value if not isinstance(time_value, str) else time_text, tz)
+        except ValueError as e:
+            errors.append(FieldError("time", str(e)))
+    if errors:
+        raise InvalidWebhook(errors)
+
+    assert app is not None and uniqueid is not None and event is not None
+    is_attempt = event in ATTEMPT_EVENTS
+    return IvrEvent(
+        id=event_id(raw),
+        app=app,
+        event=cast(EventType, event),
+        uniqueid=uniqueid,
+        cli=cli,
+        attemptid=attemptid if is_attempt else None,
+        to=to if is_attempt else None,
+        result=cast(ProviderResult, result.lower()) if event == "TE" and result else None,
+        duration=duration,
+        time=format_ts(event_time if event_time is not None else received_at),
+        time_source="provider" if event_time is not None else "received",
+        received_at=format_ts(received_at),
+        raw=dict(raw),
+    )

@@ -1,0 +1,118 @@
+"""Helpers for integration tests: processes on loopback and reading topics back."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def new_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}."
+
+
+async def _read(
+    bootstrap: str, topic: str, count: int, timeout: float, isolation: str
+) -> list[tuple[bytes | None, Any]]:
+    from aiokafka import AIOKafkaConsumer
+
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+        isolation_level=isolation,
+        metadata_max_age_ms=1000,
+    )
+    await consumer.start()
+    out: list[tuple[bytes | None, Any]] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and len(out) < count:
+            batches = await consumer.getmany(timeout_ms=200)
+            for records in batches.values():
+                out.extend((r.key, orjson.loads(r.value)) for r in records)
+    finally:
+        await consumer.stop()
+    return out
+
+
+def read_topic(
+    bootstrap: str, topic: str, count: int, timeout: float = 20.0, isolation: str = "read_committed"
+) -> list[tuple[bytes | None, Any]]:
+    """Read a topic from the start until `count` records (or `timeout`): key and decoded JSON value."""
+    return asyncio.run(_read(bootstrap, topic, count, timeout, isolation))
+
+
+def read_all(bootstrap: str, topic: str, settle: float = 2.0) -> list[tuple[bytes | None, Any]]:
+    """Everything on a topic, reading until nothing new arrives for `settle` seconds."""
+    return asyncio.run(_read(bootstrap, topic, 10**9, settle, "read_committed"))
+
+
+class Service:
+    """A project process (ingress or worker) started as a real subprocess."""
+
+    def __init__(self, args: list[str], env: Mapping[str, str], log_path: Path) -> None:
+        self.args = args
+        self.env = {**os.environ, **env}
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> Service:
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                self.args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL, no chance to flush or commit: a crash."""
+        if self.proc is not None and self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self, timeout: float = 20.0) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        os.killpg(self.proc.pid, signal.SIGTERM)
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: Service | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and not proc.alive():
+            raise RuntimeError(f"process died while starting:\n{proc.log()[-3000:]}")
+        try:
+            if httpx.get(url, timeout=1.0).status_code < 500:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not answer in {timeout}s" + (f"\n{proc.log()[-3000:]}" if proc else ""))
+
+
+def python(*args: str) -> list[str]:
+    return [sys.executable, *args]
