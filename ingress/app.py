@@ -22,10 +22,10 @@ from starlette.routing import Route
 
 from config import settings as settings_module
 from config import topics
+from config.logs import install_filters
 from config.settings import Settings
 from ingress import body as bodies
 from ingress.auth import TokenCheck
-from ingress.logfilter import install_redaction
 from ingress.metrics import DEAD_LETTERED, IN_FLIGHT, REGISTRY, REQUESTS, UNAVAILABLE, event_label
 from ingress.writer import KafkaWriter, NotDurable
 from schemas.codec import dumps
@@ -64,7 +64,7 @@ class Ingress:
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        install_redaction()
+        install_filters()
         if not self.tokens.configured:
             log.error("WEBHOOK_TOKENS is empty: every webhook will be refused with 401 until it is set")
         try:
@@ -207,5 +207,5 @@ def create_app(settings: Settings | None = None) -> Starlette:
     )
 
 
-install_redaction()
+install_filters()
 app = create_app()

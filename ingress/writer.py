@@ -13,11 +13,22 @@ import logging
 import time
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
 
 from ingress.metrics import PRODUCE_SECONDS
 
 log = logging.getLogger("ingress.writer")
+
+# After these the idempotent producer's sequence state is broken for good (typically batches that
+# expired during a broker outage leave a gap). aiokafka does not reset the producer id the way the
+# Java client does, so the writer replaces the producer.
+FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
 
 
 class NotDurable(Exception):
@@ -32,6 +43,7 @@ class KafkaWriter:
         self._starting: asyncio.Task[None] | None = None
         self._ready_checked_at = 0.0
         self._ready = False
+        self._background: set[asyncio.Task[None]] = set()
 
     def _new_producer(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(
@@ -64,6 +76,23 @@ class KafkaWriter:
             log.info("Kafka producer connected to %s", self._bootstrap)
             return
 
+    def _reset(self, reason: str) -> None:
+        """Swap in a fresh producer (new producer id); requests meanwhile wait for it, within their bound."""
+        old, self._producer = self._producer, None
+        if old is None:
+            return  # a reset is already under way
+        log.warning("replacing the Kafka producer after %s", reason)
+        self._starting = asyncio.create_task(self._start_loop())
+        task = asyncio.create_task(self._stop_quietly(old))
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def _stop_quietly(self, producer: AIOKafkaProducer) -> None:
+        try:
+            await asyncio.wait_for(producer.stop(), 10)
+        except Exception as e:  # its pending batches already failed their requests with 503
+            log.info("old producer did not stop cleanly: %s", type(e).__name__)
+
     async def stop(self) -> None:
         if self._starting is not None and not self._starting.done():
             self._starting.cancel()
@@ -71,15 +100,22 @@ class KafkaWriter:
             await self._producer.stop()
 
     async def write(self, topic: str, key: bytes | None, value: bytes) -> None:
-        producer = self._producer
-        if producer is None:
-            raise NotDurable("the Kafka producer is not connected yet")
         start = time.perf_counter()
         try:
-            await asyncio.wait_for(producer.send_and_wait(topic, value, key=key), self._timeout)
+            await asyncio.wait_for(self._send(topic, key, value), self._timeout)
+        except FATAL_PRODUCER_ERRORS as e:
+            self._reset(type(e).__name__)
+            raise NotDurable(f"{type(e).__name__}: the producer is being replaced") from None
         except (TimeoutError, KafkaError, OSError) as e:
             raise NotDurable(f"{type(e).__name__}: the broker did not acknowledge the write") from None
         PRODUCE_SECONDS.labels(topic).observe(time.perf_counter() - start)
+
+    async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
+        if self._producer is None and self._starting is not None:
+            await asyncio.shield(self._starting)  # still connecting: wait, within the caller's bound
+        if self._producer is None:
+            raise NotDurable("the Kafka producer is not running")
+        await self._producer.send_and_wait(topic, value, key=key)
 
     async def ready(self) -> bool:
         """Whether the producer can write now: connected and the cluster answers a metadata request."""

@@ -37,7 +37,7 @@ def _scalar(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
         return {"type": "array", "items": _scalar(item, defs)}
     if origin is dict:
         return {"type": "object"}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         defs[tp.__name__] = _object(tp, defs)
         return {"$ref": f"#/$defs/{tp.__name__}"}
     simple = {str: "string", int: "integer", float: "number", bool: "boolean"}

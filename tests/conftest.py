@@ -55,9 +55,28 @@ def start_ingress(env: dict[str, str], log_path: Path) -> tuple[Service, str]:
     return service, base
 
 
+def wait_ready(base: str) -> None:
+    wait_http(f"{base}/readyz", want=200)
+
+
 @pytest.fixture
 def ingress(stack_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     """A running ingress (uvicorn subprocess) on the test's topics; yields its base URL."""
     service, base = start_ingress(stack_env, tmp_path / "ingress.log")
+    wait_ready(base)
+    yield base
+    service.stop()
+
+
+@pytest.fixture(scope="module")
+def ingress_module(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One ingress for a whole module (for tests that send thousands of requests)."""
+    tmp = tmp_path_factory.mktemp("ingress")
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": new_prefix(), "TOPIC_PARTITIONS": "3",
+        "WEBHOOK_TOKENS": TOKEN,
+    }
+    service, base = start_ingress(env, tmp / "ingress.log")
+    wait_ready(base)
     yield base
     service.stop()

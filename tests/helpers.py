@@ -24,7 +24,7 @@ def new_prefix() -> str:
 
 
 async def _read(
-    bootstrap: str, topic: str, count: int, timeout: float, isolation: str
+    bootstrap: str, topic: str, count: int, wait_s: float, isolation: str
 ) -> list[tuple[bytes | None, Any]]:
     from aiokafka import AIOKafkaConsumer
 
@@ -40,7 +40,7 @@ async def _read(
     await consumer.start()
     out: list[tuple[bytes | None, Any]] = []
     try:
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline and len(out) < count:
             batches = await consumer.getmany(timeout_ms=200)
             for records in batches.values():
@@ -100,13 +100,14 @@ class Service:
         return self.log_path.read_text(errors="replace")
 
 
-def wait_http(url: str, timeout: float = 30.0, proc: Service | None = None) -> None:
+def wait_http(url: str, timeout: float = 30.0, proc: Service | None = None, want: int | None = None) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc is not None and not proc.alive():
             raise RuntimeError(f"process died while starting:\n{proc.log()[-3000:]}")
         try:
-            if httpx.get(url, timeout=1.0).status_code < 500:
+            status = httpx.get(url, timeout=3.0).status_code
+            if status == want or (want is None and status < 500):
                 return
         except httpx.HTTPError:
             pass

@@ -1,0 +1,56 @@
+"""Logging filters shared by the ingress and the worker.
+
+* Tokens never reach a log: uvicorn's access log prints the query string.
+* aiokafka logs the same connection error thousands of times a second while a broker is down;
+  identical lines are let through at most once per interval, with a count of those held back.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+
+_TOKEN = re.compile(r"(?i)(token=)[^&\s\"]*")
+
+
+class RedactTokens(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+        if isinstance(record.msg, str):
+            record.msg = _TOKEN.sub(r"\1***", record.msg)
+        return True
+
+
+class RateLimit(logging.Filter):
+    def __init__(self, interval_s: float = 10.0) -> None:
+        super().__init__()
+        self.interval = interval_s
+        self._last: dict[str, tuple[float, int]] = {}
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        key = str(record.msg)
+        now = time.monotonic()
+        last, held = self._last.get(key, (0.0, 0))
+        if now - last < self.interval:
+            self._last[key] = (last, held + 1)
+            return False
+        if held:
+            record.msg = f"{record.msg} (and {held} more like it in the last {self.interval:.0f}s)"
+        self._last[key] = (now, 0)
+        return True
+
+
+def _add(name: str, flt: logging.Filter) -> None:
+    logger = logging.getLogger(name)
+    if not any(type(f) is type(flt) for f in logger.filters):
+        logger.addFilter(flt)
+
+
+def install_filters() -> None:
+    for name in ("uvicorn.access", "uvicorn.error", "ingress", "ingress.writer"):
+        _add(name, RedactTokens())
+    for name in ("aiokafka", "aiokafka.client", "aiokafka.conn", "aiokafka.producer.sender",
+                 "aiokafka.consumer.group_coordinator", "aiokafka.consumer.fetcher"):
+        _add(name, RateLimit())
