@@ -10,6 +10,7 @@ from schemas.records import (
     InvalidEvent,
     IvrEvent,
     MissedCallAlert,
+    MissedCallFact,
 )
 
 TOPIC_RECORDS: dict[str, type] = {
@@ -19,4 +20,5 @@ TOPIC_RECORDS: dict[str, type] = {
     topics.ALERTS_MISSED: MissedCallAlert,
     topics.METRICS_AGENTS: AgentWindowMetrics,
     topics.METRICS_APPS: AppWindowMetrics,
+    topics.MISSED_BY_CALLER: MissedCallFact,
 }

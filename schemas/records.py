@@ -156,3 +156,19 @@ class AppWindowMetrics:
     late_calls: Count = doc("calls that arrived after this window's final record (not in the counts)")
     final: bool = doc("false on interim updates; exactly one true per app and window")
     v: Literal[1] = doc("schema version", default=1)
+
+
+@dataclass(frozen=True, slots=True)
+class MissedCallFact:
+    """ivr.internal.missed-by-caller: a closed missed call, re-keyed by app:cli for repeat counting."""
+
+    uniqueid: str = doc("the provider's call id")
+    app: str = doc("the provider's app GUID")
+    cli: str = doc("caller number; empty when withheld")
+    at: Timestamp = doc("when the call was lost (its end)")
+    missed_reason: MissedReason = doc("abandoned_in_ivr or no_answer")
+    wait_s: Seconds = doc("how long the caller waited")
+    attempts: Count = doc("transfer attempts made")
+    agents_tried: list[str] = doc("distinct agents tried, in order")
+    alert: bool = doc("false for short abandons: counted as missed, but no alert")
+    v: Literal[1] = doc("schema version", default=1)

@@ -1,0 +1,1 @@
+"""The stream processor: Faust agents (the shell) around a pure core (`processors.core`)."""

@@ -1,0 +1,158 @@
+"""From a call's facts to its completed-call record, and the facts the metrics need.
+
+Where an event carries no provider `time` (TE and H usually do not), its time is placed from
+the provider's own durations when the anchor is known, which is more faithful than our
+receive time:  TE end = TA time + TE duration;  H = IN time + H duration.
+Otherwise the receive time stands in.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+from typing import Literal
+
+from processors.core.call_state import CallState, Fact
+from schemas.records import Attempt, CompletedCall, MissedReason
+from schemas.timefmt import format_ts
+
+_PARTS = re.compile(r"(\d+)")
+
+
+def natural_key(text: str) -> tuple[tuple[int, int | str], ...]:
+    """`1498110438.13.10` after `1498110438.13.9`."""
+    return tuple((0, int(p)) if p.isdigit() else (1, p) for p in _PARTS.split(text) if p)
+
+
+@dataclass(frozen=True, slots=True)
+class AttemptView:
+    attemptid: str
+    to: str
+    started: float | None
+    connected: float | None
+    ended: float | None
+    result: str
+    answered: bool
+
+    @property
+    def ring_s(self) -> float | None:
+        if self.started is None:
+            return None
+        stop = self.connected if self.answered else self.ended
+        return None if stop is None else max(0.0, stop - self.started)
+
+
+@dataclass(frozen=True, slots=True)
+class CallView:
+    """Everything derived from a call's facts, computed once per close or revision."""
+
+    started: float
+    ended: float
+    attempts: tuple[AttemptView, ...]
+    answered_by: AttemptView | None
+    answer_time: float | None
+    close_reason: Literal["hangup", "timeout"]
+    cli: str
+
+    @property
+    def outcome(self) -> Literal["answered", "missed"]:
+        return "answered" if self.answered_by is not None else "missed"
+
+    @property
+    def missed_reason(self) -> MissedReason | None:
+        if self.answered_by is not None:
+            return None
+        return "no_answer" if self.attempts else "abandoned_in_ivr"
+
+    @property
+    def wait_s(self) -> float:
+        until = self.answer_time if self.answer_time is not None else self.ended
+        return max(0.0, until - self.started)
+
+    @property
+    def talk_s(self) -> float:
+        return 0.0 if self.answer_time is None else max(0.0, self.ended - self.answer_time)
+
+
+def _te_end(te: Fact, ta: Fact | None) -> float:
+    if not te.provider_time and te.duration is not None and ta is not None:
+        return ta.t + te.duration
+    return te.t
+
+
+def _hangup_time(h: Fact, inn: Fact | None) -> float:
+    if not h.provider_time and h.duration is not None and inn is not None:
+        return inn.t + h.duration
+    return h.t
+
+
+def view(state: CallState) -> CallView:
+    facts = state.facts
+    inn, h = facts.get("IN"), facts.get("H")
+    known = [f.t for f in facts.values()]
+    started = inn.t if inn is not None else min(known)
+    ended: float
+    if h is not None:
+        ended = _hangup_time(h, inn)
+    attempts: list[AttemptView] = []
+    ends: list[float] = []
+    for aid in state.attempt_ids():
+        ta, tc, te = facts.get(f"TA|{aid}"), facts.get(f"TC|{aid}"), facts.get(f"TE|{aid}")
+        to = next((f.to for f in (ta, tc, te) if f is not None and f.to is not None), "")
+        te_end = _te_end(te, ta) if te is not None else None
+        if te_end is not None:
+            ends.append(te_end)
+        answered = tc is not None or (te is not None and te.result == "answered")
+        result = te.result if te is not None and te.result else ("answered" if answered else "caller_hangup")
+        attempts.append(AttemptView(aid, to, ta.t if ta else None, tc.t if tc else None, te_end, result, answered))
+    if h is None:
+        ended = max([*known, *ends])
+    ended = max(ended, started)
+    # attempts with no TE end with the call: connected ones at the hang-up, ringing ones as caller_hangup
+    attempts = [a if a.ended is not None else replace(a, ended=ended) for a in attempts]
+    attempts.sort(key=lambda a: (_order_time(a), natural_key(a.attemptid)))
+    answered_by = next((a for a in attempts if a.answered), None)
+    answer_time = None
+    if answered_by is not None:
+        # without TC the connect time is unknown: the attempt's start is the best bound we have
+        answer_time = next(t for t in (answered_by.connected, answered_by.started, answered_by.ended, ended)
+                           if t is not None)
+    cli = inn.cli if inn is not None and inn.cli else max((f.cli for f in facts.values()), default="")
+    return CallView(started, ended, tuple(attempts), answered_by, answer_time,
+                    "hangup" if h is not None else "timeout", cli)
+
+
+def _order_time(a: AttemptView) -> float:
+    return next((t for t in (a.started, a.connected, a.ended) if t is not None), float("inf"))
+
+
+def completed_record(state: CallState, v: CallView, revision: int, closed_at: float) -> CompletedCall:
+    return CompletedCall(
+        uniqueid=state.uniqueid,
+        app=state.app,
+        cli=v.cli,
+        started_at=format_ts(v.started),
+        ended_at=format_ts(v.ended),
+        duration=round(v.ended - v.started, 3),
+        outcome=v.outcome,
+        missed_reason=v.missed_reason,
+        answered_by=v.answered_by.to if v.answered_by else None,
+        wait_s=round(v.wait_s, 3),
+        talk_s=round(v.talk_s, 3),
+        attempts=[
+            Attempt(
+                attemptid=a.attemptid,
+                to=a.to,
+                started_at=format_ts(a.started) if a.started is not None else None,
+                connected_at=format_ts(a.connected) if a.connected is not None else None,
+                ended_at=format_ts(a.ended) if a.ended is not None else None,
+                result=a.result,  # type: ignore[arg-type]
+                ring_s=round(a.ring_s, 3) if a.ring_s is not None else None,
+            )
+            for a in v.attempts
+        ],
+        close_reason=v.close_reason,
+        revision=revision,
+        duplicates=state.duplicates,
+        closed_at=format_ts(closed_at),
+    )

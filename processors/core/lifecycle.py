@@ -1,0 +1,196 @@
+"""The call lifecycle: apply an event, let time pass, decide what a call emits.
+
+When a call closes
+  * at once on H, when IN is known and every attempt seen has its TA and TE;
+  * else HANGUP_GRACE_S after H arrived (attempts still ringing end as caller_hangup);
+  * else after CALL_IDLE_TIMEOUT_S with no event (CONNECTED_IDLE_TIMEOUT_S once an agent
+    answered: a conversation sends no events until its hang-up).
+What it emits
+  * revision 1 of its completed record when it closes; a further revision whenever a later event
+    changes the record's content (a duplicate, or an event that changes nothing, emits nothing);
+  * for a missed call, one missed-call fact (which becomes the alert), once the hang-up grace has
+    passed, so that an answer delivered out of order within the grace cancels it. Decided once:
+    later revisions never raise or retract an alert.
+A closed call is remembered for CLOSED_CALL_RETENTION_S to recognise late events, then forgotten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+import orjson
+
+from processors.core.call_record import CallView, completed_record, view
+from processors.core.call_state import CallState, Fact, fact_key
+from schemas.records import CompletedCall, MissedCallFact
+from schemas.timefmt import format_ts, parse_ts
+
+
+@dataclass(frozen=True, slots=True)
+class LifecycleConfig:
+    hangup_grace_s: float = 10.0
+    idle_timeout_s: float = 900.0
+    connected_idle_timeout_s: float = 14400.0
+    retention_s: float = 86400.0
+    short_abandon_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Emission:
+    completed: CompletedCall | None = None
+    missed: MissedCallFact | None = None
+
+    def __bool__(self) -> bool:
+        return self.completed is not None or self.missed is not None
+
+
+NOTHING = Emission()
+
+
+@dataclass(frozen=True, slots=True)
+class Applied:
+    state: CallState | None  # None: forget the call
+    emission: Emission
+    duplicate: bool = False
+    late: bool = False  # the event arrived after the call was closed
+
+
+def fact_from_event(event: Mapping[str, Any]) -> tuple[str, Fact]:
+    """The state key and fact of a normalised `ivr.events` record (as decoded JSON)."""
+    fact = Fact(
+        t=parse_ts(event["time"]),
+        provider_time=event["time_source"] == "provider",
+        received=parse_ts(event["received_at"]),
+        cli=event.get("cli") or "",
+        to=event.get("to"),
+        result=event.get("result"),
+        duration=event.get("duration"),
+    )
+    return fact_key(event["event"], event.get("attemptid")), fact
+
+
+def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: LifecycleConfig) -> Applied:
+    key, fact = fact_from_event(event)
+    if state is None:
+        state = CallState(uniqueid=event["uniqueid"], app=event["app"])
+    seen = state.facts.get(key)
+    if seen is not None:
+        state.duplicates += 1
+        # Of two deliveries of one event, the earliest received is kept whatever the arrival order.
+        if not state.closed and fact.received < seen.received:
+            state.facts[key] = fact
+        return Applied(state, NOTHING, duplicate=True)
+    state.facts[key] = fact
+    state.last_activity = now
+    if key == "H" and state.hangup_seen is None:
+        state.hangup_seen = now
+    if state.closed:
+        return Applied(state, _revise(state, now, cfg), late=True)
+    if _complete(state):
+        return Applied(state, _close(state, now, cfg))
+    return Applied(state, NOTHING)
+
+
+def tick(state: CallState, now: float, cfg: LifecycleConfig) -> Applied:
+    """Let time pass: close by grace or idle timeout, raise a due alert, forget an old call."""
+    if not state.closed:
+        if now >= _close_deadline(state, cfg):
+            return Applied(state, _close(state, now, cfg))
+        return Applied(state, NOTHING)
+    if state.alert == "pending" and state.alert_due is not None and now >= state.alert_due:
+        return Applied(state, _raise_alert(state, now, cfg))
+    assert state.closed_at is not None
+    if now >= max(state.closed_at, state.last_activity) + cfg.retention_s:
+        return Applied(None, NOTHING)
+    return Applied(state, NOTHING)
+
+
+def next_due(state: CallState, cfg: LifecycleConfig) -> float:
+    """When `tick` next has something to do for this call."""
+    if not state.closed:
+        return _close_deadline(state, cfg)
+    if state.alert == "pending" and state.alert_due is not None:
+        return state.alert_due
+    assert state.closed_at is not None
+    return max(state.closed_at, state.last_activity) + cfg.retention_s
+
+
+def _complete(state: CallState) -> bool:
+    facts = state.facts
+    if "H" not in facts or "IN" not in facts:
+        return False
+    return all(f"TA|{a}" in facts and f"TE|{a}" in facts for a in state.attempt_ids())
+
+
+def _connected(state: CallState) -> bool:
+    return any(k.startswith("TC|") or (k.startswith("TE|") and f.result == "answered") for k, f in state.facts.items())
+
+
+def _close_deadline(state: CallState, cfg: LifecycleConfig) -> float:
+    if state.hangup_seen is not None:
+        return state.hangup_seen + cfg.hangup_grace_s
+    idle = cfg.connected_idle_timeout_s if _connected(state) else cfg.idle_timeout_s
+    return state.last_activity + idle
+
+
+def _fingerprint(record: CompletedCall) -> str:
+    content = replace(record, revision=0, duplicates=0, closed_at="")
+    return hashlib.blake2b(orjson.dumps(content), digest_size=12).hexdigest()
+
+
+def _close(state: CallState, now: float, cfg: LifecycleConfig) -> Emission:
+    state.closed_at = now
+    v = view(state)
+    state.revision = 1
+    record = completed_record(state, v, 1, now)
+    state.fingerprint = _fingerprint(record)
+    missed = None
+    if v.outcome == "missed":
+        state.alert = "pending"
+        state.alert_due = now if state.hangup_seen is None else max(now, state.hangup_seen + cfg.hangup_grace_s)
+        if now >= state.alert_due:
+            missed = _missed_fact(state, v, cfg)
+            state.alert = "sent"
+    return Emission(completed=record, missed=missed)
+
+
+def _revise(state: CallState, now: float, cfg: LifecycleConfig) -> Emission:
+    v = view(state)
+    record = completed_record(state, v, state.revision + 1, now)
+    fingerprint = _fingerprint(record)
+    if fingerprint == state.fingerprint:
+        return NOTHING
+    state.revision += 1
+    state.fingerprint = fingerprint
+    if state.alert == "pending" and v.outcome == "answered":
+        state.alert, state.alert_due = "none", None  # answered within the grace: no alert
+    return Emission(completed=record)
+
+
+def _raise_alert(state: CallState, now: float, cfg: LifecycleConfig) -> Emission:
+    v = view(state)
+    state.alert = "sent"
+    return Emission(missed=_missed_fact(state, v, cfg))
+
+
+def _missed_fact(state: CallState, v: CallView, cfg: LifecycleConfig) -> MissedCallFact:
+    agents: list[str] = []
+    for a in v.attempts:
+        if a.to not in agents:
+            agents.append(a.to)
+    reason = v.missed_reason
+    assert reason is not None
+    return MissedCallFact(
+        uniqueid=state.uniqueid,
+        app=state.app,
+        cli=v.cli,
+        at=format_ts(v.ended),
+        missed_reason=reason,
+        wait_s=round(v.wait_s, 3),
+        attempts=len(v.attempts),
+        agents_tried=agents,
+        alert=v.wait_s >= cfg.short_abandon_s,
+    )

@@ -1,0 +1,310 @@
+"""The call lifecycle core, without any broker."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors.core.call_state import CallState
+from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
+from schemas.records import CompletedCall, MissedCallFact
+from schemas.timefmt import format_ts
+from tests.unit.callgen import APP, T0, attempt, ev
+
+CFG = LifecycleConfig(hangup_grace_s=10, idle_timeout_s=600, connected_idle_timeout_s=7200, retention_s=86400,
+                      short_abandon_s=5)
+NOW = 2_000_000_000.0  # processing wall clock, unrelated to event times on purpose
+
+
+def roundtrip(state: CallState) -> CallState:
+    return CallState.from_json(orjson.loads(orjson.dumps(state.to_json())))
+
+
+class Run:
+    """Feeds events and clock ticks to one call, collecting what it emits."""
+
+    def __init__(self) -> None:
+        self.state: CallState | None = None
+        self.completed: list[CompletedCall] = []
+        self.missed: list[MissedCallFact] = []
+        self.duplicates = 0
+        self.late = 0
+
+    def _take(self, r: Applied) -> None:
+        self.state = r.state
+        if r.emission.completed:
+            self.completed.append(r.emission.completed)
+        if r.emission.missed:
+            self.missed.append(r.emission.missed)
+        self.duplicates += r.duplicate
+        self.late += r.late
+
+    def feed(self, events: list[dict[str, Any]], now: float = NOW) -> Run:
+        for e in events:
+            # state goes through its JSON form each time, as it does through the table
+            state = None if self.state is None else roundtrip(self.state)
+            self._take(apply(state, e, now, CFG))
+        return self
+
+    def at(self, now: float) -> Run:
+        if self.state is not None:
+            self._take(tick(self.state, now, CFG))
+        return self
+
+    def settle(self, now: float = NOW) -> Run:
+        """Tick at every due time until the call is closed and its alert decided."""
+        for _ in range(5):
+            if self.state is None or (self.state.closed and self.state.alert != "pending"):
+                break
+            self.at(max(now, next_due(self.state, CFG)))
+        return self
+
+    @property
+    def record(self) -> CompletedCall:
+        return self.completed[-1]
+
+
+def answered_call(uid: str = "c1") -> list[dict[str, Any]]:
+    return [
+        ev("IN", uid, T0),
+        *attempt(uid, 1, "A1", T0 + 5, "answered", ring=4, talk=60),
+        ev("H", uid, None, duration=70, received=T0 + 70.5),
+    ]
+
+
+def test_answered_first_time_closes_at_once_on_hangup() -> None:
+    run = Run().feed(answered_call())
+    assert len(run.completed) == 1 and run.missed == []
+    r = run.record
+    assert r.outcome == "answered" and r.missed_reason is None and r.answered_by == "A1"
+    assert r.started_at == format_ts(T0) and r.ended_at == format_ts(T0 + 70)  # H placed by IN + duration
+    assert (r.wait_s, r.talk_s, r.duration) == (9.0, 61.0, 70.0)
+    assert r.close_reason == "hangup" and r.revision == 1 and r.duplicates == 0
+    (a,) = r.attempts
+    assert (a.result, a.started_at, a.connected_at, a.ring_s) == ("answered", format_ts(T0 + 5), format_ts(T0 + 9), 4)
+    assert a.ended_at == format_ts(T0 + 5 + 64)  # TE placed by TA + duration
+    assert run.state is not None and run.state.alert == "none"
+
+
+def test_round_robin_with_misses_before_an_answer() -> None:
+    uid = "rr"
+    events = [
+        ev("IN", uid, T0),
+        *attempt(uid, 1, "A1", T0 + 2, "noanswer", ring=15),
+        *attempt(uid, 2, "A2", T0 + 18, "busy", ring=0.5),
+        *attempt(uid, 3, "A3", T0 + 20, "congestion", ring=0.2),
+        *attempt(uid, 4, "A1", T0 + 22, "answered", ring=3, talk=30),
+        ev("H", uid, None, duration=60),
+    ]
+    r = Run().feed(events).record
+    assert r.outcome == "answered" and r.answered_by == "A1"
+    assert [a.result for a in r.attempts] == ["noanswer", "busy", "congestion", "answered"]
+    assert [a.attemptid for a in r.attempts] == ["rr.1", "rr.2", "rr.3", "rr.4"]
+    assert r.wait_s == 25.0 and r.talk_s == 35.0
+
+
+@pytest.mark.parametrize("result", ["noanswer", "busy", "congestion"])
+def test_missed_after_unanswered_attempts_alerts_after_the_grace(result: str) -> None:
+    uid = "m"
+    events = [ev("IN", uid, T0), *attempt(uid, 1, "A1", T0 + 3, result, ring=10), ev("H", uid, None, duration=20)]
+    run = Run().feed(events)
+    assert len(run.completed) == 1 and run.missed == []  # record at once, alert waits for the grace
+    r = run.record
+    assert (r.outcome, r.missed_reason, r.answered_by, r.wait_s) == ("missed", "no_answer", None, 20.0)
+    run.at(NOW + CFG.hangup_grace_s - 0.1)
+    assert run.missed == []
+    run.at(NOW + CFG.hangup_grace_s)
+    (m,) = run.missed
+    assert (m.missed_reason, m.attempts, m.agents_tried, m.alert, m.wait_s) == ("no_answer", 1, ["A1"], True, 20.0)
+    assert m.at == r.ended_at and m.cli == "9800000001"
+    run.at(NOW + 3600)
+    assert len(run.missed) == 1  # decided once
+
+
+def test_abandoned_in_ivr_and_short_abandon() -> None:
+    long_wait = Run().feed([ev("IN", "a", T0), ev("H", "a", None, duration=30)]).settle()
+    assert long_wait.record.missed_reason == "abandoned_in_ivr" and long_wait.record.attempts == []
+    assert [m.alert for m in long_wait.missed] == [True]
+    short = Run().feed([ev("IN", "s", T0), ev("H", "s", None, duration=2)]).settle()
+    assert short.record.outcome == "missed" and short.record.wait_s == 2.0
+    assert [m.alert for m in short.missed] == [False]  # counted as missed, but no alert
+
+
+def test_caller_hung_up_while_it_rang() -> None:
+    uid = "ch"
+    run = Run().feed([ev("IN", uid, T0), ev("TA", uid, T0 + 5, attempt="ch.1", to="A1"), ev("H", uid, T0 + 12)])
+    assert run.completed == []  # an attempt is still ringing: wait for its TE
+    run.at(NOW + CFG.hangup_grace_s)
+    r = run.record
+    (a,) = r.attempts
+    assert a.result == "caller_hangup" and a.ended_at == format_ts(T0 + 12) and a.ring_s == 7
+    assert r.missed_reason == "no_answer" and r.close_reason == "hangup"
+    assert [m.alert for m in run.missed] == [True]
+
+
+def test_te_within_grace_closes_without_waiting() -> None:
+    uid = "g"
+    run = Run().feed([ev("IN", uid, T0), ev("TA", uid, T0 + 1, attempt="g.1", to="A1"), ev("H", uid, T0 + 9)])
+    run.feed([ev("TE", uid, None, attempt="g.1", to="A1", result="noanswer", duration=8)], now=NOW + 1)
+    assert len(run.completed) == 1 and run.record.attempts[0].result == "noanswer"
+
+
+def test_no_hangup_closes_by_idle_timeout() -> None:
+    uid = "t"
+    run = Run().feed([ev("IN", uid, T0), *attempt(uid, 1, "A1", T0 + 2, "noanswer", ring=20)])
+    run.at(NOW + CFG.idle_timeout_s - 1)
+    assert run.completed == []
+    run.at(NOW + CFG.idle_timeout_s)
+    r = run.record
+    assert r.close_reason == "timeout" and r.outcome == "missed" and r.ended_at == format_ts(T0 + 22)
+    assert len(run.missed) == 1  # a timeout close has no grace to wait for
+
+
+def test_connected_call_without_hangup_waits_the_longer_timeout() -> None:
+    uid = "ct"
+    run = Run().feed([ev("IN", uid, T0), ev("TA", uid, T0 + 1, attempt="ct.1", to="A1"),
+                      ev("TC", uid, T0 + 3, attempt="ct.1", to="A1")])
+    run.at(NOW + CFG.idle_timeout_s + 1)
+    assert run.completed == []
+    run.at(NOW + CFG.connected_idle_timeout_s)
+    assert run.record.outcome == "answered" and run.record.close_reason == "timeout"
+    assert run.record.attempts[0].result == "answered"
+
+
+def test_duplicates_are_absorbed_and_counted() -> None:
+    events = answered_call()
+    run = Run().feed([events[0], events[0], *events[1:3], events[1]])
+    assert run.duplicates == 2
+    run.feed(events[3:])
+    assert run.record.duplicates == 2 and len(run.completed) == 1
+    run.feed([events[-1], events[2]])  # duplicates after close: nothing emitted
+    assert len(run.completed) == 1 and run.duplicates == 4
+
+
+def test_reversed_delivery_gives_the_same_record() -> None:
+    events = answered_call()
+    ordered = Run().feed(events).settle().record
+    reverse = Run().feed(list(reversed(events))).settle()
+    assert _content(reverse.record) == _content(ordered)
+
+
+def test_late_event_after_close_makes_a_revision_not_an_alert() -> None:
+    uid = "late"
+    run = Run().feed([ev("IN", uid, T0), ev("H", uid, None, duration=40)]).settle()
+    assert run.record.missed_reason == "abandoned_in_ivr" and len(run.missed) == 1
+    run.feed([*attempt(uid, 1, "A1", T0 + 5, "noanswer", ring=10)], now=NOW + 600)
+    assert run.late == 2
+    # the late TA adds an attempt (ringing when the call ended: caller_hangup); its TE makes it noanswer
+    assert [c.revision for c in run.completed] == [1, 2, 3]
+    assert run.completed[1].attempts[0].result == "caller_hangup"
+    assert run.record.missed_reason == "no_answer" and run.record.attempts[0].result == "noanswer"
+    assert len(run.missed) == 1
+
+
+def test_revision_only_when_content_changes() -> None:
+    events = answered_call()
+    run = Run().feed(events)
+    # a TE for the answered attempt that says nothing new (same end as before)
+    same = dict(events[3], id="other-delivery")
+    run.feed([same], now=NOW + 5)
+    assert len(run.completed) == 1
+
+
+def test_answer_arriving_within_grace_cancels_the_alert() -> None:
+    uid = "x"
+    run = Run().feed([ev("IN", uid, T0), *attempt(uid, 1, "A1", T0 + 1, "noanswer", ring=5),
+                      ev("H", uid, None, duration=90)])
+    assert run.record.outcome == "missed"
+    run.feed(attempt(uid, 2, "A2", T0 + 7, "answered", ring=2, talk=60), now=NOW + 3)
+    run.settle(NOW + 3)
+    assert run.record.outcome == "answered" and run.record.revision >= 2
+    assert run.missed == []
+
+
+def test_closed_call_is_forgotten_after_retention() -> None:
+    run = Run().feed(answered_call())
+    assert run.state is not None
+    assert next_due(run.state, CFG) == NOW + CFG.retention_s
+    run.at(NOW + CFG.retention_s)
+    assert run.state is None
+
+
+def test_state_round_trips_through_json() -> None:
+    run = Run().feed(answered_call()[:3])
+    assert run.state is not None
+    again = CallState.from_json(orjson.loads(orjson.dumps(run.state.to_json())))
+    assert again == run.state
+
+
+def test_withheld_cli_and_missing_in() -> None:
+    uid = "w"
+    events = [ev("TA", uid, T0 + 5, attempt="w.1", to="A1", cli=""),
+              ev("TE", uid, None, attempt="w.1", to="A1", result="noanswer", duration=10, cli="", received=T0 + 15),
+              ev("H", uid, T0 + 20, cli="")]
+    run = Run().feed(events).settle()
+    r = run.record
+    assert r.cli == "" and r.started_at == format_ts(T0 + 5)  # no IN: the earliest event starts the call
+    assert r.close_reason == "hangup" and run.missed[0].cli == ""
+
+
+def test_receive_time_stands_in_when_there_is_no_anchor() -> None:
+    uid = "r"
+    run = Run().feed([ev("H", uid, None, duration=None, received=T0 + 50), ev("IN", uid, T0)]).settle()
+    assert run.record.ended_at == format_ts(T0 + 50)
+
+
+# ---- the property: order and duplication do not matter --------------------------------------
+
+def _content(r: CompletedCall) -> dict[str, Any]:
+    d = asdict(r)
+    for k in ("revision", "duplicates", "closed_at"):
+        d.pop(k)
+    return d
+
+
+results = st.sampled_from(["answered", "noanswer", "busy", "congestion", "caller_hangup"])
+
+
+@st.composite
+def calls(draw: st.DrawFn) -> list[dict[str, Any]]:
+    uid = "p"
+    n = draw(st.integers(0, 4))
+    t = T0 + draw(st.floats(0, 30))
+    events = [ev("IN", uid, T0)]
+    answered = False
+    for i in range(n):
+        result = draw(results)
+        if answered:
+            result = draw(st.sampled_from(["noanswer", "busy"]))
+        ring = draw(st.floats(0, 20)).__round__(3)
+        talk = draw(st.floats(0, 300)).__round__(3) if result == "answered" else 0.0
+        events += attempt(uid, i + 1, draw(st.sampled_from(["A1", "A2", "A3"])), t, result, ring, talk,
+                          with_tc=draw(st.booleans()))
+        t += ring + talk + 1
+        answered |= result == "answered"
+    if draw(st.booleans()):
+        events.append(ev("H", uid, None, duration=round(t - T0, 3), received=t))
+    return events
+
+
+@settings(max_examples=400, deadline=None)
+@given(events=calls(), data=st.data())
+def test_any_order_and_duplication_give_the_same_record_and_alert(events: list[dict[str, Any]],
+                                                                    data: st.DataObject) -> None:
+    ordered = Run().feed(events).settle()
+    shuffled = data.draw(st.permutations(events))
+    dupes = data.draw(st.lists(st.sampled_from(events), max_size=6))
+    stream = list(shuffled)
+    for d in dupes:
+        stream.insert(data.draw(st.integers(0, len(stream))), d)
+    messy = Run().feed(stream).settle()
+    assert _content(messy.record) == _content(ordered.record)
+    assert messy.missed == ordered.missed
+    assert messy.duplicates == len(dupes)
+    assert [c.revision for c in messy.completed] == list(range(1, len(messy.completed) + 1))
+    assert ordered.record.app == APP

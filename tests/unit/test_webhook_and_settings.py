@@ -1,0 +1,69 @@
+from __future__ import annotations
+
+from zoneinfo import ZoneInfo
+
+import pytest
+
+from config.settings import Settings, SettingsError, load
+from schemas.generate import main as generate_main
+from schemas.timefmt import format_ts, parse_provider_time, parse_ts
+from schemas.webhook import InvalidWebhook, event_id, normalise
+
+KOLKATA = ZoneInfo("Asia/Kolkata")
+
+
+def test_settings_defaults_and_parsing() -> None:
+    s = load({})
+    assert s == Settings() and s.kafka_bootstrap_servers == "localhost:9092" and s.webhook_tokens == ()
+    assert s.agent_window_s == 3600 and s.provider_tz == "Asia/Kolkata" and s.topic("ivr.events") == "ivr.events"
+    s = load({"WEBHOOK_TOKENS": " a, b ,,", "TOPIC_PREFIX": "x.", "HANGUP_GRACE_S": "2.5", "AGENT_WINDOW_S": "60"})
+    assert s.webhook_tokens == ("a", "b") and s.topic("ivr.events") == "x.ivr.events"
+    assert s.hangup_grace_s == 2.5 and s.agent_window_s == 60
+    with pytest.raises(SettingsError, match="AGENT_WINDOW_S"):
+        load({"AGENT_WINDOW_S": "soon"})
+    with pytest.raises(SettingsError, match="PROVIDER_TZ"):
+        load({"PROVIDER_TZ": "IST"})
+
+
+@pytest.mark.parametrize(("value", "expected"), [
+    ("2017-06-22T11:17:18+05:30", "2017-06-22T05:47:18.000Z"),
+    ("2017-06-22 11:17:18", "2017-06-22T05:47:18.000Z"),  # naive: Asia/Kolkata
+    ("2017-06-22T11:17:18", "2017-06-22T05:47:18.000Z"),
+    ("2017-06-22T05:47:18Z", "2017-06-22T05:47:18.000Z"),
+    ("1498110438", "2017-06-22T05:47:18.000Z"),
+    ("1498110438123", "2017-06-22T05:47:18.123Z"),
+    ("1498110438.5", "2017-06-22T05:47:18.500Z"),
+    (1498110438, "2017-06-22T05:47:18.000Z"),
+])
+def test_provider_time_formats(value: str | int, expected: str) -> None:
+    assert format_ts(parse_provider_time(value, KOLKATA)) == expected
+    assert parse_ts(expected) == pytest.approx(parse_provider_time(value, KOLKATA))
+
+
+@pytest.mark.parametrize("value", ["yesterday", "1e5", "-1498110438", "12", "3000-01-01T00:00:00Z", "22/06/2017"])
+def test_bad_times_are_refused(value: str) -> None:
+    with pytest.raises(ValueError):
+        parse_provider_time(value, KOLKATA)
+
+
+def test_event_id_is_deterministic_and_order_free() -> None:
+    assert event_id({"a": "1", "b": "2"}) == event_id({"b": "2", "a": "1"}) != event_id({"a": "1", "b": "3"})
+
+
+def test_normalise_names_every_bad_field() -> None:
+    with pytest.raises(InvalidWebhook) as e:
+        normalise({"event": "te", "uniqueid": "u", "to": "", "duration": "x", "token": "secret"}, 0.0, KOLKATA)
+    fields = {err.field for err in e.value.errors}
+    assert fields == {"app", "attemptid", "to", "result", "duration"}
+
+
+def test_normalise_keeps_raw_without_token_and_upper_cases() -> None:
+    ev = normalise({"app": "a", "event": "te", "uniqueid": "u", "attemptid": "u.1", "to": "9", "result": "Busy",
+                    "token": "secret", "extra": "kept"}, 1_700_000_000.0, KOLKATA)
+    assert ev.event == "TE" and ev.result == "busy" and ev.time_source == "received"
+    assert ev.raw == {"app": "a", "event": "te", "uniqueid": "u", "attemptid": "u.1", "to": "9", "result": "Busy",
+                      "extra": "kept"}
+
+
+def test_json_schema_files_are_generated_from_the_records() -> None:
+    assert generate_main(["--check"]) == 0
