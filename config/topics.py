@@ -18,6 +18,9 @@ MISSED_BY_CALLER = "ivr.internal.missed-by-caller"
 # internal: closed calls' attempts and call facts, re-keyed by app:agent / app for the metrics
 ATTEMPTS_BY_AGENT = "ivr.internal.attempts-by-agent"
 CALLS_BY_APP = "ivr.internal.calls-by-app"
+# internal: wake-up hints for calls with a deadline, co-partitioned with ivr.events (keyed by uniqueid)
+CALL_TICKS = "ivr.internal.call-ticks"
+DAY_MS = 24 * 3600 * 1000
 
 WEEK_MS = 7 * 24 * 3600 * 1000
 
@@ -40,6 +43,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(MISSED_BY_CALLER, (("retention.ms", str(WEEK_MS)),)),
     TopicSpec(ATTEMPTS_BY_AGENT, (("retention.ms", str(WEEK_MS)),)),
     TopicSpec(CALLS_BY_APP, (("retention.ms", str(WEEK_MS)),)),
+    TopicSpec(CALL_TICKS, (("retention.ms", str(DAY_MS)),)),
 )
 
 

@@ -80,3 +80,61 @@ def ingress_module(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory)
     wait_ready(base)
     yield base
     service.stop()
+
+
+def start_worker(env: dict[str, str], log_path: Path, web_port: int | None = None) -> tuple[Service, int]:
+    """A Faust worker (`faust -A processors.app worker`) as a subprocess; waits for its web server."""
+    port = web_port or free_port()
+    service = Service(
+        python("-m", "faust", "-A", "processors.app", "worker", "-l", "info"),
+        {**env, "WORKER_WEB_PORT": str(port)},
+        log_path,
+    ).start()
+    wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60, proc=service)
+    return service, port
+
+
+def wait_worker_ready(service: Service, timeout: float = 60.0, occurrence: int = 1) -> None:
+    """Until the worker logs its `occurrence`-th 'Worker ready' (partitions assigned, tables recovered)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if service.log().count("Worker ready") >= occurrence:
+            return
+        if not service.alive():
+            raise RuntimeError(f"worker died:\n{service.log()[-4000:]}")
+        time.sleep(0.2)
+    raise TimeoutError(f"worker not ready in {timeout}s:\n{service.log()[-4000:]}")
+
+
+class Stack:
+    def __init__(self, env: dict[str, str], base: str, ingress: Service, worker: Service, tmp: Path) -> None:
+        self.env, self.base, self.ingress, self.worker, self.tmp = env, base, ingress, worker, tmp
+        self.bootstrap = env["KAFKA_BOOTSTRAP_SERVERS"]
+        self.prefix = env["TOPIC_PREFIX"]
+
+    def topic(self, base: str) -> str:
+        return f"{self.prefix}{base}"
+
+
+STACK_TIMINGS = {"HANGUP_GRACE_S": "2", "CALL_IDLE_TIMEOUT_S": "6", "SHORT_ABANDON_S": "5",
+                 "CONNECTED_IDLE_TIMEOUT_S": "30"}
+
+
+@pytest.fixture(scope="module")
+def stack(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """Ingress + one worker on topics of their own, shared by a module's tests."""
+    tmp = tmp_path_factory.mktemp("stack")
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": new_prefix(), "TOPIC_PARTITIONS": "3",
+        "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": "memory://", "WORKER_DATA_DIR": str(tmp / "worker"),
+        **STACK_TIMINGS,
+    }
+    ingress, base = start_ingress(env, tmp / "ingress.log")
+    worker, _ = start_worker(env, tmp / "worker.log")
+    wait_ready(base)
+    wait_worker_ready(worker)
+    yield Stack(env, base, ingress, worker, tmp)
+    worker.stop()
+    ingress.stop()

@@ -9,7 +9,7 @@ Otherwise the receive time stands in.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Literal
 
 from processors.core.call_state import CallState, Fact
@@ -86,30 +86,40 @@ def _hangup_time(h: Fact, inn: Fact | None) -> float:
     return h.t
 
 
+def _placed(state: CallState) -> dict[str, float]:
+    """Each fact's event time, with TE and H placed by the provider's durations where possible."""
+    facts = state.facts
+    inn = facts.get("IN")
+    out: dict[str, float] = {}
+    for key, f in facts.items():
+        if key == "H":
+            out[key] = _hangup_time(f, inn)
+        elif key.startswith("TE|"):
+            out[key] = _te_end(f, facts.get("TA|" + key[3:]))
+        else:
+            out[key] = f.t
+    return out
+
+
 def view(state: CallState) -> CallView:
     facts = state.facts
     inn, h = facts.get("IN"), facts.get("H")
-    known = [f.t for f in facts.values()]
-    started = inn.t if inn is not None else min(known)
-    ended: float
-    if h is not None:
-        ended = _hangup_time(h, inn)
+    placed = _placed(state)
+    started = placed["IN"] if inn is not None else min(placed.values())
+    # without H (closed by timeout) the call ends with the last thing we know of it
+    ended = max(started, placed["H"] if h is not None else max(placed.values()))
     attempts: list[AttemptView] = []
-    ends: list[float] = []
     for aid in state.attempt_ids():
         ta, tc, te = facts.get(f"TA|{aid}"), facts.get(f"TC|{aid}"), facts.get(f"TE|{aid}")
         to = next((f.to for f in (ta, tc, te) if f is not None and f.to is not None), "")
-        te_end = _te_end(te, ta) if te is not None else None
-        if te_end is not None:
-            ends.append(te_end)
         answered = tc is not None or (te is not None and te.result == "answered")
         result = te.result if te is not None and te.result else ("answered" if answered else "caller_hangup")
-        attempts.append(AttemptView(aid, to, ta.t if ta else None, tc.t if tc else None, te_end, result, answered))
-    if h is None:
-        ended = max([*known, *ends])
-    ended = max(ended, started)
-    # attempts with no TE end with the call: connected ones at the hang-up, ringing ones as caller_hangup
-    attempts = [a if a.ended is not None else replace(a, ended=ended) for a in attempts]
+        attempts.append(AttemptView(
+            aid, to, ta.t if ta else None, tc.t if tc else None,
+            # no TE: a connected attempt ends with the call, a ringing one too (caller_hangup)
+            placed[f"TE|{aid}"] if te is not None else ended,
+            result, answered,
+        ))
     attempts.sort(key=lambda a: (_order_time(a), natural_key(a.attemptid)))
     answered_by = next((a for a in attempts if a.answered), None)
     answer_time = None

@@ -165,6 +165,14 @@ def test_no_hangup_closes_by_idle_timeout() -> None:
     assert len(run.missed) == 1  # a timeout close has no grace to wait for
 
 
+def test_timeout_end_is_placed_by_durations_not_receive_time() -> None:
+    uid = "tr"
+    late_te = ev("TE", uid, None, attempt="tr.1", to="A1", result="noanswer", duration=15, received=T0 + 900)
+    run = Run().feed([ev("IN", uid, T0), ev("TA", uid, T0 + 5, attempt="tr.1", to="A1"), late_te])
+    run.at(NOW + CFG.idle_timeout_s)
+    assert run.record.ended_at == format_ts(T0 + 20) and run.record.attempts[0].ended_at == format_ts(T0 + 20)
+
+
 def test_connected_call_without_hangup_waits_the_longer_timeout() -> None:
     uid = "ct"
     run = Run().feed([ev("IN", uid, T0), ev("TA", uid, T0 + 1, attempt="ct.1", to="A1"),

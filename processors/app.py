@@ -1,0 +1,32 @@
+"""The stream processor: `faust -A processors.app worker`.
+
+One consumer group (the app id, prefixed by TOPIC_PREFIX); run as many workers as needed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from config import settings as settings_module
+from config.logs import install_filters
+from processors import call_agents
+from processors.faust_app import create_app
+from processors.worker_metrics import REGISTRY
+
+settings = settings_module.load()
+install_filters()
+app = create_app(settings)
+parts = call_agents.register(app, settings)
+
+
+@app.page("/metrics")
+async def metrics(self: Any, request: Any) -> Any:
+    # aiohttp refuses a charset inside content_type; Prometheus reads the exposition format without it
+    return self.bytes(generate_latest(REGISTRY), content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+@app.page("/healthz")
+async def healthz(self: Any, request: Any) -> Any:
+    return self.json({"status": "alive"})

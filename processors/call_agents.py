@@ -1,0 +1,162 @@
+"""Faust wiring for calls: ivr.events (+ ticks) -> calls table -> completed records and alerts.
+
+The lifecycle is decided in `processors.core.lifecycle`; this module only moves bytes. Every
+state change happens in the keyed agent, in partition order: the timer does not touch the
+table, it sends a tick (a wake-up hint keyed by uniqueid) that the agent handles like an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import faust
+import orjson
+
+from config import topics
+from config.settings import Settings
+from processors import worker_metrics as m
+from processors.core.call_state import CallState
+from processors.core.deadlines import DeadlineIndex
+from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
+from processors.core.repeat_callers import CallerHistory, caller_key, record_missed
+from schemas.codec import dumps
+from schemas.records import MissedCallFact
+from schemas.timefmt import parse_ts
+
+log = logging.getLogger("processors.calls")
+
+
+def lifecycle_config(s: Settings) -> LifecycleConfig:
+    return LifecycleConfig(
+        hangup_grace_s=s.hangup_grace_s,
+        idle_timeout_s=s.call_idle_timeout_s,
+        connected_idle_timeout_s=s.connected_idle_timeout_s,
+        retention_s=s.closed_call_retention_s,
+        short_abandon_s=s.short_abandon_s,
+    )
+
+
+def register(app: faust.App, s: Settings) -> dict[str, Any]:
+    cfg = lifecycle_config(s)
+    parts = s.topic_partitions
+    events = app.topic(s.topic(topics.EVENTS), s.topic(topics.CALL_TICKS), partitions=parts)
+    ticks = app.topic(s.topic(topics.CALL_TICKS), partitions=parts)
+    completed = app.topic(s.topic(topics.CALLS_COMPLETED), partitions=parts)
+    missed_by_caller = app.topic(s.topic(topics.MISSED_BY_CALLER), partitions=parts)
+    alerts = app.topic(s.topic(topics.ALERTS_MISSED), partitions=parts)
+    ticks_name = s.topic(topics.CALL_TICKS)
+
+    calls = app.Table("calls", default=None, partitions=parts, key_type=bytes, value_type=bytes)
+    callers = app.Table("callers", default=None, partitions=parts, key_type=bytes, value_type=bytes)
+    due = DeadlineIndex()
+    open_calls: set[str] = set()
+
+    async def emit(result: Applied, received: float | None) -> None:
+        em = result.emission
+        if em.completed is not None:
+            rec = em.completed
+            await completed.send(key=rec.uniqueid.encode(), value=dumps(rec))
+            if rec.revision == 1:
+                m.CALLS_CLOSED.labels(rec.close_reason).inc()
+            else:
+                m.REVISIONS.inc()
+            if received is not None:
+                m.LATENCY.labels("completed").observe(max(0.0, time.time() - received))
+        if em.missed is not None:
+            fact = em.missed
+            await missed_by_caller.send(key=caller_key(fact.app, fact.cli).encode(), value=dumps(fact))
+
+    def store(uid: str, result: Applied) -> None:
+        state = result.state
+        if state is None:
+            calls.pop(uid.encode(), None)
+            due.set(uid, None)
+            open_calls.discard(uid)
+            return
+        calls[uid.encode()] = orjson.dumps(state.to_json())
+        due.set(uid, next_due(state, cfg))
+        if state.closed:
+            open_calls.discard(uid)
+        else:
+            open_calls.add(uid)
+        m.CALLS_OPEN.set(len(open_calls))
+
+    def load(uid: str) -> CallState | None:
+        raw = calls.get(uid.encode())
+        return None if raw is None else CallState.from_json(orjson.loads(raw))
+
+    @app.agent(events, concurrency=1)  # keyed state: never more (faust-streaming #606)
+    async def process_calls(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for event in stream.events():
+            now = time.time()
+            uid = (event.key or b"").decode("utf-8", "replace")
+            if event.message.topic == ticks_name:
+                state = load(uid)
+                if state is not None:
+                    result = tick(state, now, cfg)
+                    store(uid, result)
+                    await emit(result, None)
+                yield None
+                continue
+            try:
+                data = orjson.loads(event.value)
+                received = parse_ts(data["received_at"])
+                m.EVENTS.labels(data["event"]).inc()
+                result = apply(load(uid), data, now, cfg)
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+                m.BAD_EVENTS.inc()
+                log.error("skipping unreadable record at %s[%s]@%s: %s", event.message.topic,
+                          event.message.partition, event.message.offset, type(e).__name__)
+                yield None
+                continue
+            if result.duplicate:
+                m.DUPLICATES.inc()
+            if result.late:
+                m.LATE_EVENTS.inc()
+            if not result.duplicate:
+                store(uid, result)
+                await emit(result, received)
+            elif result.state is not None:
+                calls[uid.encode()] = orjson.dumps(result.state.to_json())  # the duplicate count
+            yield None
+
+    @app.timer(interval=0.5)
+    async def wake_due_calls() -> None:
+        for uid in due.pop_due(time.time()):
+            await ticks.send(key=uid.encode(), value=b"")
+
+    @calls.on_recover
+    async def rebuild_index() -> None:
+        """After a rebalance the table holds the calls of this worker's partitions: index them."""
+        due.clear()
+        open_calls.clear()
+        for key, raw in calls.items():
+            state = CallState.from_json(orjson.loads(raw))
+            uid = key.decode()
+            due.set(uid, next_due(state, cfg))
+            if not state.closed:
+                open_calls.add(uid)
+        m.CALLS_OPEN.set(len(open_calls))
+        log.info("call index rebuilt: %d calls, %d open", len(due), len(open_calls))
+
+    @app.agent(missed_by_caller, concurrency=1)
+    async def process_missed(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
+        async for event in stream.events():
+            key = event.key or b""
+            data = orjson.loads(event.value)
+            data.pop("v", None)
+            fact = MissedCallFact(**data)
+            raw = callers.get(key)
+            history = CallerHistory() if raw is None else CallerHistory.from_json(orjson.loads(raw))
+            alert = record_missed(history, fact)
+            callers[key] = orjson.dumps(history.to_json())
+            if alert is not None:
+                await alerts.send(key=alert.cli.encode(), value=dumps(alert))
+                m.ALERTS.inc()
+                m.LATENCY.labels("alert").observe(max(0.0, time.time() - parse_ts(alert.at)))
+            yield None
+
+    return {"calls": calls, "callers": callers, "process_calls": process_calls}

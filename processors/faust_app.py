@@ -1,0 +1,46 @@
+"""The Faust application object, configured from `Settings`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faust
+
+from config.settings import Settings
+from config.topics import ensure_topics
+
+
+class IvrApp(faust.App):
+    """A Faust app that creates the project's topics (partitions, compaction) before it consumes."""
+
+    def __init__(self, settings: Settings, **kwargs: Any) -> None:
+        self.ivr_settings = settings
+        super().__init__(**kwargs)
+
+    async def on_first_start(self) -> None:
+        await ensure_topics(self.ivr_settings)
+        await super().on_first_start()
+
+
+def create_app(settings: Settings) -> IvrApp:
+    brokers = ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",") if h.strip())
+    return IvrApp(
+        settings,
+        id=f"{settings.topic_prefix}ivr-processor",
+        broker=brokers,
+        store=settings.worker_store,
+        datadir=settings.worker_data_dir,
+        topic_partitions=settings.topic_partitions,
+        topic_replication_factor=settings.topic_replication,
+        key_serializer="raw",
+        value_serializer="raw",
+        producer_acks=-1,
+        producer_linger_ms=1,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        table_standby_replicas=1,
+        web_port=settings.worker_web_port,
+        web_bind="0.0.0.0",
+        web_enabled=True,
+        logging_config=None,
+    )
