@@ -167,7 +167,7 @@ def test_duplicated_and_reversed_delivery(stack: Stack) -> None:
 
     def content(r: dict[str, Any]) -> dict[str, Any]:
         text = orjson.dumps({k: v for k, v in r.items() if k not in ("closed_at", "duplicates", "revision")})
-        return orjson.loads(text.replace(ordered_u.encode(), b"U").replace(messy_u.encode(), b"U"))
+        return dict(orjson.loads(text.replace(ordered_u.encode(), b"U").replace(messy_u.encode(), b"U")))
 
     assert content(a) == content(b)
     # 3 duplicates before the call closed (on its IN); the 2 after it emit nothing, so are not in this revision
