@@ -40,6 +40,7 @@ class Settings:
     worker_store: str = "rocksdb://"
     worker_data_dir: str = "./var/worker"
     worker_web_port: int = 6066
+    worker_session_timeout_s: float = 30.0
     log_level: str = "INFO"
 
     @property

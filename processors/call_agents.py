@@ -14,6 +14,7 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import TP
 
 from config import topics
 from config.settings import Settings
@@ -48,11 +49,19 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
     missed_by_caller = app.topic(s.topic(topics.MISSED_BY_CALLER), partitions=parts)
     alerts = app.topic(s.topic(topics.ALERTS_MISSED), partitions=parts)
     ticks_name = s.topic(topics.CALL_TICKS)
+    events_name = s.topic(topics.EVENTS)
 
     calls = app.Table("calls", default=None, partitions=parts, key_type=bytes, value_type=bytes)
     callers = app.Table("callers", default=None, partitions=parts, key_type=bytes, value_type=bytes)
     due = DeadlineIndex()
     open_calls: set[str] = set()
+    # next offset to process, per ivr.events partition: deadlines must not fire for a partition
+    # that is still behind (after a restart or a takeover its events may be waiting to be read)
+    next_offset: dict[int, int] = {}
+
+    def caught_up(partition: int) -> bool:
+        highwater = app.consumer.highwater(TP(events_name, partition))
+        return highwater is not None and next_offset.get(partition, 0) >= highwater
 
     async def emit(result: Applied, received: float | None) -> None:
         em = result.emission
@@ -95,12 +104,17 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
             uid = (event.key or b"").decode("utf-8", "replace")
             if event.message.topic == ticks_name:
                 state = load(uid)
-                if state is not None:
+                if state is None:
+                    pass
+                elif not caught_up(event.message.partition):
+                    due.set(uid, now + 1.0)  # try again once the partition's backlog is read
+                else:
                     result = tick(state, now, cfg)
                     store(uid, result)
                     await emit(result, None)
                 yield None
                 continue
+            next_offset[event.message.partition] = event.message.offset + 1
             try:
                 data = orjson.loads(event.value)
                 received = parse_ts(data["received_at"])
@@ -133,6 +147,12 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
         """After a rebalance the table holds the calls of this worker's partitions: index them."""
         due.clear()
         open_calls.clear()
+        next_offset.clear()
+        # the offsets the stream resumes from (Faust seeks to them too, right after this callback)
+        committed = await app.consumer.seek_to_committed()  # type: ignore[attr-defined]
+        for tp, offset in committed.items():
+            if tp.topic == events_name:
+                next_offset[tp.partition] = offset
         for key, raw in calls.items():
             state = CallState.from_json(orjson.loads(raw))
             uid = key.decode()

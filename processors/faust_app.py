@@ -38,6 +38,9 @@ def create_app(settings: Settings) -> IvrApp:
         producer_linger_ms=1,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # how long a crashed worker holds its partitions before the group moves them
+        broker_session_timeout=settings.worker_session_timeout_s,
+        broker_heartbeat_interval=max(1.0, settings.worker_session_timeout_s / 10),
         table_standby_replicas=1,
         web_port=settings.worker_web_port,
         web_bind="0.0.0.0",
