@@ -30,7 +30,8 @@ class Settings:
     # --- our own ---
     connected_idle_timeout_s: float = 14400.0
     closed_call_retention_s: float = 86400.0
-    metrics_grace_s: float = 300.0
+    metrics_grace_s: float = 1800.0
+    metrics_idle_close_s: float = 60.0
     metrics_interim_interval_s: float = 5.0
     service_level_s: float = 20.0
     topic_partitions: int = 6

@@ -11,7 +11,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config import settings as settings_module
 from config.logs import install_filters
-from processors import call_agents
+from processors import call_agents, metric_agents
 from processors.faust_app import create_app
 from processors.worker_metrics import REGISTRY
 
@@ -19,6 +19,7 @@ settings = settings_module.load()
 install_filters()
 app = create_app(settings)
 parts = call_agents.register(app, settings)
+metric_agents.register(app, settings)
 
 
 @app.page("/metrics")

@@ -25,3 +25,9 @@ LATENCY = Histogram(
 )
 LAG = Gauge("ivr_worker_consumer_lag", "Records behind the log end, per source partition",
             ["topic", "partition"], registry=REGISTRY)
+LATE_ATTEMPTS = Counter("ivr_worker_late_attempts_total",
+                        "Attempts that reached an agent window after its final record (reported, not counted)",
+                        registry=REGISTRY)
+LATE_CALLS = Counter("ivr_worker_late_calls_total",
+                     "Calls that reached an app window after its final record (reported, not counted)",
+                     registry=REGISTRY)

@@ -9,6 +9,7 @@ from schemas.records import (
     CompletedCall,
     InvalidEvent,
     IvrEvent,
+    MetricContribution,
     MissedCallAlert,
     MissedCallFact,
 )
@@ -21,4 +22,6 @@ TOPIC_RECORDS: dict[str, type] = {
     topics.METRICS_AGENTS: AgentWindowMetrics,
     topics.METRICS_APPS: AppWindowMetrics,
     topics.MISSED_BY_CALLER: MissedCallFact,
+    topics.ATTEMPTS_BY_AGENT: MetricContribution,
+    topics.CALLS_BY_APP: MetricContribution,
 }

@@ -34,7 +34,7 @@ def _scalar(tp: Any, defs: dict[str, Any]) -> dict[str, Any]:
         return {"const": values[0]} if len(values) == 1 else {"enum": values}
     if origin is list:
         (item,) = get_args(tp)
-        return {"type": "array", "items": _scalar(item, defs)}
+        return {"type": "array"} if item is Any else {"type": "array", "items": _scalar(item, defs)}
     if origin is dict:
         return {"type": "object"}
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):

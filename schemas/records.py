@@ -172,3 +172,15 @@ class MissedCallFact:
     agents_tried: list[str] = doc("distinct agents tried, in order")
     alert: bool = doc("false for short abandons: counted as missed, but no alert")
     v: Literal[1] = doc("schema version", default=1)
+
+
+@dataclass(frozen=True, slots=True)
+class MetricContribution:
+    """ivr.internal.attempts-by-agent / calls-by-app: what one attempt or call adds to a window."""
+
+    app: str = doc("the provider's app GUID")
+    key: str = doc("app:agent (attempts) or app (calls): the aggregation key, also the record key")
+    item: str = doc("uniqueid|attemptid or uniqueid: a revision replaces what the item gave before")
+    at: Timestamp = doc("event time that picks the window (attempt start, or call start)")
+    values: list[Any] = doc("the figures the window sums, in the order processors.core.call_metrics defines")
+    v: Literal[1] = doc("schema version", default=1)

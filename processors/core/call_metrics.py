@@ -1,0 +1,100 @@
+"""Agent and app metrics: what a completed call contributes, and a window's figures.
+
+Definitions (also in the README):
+  agent, per attempt by attempt start:
+    offered      attempts (TA) offered to the agent             answered  attempts connected
+    noanswer / busy / congestion   provider results             caller_hangup  caller left while it rang
+    answer_rate = answered / offered
+    answer_rate_excl_caller_hangup = answered / (offered - caller_hangup)
+    avg_ring_s  = mean(TA -> connect) over answered attempts     talk_s = sum of talk of answered attempts
+  app, per call by call start (IN):
+    offered, answered, missed, abandoned_in_ivr, short_abandons (missed with wait < SHORT_ABANDON_S)
+    avg_speed_of_answer_s = mean(IN -> answer) over answered calls
+    service_level = answered within SERVICE_LEVEL_S / (offered - short_abandons)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from processors.core.windows import Window
+from schemas.records import AgentWindowMetrics, AppWindowMetrics, CompletedCall
+from schemas.timefmt import format_ts, parse_ts
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    key: str  # app:agent or app
+    item_id: str
+    t: float  # event time that picks the window
+    values: list[Any]
+
+
+def agent_key(app: str, agent: str) -> str:
+    return f"{app}:{agent}"
+
+
+def agent_contributions(call: CompletedCall) -> list[Contribution]:
+    """One per attempt: [result, ring_s of an answered attempt or None, talk_s]."""
+    out = []
+    call_start = parse_ts(call.started_at)
+    answering = next((a.attemptid for a in call.attempts if a.result == "answered"), None)
+    for a in call.attempts:
+        t = parse_ts(a.started_at) if a.started_at else call_start
+        answered = a.result == "answered"
+        talk = call.talk_s if a.attemptid == answering else 0.0
+        out.append(Contribution(agent_key(call.app, a.to), f"{call.uniqueid}|{a.attemptid}", t,
+                                [a.result, a.ring_s if answered else None, talk]))
+    return out
+
+
+def app_contribution(call: CompletedCall, short_abandon_s: float, service_level_s: float) -> Contribution:
+    """[outcome, missed_reason, wait_s, short_abandon, answered_within_service_level]."""
+    answered = call.outcome == "answered"
+    return Contribution(call.app, call.uniqueid, parse_ts(call.started_at), [
+        call.outcome, call.missed_reason, call.wait_s,
+        not answered and call.wait_s < short_abandon_s,
+        answered and call.wait_s <= service_level_s,
+    ])
+
+
+def _rate(num: int, den: int) -> float | None:
+    return None if den <= 0 else round(num / den, 4)
+
+
+def agent_record(key: str, start: int, size: float, w: Window) -> AgentWindowMetrics:
+    app, _, agent = key.partition(":")
+    results = [v[0] for v in w.items.values()]
+    count = {r: results.count(r) for r in ("answered", "noanswer", "busy", "congestion", "caller_hangup")}
+    offered = len(results)
+    rings = [v[1] for v in w.items.values() if v[0] == "answered" and v[1] is not None]
+    return AgentWindowMetrics(
+        app=app, agent=agent, window_start=format_ts(start), window_end=format_ts(start + size),
+        offered=offered, answered=count["answered"], noanswer=count["noanswer"], busy=count["busy"],
+        congestion=count["congestion"], caller_hangup=count["caller_hangup"],
+        answer_rate=_rate(count["answered"], offered),
+        answer_rate_excl_caller_hangup=_rate(count["answered"], offered - count["caller_hangup"]),
+        avg_ring_s=round(sum(rings) / len(rings), 3) if rings else None,
+        talk_s=round(sum(v[2] for v in w.items.values()), 3),
+        late_attempts=w.late, final=w.final,
+    )
+
+
+def app_record(app: str, start: int, size: float, w: Window, service_level_s: float) -> AppWindowMetrics:
+    calls = list(w.items.values())
+    answered = [c for c in calls if c[0] == "answered"]
+    short = sum(1 for c in calls if c[3])
+    return AppWindowMetrics(
+        app=app, window_start=format_ts(start), window_end=format_ts(start + size),
+        offered=len(calls), answered=len(answered), missed=len(calls) - len(answered),
+        abandoned_in_ivr=sum(1 for c in calls if c[1] == "abandoned_in_ivr"), short_abandons=short,
+        avg_speed_of_answer_s=round(sum(c[2] for c in answered) / len(answered), 3) if answered else None,
+        service_level=_rate(sum(1 for c in calls if c[4]), len(calls) - short),
+        service_level_s=service_level_s, late_calls=w.late, final=w.final,
+    )
+
+
+def record_key(key: str, start: int) -> str:
+    """Topic key: app:agent:window_start or app:window_start (window_start as in the record)."""
+    return f"{key}:{format_ts(start)}"

@@ -1,0 +1,148 @@
+"""Event-time tumbling windows with a grace period, one final record each.
+
+Per key (an agent, an app) the state holds its open windows. Each window holds *contributions*
+keyed by item id (an attempt, a call), so a revised call replaces what it contributed before and
+a replay changes nothing: counts are derived from the items, never incremented blindly.
+
+A window [start, start + size) becomes final, exactly once, when either
+  * event time: the key's watermark (the latest item time seen) reaches end + grace, or
+  * wall clock: now >= end + grace and the window has not changed for `idle_close_s` — so a
+    quiet key, or a replay of old data, still closes its windows.
+Items for a final window are late: counted in `late` and reported, never added.
+Interim records are throttled to one per `interim_interval_s` per window.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPolicy:
+    size_s: float = 3600.0
+    grace_s: float = 1800.0
+    idle_close_s: float = 60.0
+    interim_interval_s: float = 5.0
+    keep_final_s: float = 3600.0  # how long a final window is kept to recognise late items
+
+
+@dataclass(slots=True)
+class Window:
+    items: dict[str, list[Any]] = field(default_factory=dict)
+    final: bool = False
+    late: int = 0
+    dirty: bool = False  # changed since the last record
+    changed_at: float = 0.0  # wall clock
+    emitted_at: float = 0.0  # wall clock of the last record (interim or final)
+
+    def to_json(self) -> list[Any]:
+        return [self.items, self.final, self.late, self.dirty, self.changed_at, self.emitted_at]
+
+    @classmethod
+    def from_json(cls, d: list[Any]) -> Window:
+        return cls(*d)
+
+
+@dataclass(slots=True)
+class Windowed:
+    windows: dict[int, Window] = field(default_factory=dict)  # by window start (epoch s)
+    watermark: float = -math.inf
+    closed_upto: float = -math.inf  # windows ending at or before this were final and are dropped
+    late_dropped: int = 0  # late items for windows already dropped
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "w": {str(k): w.to_json() for k, w in self.windows.items()},
+            "wm": None if self.watermark == -math.inf else self.watermark,
+            "cu": None if self.closed_upto == -math.inf else self.closed_upto,
+            "ld": self.late_dropped,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Windowed:
+        return cls(
+            windows={int(k): Window.from_json(v) for k, v in d["w"].items()},
+            watermark=-math.inf if d["wm"] is None else d["wm"],
+            closed_upto=-math.inf if d["cu"] is None else d["cu"],
+            late_dropped=d["ld"],
+        )
+
+
+def window_start(t: float, size: float) -> int:
+    return int(math.floor(t / size) * size)
+
+
+AddResult = Literal["counted", "unchanged", "late"]
+
+
+def add(state: Windowed, item_id: str, t: float, contribution: list[Any], now: float, p: WindowPolicy) -> AddResult:
+    """Put (or replace) an item's contribution in the window of its event time `t`."""
+    start = window_start(t, p.size_s)
+    # an item that moved (its time was revised) leaves the window it was in, unless that one is final
+    for s, w in state.windows.items():
+        if s != start and item_id in w.items and not w.final:
+            del w.items[item_id]
+            w.dirty, w.changed_at = True, now
+    found = state.windows.get(start)
+    if found is None and start + p.size_s <= state.closed_upto:
+        state.late_dropped += 1
+        return "late"
+    w = state.windows.setdefault(start, Window()) if found is None else found
+    if w.final:
+        if w.items.get(item_id) == contribution:
+            return "unchanged"  # a replay of what the final already counted
+        w.late += 1
+        return "late"
+    state.watermark = max(state.watermark, t)
+    if w.items.get(item_id) == contribution:
+        return "unchanged"
+    w.items[item_id] = contribution
+    w.dirty, w.changed_at = True, now
+    return "counted"
+
+
+def _closable(start: int, w: Window, state: Windowed, now: float, p: WindowPolicy) -> bool:
+    end = start + p.size_s
+    if state.watermark >= end + p.grace_s:
+        return True
+    return now >= end + p.grace_s and now >= w.changed_at + p.idle_close_s
+
+
+def flush(state: Windowed, now: float, p: WindowPolicy) -> list[tuple[int, Window]]:
+    """Windows whose record is due now (interims, throttled; finals, once), in start order.
+
+    Marks what it returns as emitted, and drops final windows kept long enough.
+    """
+    out: list[tuple[int, Window]] = []
+    for start in sorted(state.windows):
+        w = state.windows[start]
+        if w.final:
+            continue
+        if _closable(start, w, state, now, p):
+            w.final, w.dirty, w.emitted_at = True, False, now
+            out.append((start, w))
+        elif w.dirty and now >= w.emitted_at + p.interim_interval_s:
+            w.dirty, w.emitted_at = False, now
+            out.append((start, w))
+    for start in [s for s, w in state.windows.items() if w.final and now >= w.emitted_at + p.keep_final_s]:
+        state.closed_upto = max(state.closed_upto, start + p.size_s)
+        del state.windows[start]
+    return out
+
+
+def next_flush(state: Windowed, p: WindowPolicy) -> float | None:
+    """The earliest wall-clock time `flush` may have something to do (None: nothing pending)."""
+    times: list[float] = []
+    for start, w in state.windows.items():
+        end = start + p.size_s
+        if w.final:
+            times.append(w.emitted_at + p.keep_final_s)
+            continue
+        if state.watermark >= end + p.grace_s:
+            return -math.inf
+        times.append(max(end + p.grace_s, w.changed_at + p.idle_close_s))
+        if w.dirty:
+            times.append(w.emitted_at + p.interim_interval_s)
+    return min(times) if times else None

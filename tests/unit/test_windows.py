@@ -1,0 +1,130 @@
+"""The windowing core: boundaries, grace, late items, one final per window, rates."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from processors.core.call_metrics import agent_contributions, agent_record, app_contribution, app_record
+from processors.core.windows import Windowed, WindowPolicy, add, flush, next_flush, window_start
+from tests.unit.callgen import APP, T0, attempt, ev
+from tests.unit.test_lifecycle import Run, answered_call
+
+P = WindowPolicy(size_s=3600, grace_s=600, idle_close_s=30, interim_interval_s=5, keep_final_s=7200)
+H = 1_700_002_800  # an hour boundary (1_700_002_800 % 3600 == 0)
+NOW = 1_800_000_000.0  # wall clock, later than all event times (a replay)
+
+
+def test_boundaries_are_start_inclusive_end_exclusive() -> None:
+    assert H % 3600 == 0
+    assert window_start(H, 3600) == H and window_start(H + 3599.999, 3600) == H
+    assert window_start(H + 3600, 3600) == H + 3600 and window_start(H - 0.001, 3600) == H - 3600
+
+
+def test_interims_are_throttled_and_final_comes_once_by_watermark() -> None:
+    s = Windowed()
+    live = H + 100.0  # live stream: wall clock near event time
+    assert add(s, "a", H + 10, ["answered", 3, 10], live, P) == "counted"
+    assert [(st, w.final) for st, w in flush(s, live, P)] == [(H, False)]  # first interim at once
+    add(s, "b", H + 20, ["noanswer", None, 0], live + 1, P)
+    assert flush(s, live + 2, P) == []  # throttled
+    assert [(st, w.final) for st, w in flush(s, live + 5, P)] == [(H, False)]
+    add(s, "c", H + 3600 + 599, ["busy", None, 0], live + 6, P)  # watermark = end + grace - 1
+    assert [(st, w.final) for st, w in flush(s, live + 6, P)] == [(H + 3600, False)]  # the new window's interim
+    add(s, "d", H + 3600 + 600, ["busy", None, 0], live + 7, P)  # watermark reaches end + grace
+    assert [(st, w.final) for st, w in flush(s, live + 7, P)] == [(H, True)]  # next interim still throttled
+    assert flush(s, live + 8, P) == []
+    assert [(st, w.final) for st, w in flush(s, live + 11, P)] == [(H + 3600, False)]  # never H again
+    assert len(s.windows[H].items) == 2
+
+
+def test_quiet_stream_closes_by_wall_clock() -> None:
+    s = Windowed()
+    add(s, "a", H + 10, ["answered", 3, 10], H + 20, P)
+    flush(s, H + 20, P)
+    assert flush(s, H + 3600 + 599, P) == []  # not yet end + grace
+    ((start, w),) = flush(s, H + 3600 + 600, P)
+    assert start == H and w.final
+
+
+def test_replayed_old_data_closes_after_it_goes_quiet() -> None:
+    s = Windowed()
+    add(s, "a", H + 10, ["answered", 3, 10], NOW, P)
+    assert [w.final for _, w in flush(s, NOW, P)] == [False]
+    add(s, "b", H + 20, ["busy", None, 0], NOW + 20, P)
+    assert all(not w.final for _, w in flush(s, NOW + 29, P))
+    assert [w.final for _, w in flush(s, NOW + 50, P)] == [True]  # 30 s quiet
+
+
+def test_late_inside_grace_counts_after_grace_is_reported() -> None:
+    s = Windowed()
+    add(s, "a", H + 10, ["answered", 3, 10], H + 20, P)
+    add(s, "b", H + 3600 + 300, ["noanswer", None, 0], H + 3700, P)  # next window; watermark end+300
+    assert add(s, "late-in-grace", H + 3000, ["busy", None, 0], H + 3800, P) == "counted"
+    add(s, "x", H + 3600 + 600, ["noanswer", None, 0], H + 4300, P)
+    finals = [(st, w) for st, w in flush(s, H + 4300, P) if w.final]
+    ((_, w),) = finals
+    assert set(w.items) == {"a", "late-in-grace"}
+    assert add(s, "after-grace", H + 3000, ["busy", None, 0], H + 4400, P) == "late"
+    assert s.windows[H].late == 1 and "after-grace" not in s.windows[H].items
+    assert add(s, "a", H + 10, ["answered", 3, 10], H + 4400, P) == "unchanged"  # a replay is not late
+    assert all(not w.final or st != H for st, w in flush(s, H + 4400, P))  # no second final
+    flush(s, H + 4300 + P.keep_final_s, P)  # dropped after keep_final_s
+    assert H not in s.windows
+    assert add(s, "very-late", H + 5, ["busy", None, 0], H + 20000, P) == "late" and s.late_dropped == 1
+
+
+def test_revised_item_moves_and_replaces() -> None:
+    s = Windowed()
+    add(s, "a", H + 10, ["caller_hangup", None, 0], NOW, P)
+    add(s, "a", H + 10, ["noanswer", None, 0], NOW, P)
+    assert s.windows[H].items == {"a": ["noanswer", None, 0]}
+    add(s, "a", H - 10, ["noanswer", None, 0], NOW, P)  # its start time was revised
+    assert s.windows[H].items == {} and s.windows[H - 3600].items == {"a": ["noanswer", None, 0]}
+
+
+def test_state_round_trips_and_next_flush() -> None:
+    s = Windowed()
+    assert next_flush(s, P) is None
+    add(s, "a", H + 10, ["answered", 3, 10], H + 20, P)
+    again = Windowed.from_json(orjson.loads(orjson.dumps(s.to_json())))
+    assert again == s
+    due = next_flush(s, P)
+    assert due is not None and due <= H + 20  # a dirty window: its first interim is due at once
+    flush(s, H + 20, P)
+    assert next_flush(s, P) == H + 3600 + 600
+
+
+def test_agent_figures_and_zero_denominators() -> None:
+    uid = "m"
+    run = Run().feed([ev("IN", uid, T0),
+                      *attempt(uid, 1, "A1", T0 + 1, "noanswer", ring=10),
+                      *attempt(uid, 2, "A2", T0 + 12, "caller_hangup", ring=5),
+                      ev("H", uid, None, duration=20)]).settle()
+    call = run.record
+    by_agent = {c.key: c for c in agent_contributions(call)}
+    assert set(by_agent) == {f"{APP}:A1", f"{APP}:A2"}
+    s = Windowed()
+    c = by_agent[f"{APP}:A2"]
+    add(s, c.item_id, c.t, c.values, NOW, P)
+    ((start, w),) = flush(s, NOW, P)
+    r = agent_record(c.key, start, 3600, w)
+    assert (r.agent, r.offered, r.caller_hangup, r.answered) == ("A2", 1, 1, 0)
+    assert r.answer_rate == 0.0 and r.answer_rate_excl_caller_hangup is None and r.avg_ring_s is None
+    empty = agent_record(c.key, start, 3600, type(w)())
+    assert empty.offered == 0 and empty.answer_rate is None
+
+
+def test_app_figures_and_service_level() -> None:
+    answered = Run().feed(answered_call("a1")).settle().record  # waits 9 s
+    short = Run().feed([ev("IN", "s1", T0), ev("H", "s1", None, duration=2)]).settle().record
+    missed = Run().feed([ev("IN", "m1", T0), ev("H", "m1", None, duration=40)]).settle().record
+    s = Windowed()
+    for call in (answered, short, missed):
+        c = app_contribution(call, short_abandon_s=5, service_level_s=20)
+        add(s, c.item_id, c.t, c.values, NOW, P)
+    ((start, w),) = flush(s, NOW, P)
+    r = app_record(APP, start, 3600, w, 20)
+    assert (r.offered, r.answered, r.missed, r.abandoned_in_ivr, r.short_abandons) == (3, 1, 2, 2, 1)
+    assert r.avg_speed_of_answer_s == 9.0
+    assert r.service_level == pytest.approx(0.5)  # 1 answered within 20 s / (3 offered - 1 short)
