@@ -31,7 +31,7 @@ class Settings:
     connected_idle_timeout_s: float = 14400.0
     closed_call_retention_s: float = 86400.0
     metrics_grace_s: float = 1800.0
-    metrics_idle_close_s: float = 60.0
+    metrics_idle_close_s: float = 960.0
     metrics_interim_interval_s: float = 5.0
     service_level_s: float = 20.0
     topic_partitions: int = 6

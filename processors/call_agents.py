@@ -142,6 +142,16 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
         for uid in due.pop_due(time.time()):
             await ticks.send(key=uid.encode(), value=b"")
 
+    @app.timer(interval=5.0)
+    async def report_lag() -> None:
+        """Records of ivr.events not yet processed, per partition this worker owns."""
+        for tp in app.assignor.assigned_actives():
+            if tp.topic == events_name:
+                highwater = app.consumer.highwater(tp)
+                if highwater is not None:
+                    lag = max(0, highwater - next_offset.get(tp.partition, 0))
+                    m.LAG.labels(events_name, str(tp.partition)).set(lag)
+
     @calls.on_recover
     async def rebuild_index() -> None:
         """After a rebalance the table holds the calls of this worker's partitions: index them."""

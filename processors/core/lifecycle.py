@@ -3,8 +3,8 @@
 When a call closes
   * at once on H, when IN is known and every attempt seen has its TA and TE;
   * else HANGUP_GRACE_S after H arrived (attempts still ringing end as caller_hangup);
-  * else after CALL_IDLE_TIMEOUT_S with no event (CONNECTED_IDLE_TIMEOUT_S once an agent
-    answered: a conversation sends no events until its hang-up).
+  * else after CALL_IDLE_TIMEOUT_S with no event (CONNECTED_IDLE_TIMEOUT_S while an answered
+    attempt has had no TE yet: a conversation sends no events until it ends).
 What it emits
   * revision 1 of its completed record when it closes; a further revision whenever a later event
     changes the record's content (a duplicate, or an event that changes nothing, emits nothing);
@@ -125,14 +125,15 @@ def _complete(state: CallState) -> bool:
     return all(f"TA|{a}" in facts and f"TE|{a}" in facts for a in state.attempt_ids())
 
 
-def _connected(state: CallState) -> bool:
-    return any(k.startswith("TC|") or (k.startswith("TE|") and f.result == "answered") for k, f in state.facts.items())
+def _talking(state: CallState) -> bool:
+    """An agent answered and that attempt has not ended yet: a conversation sends no events."""
+    return any(k.startswith("TC|") and "TE|" + k[3:] not in state.facts for k in state.facts)
 
 
 def _close_deadline(state: CallState, cfg: LifecycleConfig) -> float:
     if state.hangup_seen is not None:
         return state.hangup_seen + cfg.hangup_grace_s
-    idle = cfg.connected_idle_timeout_s if _connected(state) else cfg.idle_timeout_s
+    idle = cfg.connected_idle_timeout_s if _talking(state) else cfg.idle_timeout_s
     return state.last_activity + idle
 
 

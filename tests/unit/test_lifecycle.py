@@ -184,6 +184,14 @@ def test_connected_call_without_hangup_waits_the_longer_timeout() -> None:
     assert run.record.attempts[0].result == "answered"
 
 
+def test_answered_call_whose_conversation_ended_waits_only_the_short_timeout() -> None:
+    uid = "ce"
+    run = Run().feed([ev("IN", uid, T0), *attempt(uid, 1, "A1", T0 + 1, "answered", ring=2, talk=50)])
+    run.at(NOW + CFG.idle_timeout_s)  # the TE ended the conversation; only the H is missing
+    assert run.record.outcome == "answered" and run.record.close_reason == "timeout"
+    assert run.record.ended_at == format_ts(T0 + 53) and run.record.talk_s == 50
+
+
 def test_duplicates_are_absorbed_and_counted() -> None:
     events = answered_call()
     run = Run().feed([events[0], events[0], *events[1:3], events[1]])

@@ -1,0 +1,305 @@
+"""Simulated IVR traffic with its ground truth.
+
+    ivr-simulate --calls 2000 --rate 300 --url http://127.0.0.1:8080/webhooks/ivr --token T --truth truth.json
+    ivr-simulate --calls 100000 --kafka 127.0.0.1:9092 --topic-prefix bench.   # straight to ivr.events
+
+Calls: an agent pool tried round robin; each attempt is answered, noanswer, busy or congestion
+with given probabilities (or the caller hangs up while it rings); talk times; abandonment in the
+IVR. Delivery: optional duplicates, reordering within a call and missing hang-ups. The ground
+truth (what each call's completed record must say) comes from the generator's own decisions.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import random
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+import orjson
+
+APP = "4e11fe2082b044b4a3b55718c79c29d5"
+IST = timezone(timedelta(hours=5, minutes=30))
+
+
+@dataclass(frozen=True)
+class Profile:
+    agents: int = 5
+    p_ivr_abandon: float = 0.1
+    p_answer: float = 0.6
+    p_busy: float = 0.1
+    p_congestion: float = 0.05  # the rest of an attempt is noanswer
+    p_caller_hangup: float = 0.05  # the caller leaves while an attempt rings
+    max_attempts: int = 3
+    ring_s: float = 15.0  # ring timeout before noanswer
+    mean_talk_s: float = 120.0
+    p_duplicate: float = 0.0
+    p_reorder: float = 0.0
+    p_missing_hangup: float = 0.0
+
+
+@dataclass
+class TruthAttempt:
+    attemptid: str
+    agent: str
+    start: float
+    result: str
+    ring_s: float
+
+
+@dataclass
+class Truth:
+    uniqueid: str
+    cli: str
+    start: float
+    end: float
+    outcome: str
+    missed_reason: str | None
+    answered_by: str | None
+    close_reason: str
+    attempts: list[TruthAttempt] = field(default_factory=list)
+
+
+def _fmt_time(t: float, rng: random.Random) -> str:
+    """The provider's formats, mixed: ISO with offset, naive Asia/Kolkata, epoch s or ms."""
+    kind = rng.random()
+    dt = datetime.fromtimestamp(t, IST)
+    if kind < 0.5:
+        return dt.isoformat(timespec="seconds")
+    if kind < 0.8:
+        return dt.strftime("%Y-%m-%d %H:%M:%S")
+    if kind < 0.9:
+        return str(int(t))
+    return str(int(t) * 1000)
+
+
+def generate(calls: int, start: float, span_s: float, profile: Profile, seed: int = 1,
+             app: str = APP, prefix: str = "") -> tuple[list[dict[str, str]], list[Truth]]:
+    """Events in delivery order (each the provider's fields) and the ground truth per call."""
+    rng = random.Random(seed)
+    agents = [f"9000000{i:03d}" for i in range(profile.agents)]
+    next_agent = 0
+    timed: list[tuple[float, int, dict[str, str]]] = []  # (delivery time, seq, fields)
+    truth: list[Truth] = []
+    seq = 0
+    for n in range(calls):
+        t0 = float(int(start + rng.random() * span_s))
+        uid = f"{prefix}{int(t0)}.{n}"
+        cli = f"98{rng.randrange(10**8):08d}"
+        events: list[tuple[float, dict[str, str]]] = [
+            (t0, {"app": app, "event": "IN", "uniqueid": uid, "cli": cli, "time": _fmt_time(t0, rng)})]
+        t = t0 + rng.uniform(3, 20)  # IVR menu
+        tr = Truth(uid, cli, t0, t0, "missed", None, None, "hangup")
+        if rng.random() < profile.p_ivr_abandon:
+            tr.missed_reason = "abandoned_in_ivr"
+        else:
+            answer_at = None
+            for k in range(1, profile.max_attempts + 1):
+                agent = agents[next_agent % len(agents)]
+                next_agent += 1
+                aid = f"{uid}.{k}"
+                events.append((t, {"app": app, "event": "TA", "uniqueid": uid, "cli": cli, "attemptid": aid,
+                                   "to": agent, "time": _fmt_time(t, rng)}))
+                roll = rng.random()
+                if rng.random() < profile.p_caller_hangup:
+                    ring = rng.uniform(1, profile.ring_s)
+                    tr.attempts.append(TruthAttempt(aid, agent, t, "caller_hangup", ring))
+                    t += ring
+                    break
+                if roll < profile.p_answer:
+                    ring = round(rng.uniform(2, 10))
+                    talk = round(rng.expovariate(1 / profile.mean_talk_s)) + 1
+                    events.append((t + ring, {"app": app, "event": "TC", "uniqueid": uid, "cli": cli,
+                                              "attemptid": aid, "to": agent, "time": _fmt_time(t + ring, rng)}))
+                    events.append((t + ring + talk, {"app": app, "event": "TE", "uniqueid": uid, "cli": cli,
+                                                     "attemptid": aid, "to": agent, "result": "answered",
+                                                     "duration": str(ring + talk)}))
+                    tr.attempts.append(TruthAttempt(aid, agent, t, "answered", ring))
+                    answer_at = t + ring
+                    t += ring + talk
+                    break
+                result, ring = (("busy", 1.0) if roll < profile.p_answer + profile.p_busy else
+                                ("congestion", 0.0) if roll < profile.p_answer + profile.p_busy + profile.p_congestion
+                                else ("noanswer", profile.ring_s))
+                events.append((t + ring, {"app": app, "event": "TE", "uniqueid": uid, "cli": cli, "attemptid": aid,
+                                          "to": agent, "result": result, "duration": str(int(ring))}))
+                tr.attempts.append(TruthAttempt(aid, agent, t, result, ring))
+                t += ring + 1
+            if answer_at is not None:
+                tr.outcome, tr.answered_by = "answered", next(a.agent for a in tr.attempts if a.result == "answered")
+            else:
+                tr.missed_reason = "no_answer"
+        t = float(int(t) + 1)
+        tr.end = t
+        if rng.random() < profile.p_missing_hangup:
+            tr.close_reason = "timeout"
+            tr.end = max(et for et, _ in events)  # the call ends with the last thing known of it
+        else:
+            events.append((t, {"app": app, "event": "H", "uniqueid": uid, "cli": cli, "duration": str(int(t - t0))}))
+        if rng.random() < profile.p_reorder and len(events) > 1:
+            i = rng.randrange(len(events) - 1)  # two neighbours swap their delivery
+            (ta, ea), (tb, eb) = events[i], events[i + 1]
+            events[i], events[i + 1] = (ta, eb), (tb, ea)
+        for et, e in events:
+            timed.append((et, seq, e))
+            seq += 1
+            if rng.random() < profile.p_duplicate:
+                timed.append((et + rng.uniform(0, 5), seq, e))  # a retry, a little later
+                seq += 1
+        truth.append(tr)
+    timed.sort(key=lambda x: (x[0], x[1]))
+    return [e for _, _, e in timed], truth
+
+
+def expected_agent_windows(events: Iterable[dict[str, str]], window_s: int,
+                           parse_time: Any) -> dict[tuple[str, str, int], dict[str, int]]:
+    """Agent counts per window, computed from the *posted events* alone (independent of the processor)."""
+    attempts: dict[str, dict[str, Any]] = {}
+    for e in events:
+        if e["event"] in ("TA", "TC", "TE"):
+            a = attempts.setdefault(e["attemptid"], {"app": e["app"], "agent": e["to"]})
+            if e["event"] == "TA":
+                a["start"] = parse_time(e["time"])
+            elif e["event"] == "TC":
+                a["connected"] = True
+            else:
+                a["result"] = e["result"].lower()
+    out: dict[tuple[str, str, int], dict[str, int]] = {}
+    for a in attempts.values():
+        result = a.get("result") or ("answered" if a.get("connected") else "caller_hangup")
+        key = (a["app"], a["agent"], int(a["start"] // window_s * window_s))
+        counts = out.setdefault(key, {"offered": 0, "answered": 0, "noanswer": 0, "busy": 0, "congestion": 0,
+                                      "caller_hangup": 0})
+        counts["offered"] += 1
+        counts[result] += 1
+    return out
+
+
+class Progress:
+    def __init__(self, total: int, label: str) -> None:
+        self.total, self.label, self.done, self.t0, self._last = total, label, 0, time.monotonic(), 0.0
+
+    def step(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self._last > 0.2 or self.done >= self.total:
+            self._last = now
+            width = 30
+            filled = int(width * self.done / max(1, self.total))
+            rate = self.done / max(1e-9, now - self.t0)
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+                             f"{self.done}/{self.total} {rate:,.0f}/s")
+            if self.done >= self.total:
+                sys.stderr.write("\n")
+            sys.stderr.flush()
+
+
+async def post_events(url: str, token: str, events: list[dict[str, str]], rate: float, concurrency: int = 32,
+                      progress: bool = True) -> dict[int, int]:
+    """POST each event (form) at about `rate` per second; returns a count per HTTP status. Retries 503."""
+    import httpx
+
+    statuses: dict[int, int] = {}
+    bar = Progress(len(events), "posting") if progress else None
+    queue: asyncio.Queue[dict[str, str] | None] = asyncio.Queue(maxsize=concurrency * 2)
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+
+    async def worker(client: httpx.AsyncClient) -> None:
+        while (e := await queue.get()) is not None:
+            for _ in range(20):
+                r = await client.post(url, data=e, headers={"X-Webhook-Token": token})
+                if r.status_code != 503:
+                    break
+                await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+            if bar:
+                bar.step()
+
+    async with httpx.AsyncClient(limits=limits, timeout=30) as client:
+        tasks = [asyncio.create_task(worker(client)) for _ in range(concurrency)]
+        t0 = time.monotonic()
+        for i, e in enumerate(events):
+            if rate > 0:
+                delay = t0 + i / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await queue.put(e)
+        for _ in tasks:
+            await queue.put(None)
+        await asyncio.gather(*tasks)
+    return statuses
+
+
+async def write_events(bootstrap: str, topic: str, events: list[dict[str, str]], tz: str = "Asia/Kolkata",
+                       progress: bool = True) -> None:
+    """Normalise like the ingress does and produce straight to ivr.events (acks=all)."""
+    from zoneinfo import ZoneInfo
+
+    from aiokafka import AIOKafkaProducer
+
+    from schemas.codec import dumps
+    from schemas.webhook import normalise
+
+    zone = ZoneInfo(tz)
+    bar = Progress(len(events), "writing") if progress else None
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+                                max_batch_size=256 * 1024)
+    await producer.start()
+    try:
+        pending = []
+        for e in events:
+            ev = normalise(e, time.time(), zone)
+            pending.append(await producer.send(topic, dumps(ev), key=ev.uniqueid.encode()))
+            if len(pending) >= 5000:
+                await asyncio.gather(*pending)
+                if bar:
+                    bar.step(len(pending))
+                pending = []
+        await asyncio.gather(*pending)
+        if bar:
+            bar.step(len(pending))
+    finally:
+        await producer.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=1000)
+    ap.add_argument("--agents", type=int, default=5)
+    ap.add_argument("--span-s", type=float, default=3600.0, help="event-time span the calls start in")
+    ap.add_argument("--start", type=float, default=None, help="epoch of the first call (default: now - span)")
+    ap.add_argument("--rate", type=float, default=200.0, help="webhooks per second when posting (0: unlimited)")
+    ap.add_argument("--duplicates", type=float, default=0.0)
+    ap.add_argument("--reorder", type=float, default=0.0)
+    ap.add_argument("--missing-hangups", type=float, default=0.0)
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--url", help="ingress webhook URL")
+    ap.add_argument("--token", default="")
+    ap.add_argument("--kafka", help="bootstrap servers: write straight to ivr.events instead")
+    ap.add_argument("--topic-prefix", default="")
+    ap.add_argument("--truth", help="write the ground truth (JSON) here")
+    args = ap.parse_args(argv)
+    profile = Profile(agents=args.agents, p_duplicate=args.duplicates, p_reorder=args.reorder,
+                      p_missing_hangup=args.missing_hangups)
+    start = args.start if args.start is not None else time.time() - args.span_s
+    events, truth = generate(args.calls, start, args.span_s, profile, args.seed)
+    print(f"{len(truth)} calls, {len(events)} webhooks", file=sys.stderr)
+    if args.truth:
+        with open(args.truth, "wb") as f:
+            f.write(orjson.dumps([asdict(t) for t in truth], option=orjson.OPT_INDENT_2))
+    if args.url:
+        statuses = asyncio.run(post_events(args.url, args.token, events, args.rate))
+        print(f"HTTP statuses: {statuses}", file=sys.stderr)
+        return 0 if set(statuses) == {202} else 1
+    if args.kafka:
+        asyncio.run(write_events(args.kafka, f"{args.topic_prefix}ivr.events", events))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
