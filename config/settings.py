@@ -42,6 +42,7 @@ class Settings:
     worker_data_dir: str = "./var/worker"
     worker_web_port: int = 6066
     worker_session_timeout_s: float = 30.0
+    processor_id: str = "ivr-processor"
     log_level: str = "INFO"
 
     @property

@@ -23,6 +23,7 @@ from processors.core.call_state import CallState
 from processors.core.deadlines import DeadlineIndex
 from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
 from processors.core.repeat_callers import CallerHistory, caller_key, record_missed
+from processors.faust_app import survives
 from schemas.codec import dumps
 from schemas.records import MissedCallFact
 from schemas.timefmt import parse_ts
@@ -138,11 +139,13 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
             yield None
 
     @app.timer(interval=0.5)
+    @survives
     async def wake_due_calls() -> None:
         for uid in due.pop_due(time.time()):
             await ticks.send(key=uid.encode(), value=b"")
 
     @app.timer(interval=5.0)
+    @survives
     async def report_lag() -> None:
         """Records of ivr.events not yet processed, per partition this worker owns."""
         for tp in app.assignor.assigned_actives():
@@ -162,7 +165,7 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
         committed = await app.consumer.seek_to_committed()  # type: ignore[attr-defined]
         for tp, offset in committed.items():
             if tp.topic == events_name:
-                next_offset[tp.partition] = offset
+                next_offset[tp.partition] = offset or 0  # None: nothing committed yet, read from the start
         for key, raw in calls.items():
             state = CallState.from_json(orjson.loads(raw))
             uid = key.decode()

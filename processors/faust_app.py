@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import logging
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import faust
 
 from config.settings import Settings
 from config.topics import ensure_topics
+from processors.worker_metrics import TIMER_ERRORS
+
+log = logging.getLogger("processors")
 
 
 class IvrApp(faust.App):
@@ -26,7 +33,7 @@ def create_app(settings: Settings) -> IvrApp:
     brokers = ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",") if h.strip())
     return IvrApp(
         settings,
-        id=f"{settings.topic_prefix}ivr-processor",
+        id=f"{settings.topic_prefix}{settings.processor_id}",
         broker=brokers,
         store=settings.worker_store,
         datadir=settings.worker_data_dir,
@@ -47,3 +54,19 @@ def create_app(settings: Settings) -> IvrApp:
         web_enabled=True,
         logging_config=None,
     )
+
+
+def survives(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A Faust timer that raises stops the whole worker: log the error and try again next time."""
+
+    @functools.wraps(timer)
+    async def guarded() -> None:
+        try:
+            await timer()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            TIMER_ERRORS.labels(timer.__name__).inc()
+            log.exception("timer %s failed; it runs again at its next interval", timer.__name__)
+
+    return guarded

@@ -27,6 +27,7 @@ from processors.core.call_metrics import (
     record_key,
 )
 from processors.core.windows import Window, Windowed, WindowPolicy, add, flush
+from processors.faust_app import survives
 from schemas.codec import dumps
 from schemas.records import CompletedCall, MetricContribution
 from schemas.timefmt import format_ts, parse_ts
@@ -114,6 +115,7 @@ def register(app: faust.App, s: Settings) -> None:
                     owner[key] = p
 
         @app.timer(interval=1.0, name=f"{name}_flush")
+        @survives
         async def flush_windows() -> None:
             actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source_name}
             now = time.time()

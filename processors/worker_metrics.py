@@ -31,3 +31,5 @@ LATE_ATTEMPTS = Counter("ivr_worker_late_attempts_total",
 LATE_CALLS = Counter("ivr_worker_late_calls_total",
                      "Calls that reached an app window after its final record (reported, not counted)",
                      registry=REGISTRY)
+TIMER_ERRORS = Counter("ivr_worker_timer_errors_total", "Timer runs that failed (logged; retried next interval)",
+                       ["timer"], registry=REGISTRY)
