@@ -397,9 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--quick", action="store_true", help="a few seconds each (the smoke test)")
     ap.add_argument("--only", nargs="*", default=None, help="ingress processor e2e memory")
+    ap.add_argument("--out", type=Path, default=OUT, help="where results.json and the chart go")
     args = ap.parse_args(argv)
     s = QUICK if args.quick else FULL
-    OUT.mkdir(parents=True, exist_ok=True)
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as d:
@@ -411,11 +413,11 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"running {name} ...", file=sys.stderr, flush=True)
                     results[name] = fn(broker, tmp, s)
     results["seconds"] = round(time.monotonic() - started)
-    (OUT / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
+    (out / "results.json").write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2))
     if args.only is None:
         print(table(results))
-        chart(results, OUT / "benchmarks.png")
-        print(f"\n{results['seconds']} s; results in {OUT}/results.json, chart in {OUT}/benchmarks.png")
+        chart(results, out / "benchmarks.png")
+        print(f"\n{results['seconds']} s; results in {out}/results.json, chart in {out}/benchmarks.png")
     else:
         print(orjson.dumps(results, option=orjson.OPT_INDENT_2).decode())
     return 0
