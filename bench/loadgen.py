@@ -89,7 +89,7 @@ def main() -> None:
     ap.add_argument("--salt", default="")
     a = ap.parse_args()
     result = asyncio.run(run(a.url, a.token, a.rate, a.seconds, a.concurrency, a.salt))
-    print(orjson.dumps(result).decode())
+    print(orjson.dumps(result, option=orjson.OPT_NON_STR_KEYS).decode())
 
 
 if __name__ == "__main__":

@@ -97,16 +97,19 @@ def base_env(broker: KafkaBroker, prefix: str, tmp: Path) -> dict[str, str]:
     return {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "TOPIC_PREFIX": prefix, "TOPIC_PARTITIONS": "6",
             "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": "rocksdb://", "WORKER_DATA_DIR": str(tmp / f"{prefix}w"),
             "HANGUP_GRACE_S": "1", "CALL_IDLE_TIMEOUT_S": "3", "WORKER_SESSION_TIMEOUT_S": "10",
-            "LOG_LEVEL": "WARNING"}
+            }
 
 
 @contextmanager
 def worker(env: dict[str, str], tmp: Path, name: str) -> Iterator[tuple[Proc, int]]:
     port = free_port()
-    p = Proc([sys.executable, "-m", "faust", "-A", "processors.app", "worker", "-l", "warning"],
+    p = Proc([sys.executable, "-m", "faust", "-A", "processors.app", "worker", "-l", "warn"],
              {**env, "WORKER_WEB_PORT": str(port), "WORKER_DATA_DIR": str(tmp / name)}, tmp / f"{name}.log")
     try:
-        wait_http(f"http://127.0.0.1:{port}/healthz")
+        try:
+            wait_http(f"http://127.0.0.1:{port}/healthz")
+        except TimeoutError:
+            raise RuntimeError(f"worker {name} did not start:\n{p.log.read_text()[-3000:]}") from None
         yield p, port
     finally:
         p.stop()

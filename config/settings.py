@@ -43,7 +43,6 @@ class Settings:
     worker_web_port: int = 6066
     worker_session_timeout_s: float = 30.0
     processor_id: str = "ivr-processor"
-    log_level: str = "INFO"
 
     @property
     def tz(self) -> ZoneInfo:

@@ -39,7 +39,6 @@ def stack_env(kafka: KafkaBroker, prefix: str, tmp_path: Path) -> dict[str, str]
         "PRODUCE_TIMEOUT_S": "3",
         "WORKER_DATA_DIR": str(tmp_path / "worker"),
         "WORKER_STORE": "memory://",
-        "LOG_LEVEL": "INFO",
     }
 
 
