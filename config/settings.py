@@ -41,6 +41,7 @@ class Settings:
     worker_store: str = "rocksdb://"
     worker_data_dir: str = "./var/worker"
     worker_web_port: int = 6066
+    worker_rocksdb_cache_mb: int = 8
     worker_session_timeout_s: float = 30.0
     processor_id: str = "ivr-processor"
 

@@ -20,6 +20,9 @@ ATTEMPTS_BY_AGENT = "ivr.internal.attempts-by-agent"
 CALLS_BY_APP = "ivr.internal.calls-by-app"
 # internal: wake-up hints for calls with a deadline, co-partitioned with ivr.events (keyed by uniqueid)
 CALL_TICKS = "ivr.internal.call-ticks"
+# internal: wake-up hints for metric windows due a record, co-partitioned with their sources
+AGENT_WINDOW_TICKS = "ivr.internal.agent-window-ticks"
+APP_WINDOW_TICKS = "ivr.internal.app-window-ticks"
 DAY_MS = 24 * 3600 * 1000
 
 WEEK_MS = 7 * 24 * 3600 * 1000
@@ -44,6 +47,8 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(ATTEMPTS_BY_AGENT, (("retention.ms", str(WEEK_MS)),)),
     TopicSpec(CALLS_BY_APP, (("retention.ms", str(WEEK_MS)),)),
     TopicSpec(CALL_TICKS, (("retention.ms", str(DAY_MS)),)),
+    TopicSpec(AGENT_WINDOW_TICKS, (("retention.ms", str(DAY_MS)),)),
+    TopicSpec(APP_WINDOW_TICKS, (("retention.ms", str(DAY_MS)),)),
 )
 
 

@@ -23,7 +23,7 @@ from processors.core.call_state import CallState
 from processors.core.deadlines import DeadlineIndex
 from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
 from processors.core.repeat_callers import CallerHistory, caller_key, record_missed
-from processors.faust_app import survives
+from processors.faust_app import survives, table_options
 from schemas.codec import dumps
 from schemas.records import MissedCallFact
 from schemas.timefmt import parse_ts
@@ -52,13 +52,18 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
     ticks_name = s.topic(topics.CALL_TICKS)
     events_name = s.topic(topics.EVENTS)
 
-    calls = app.Table("calls", default=None, partitions=parts, key_type=bytes, value_type=bytes)
-    callers = app.Table("callers", default=None, partitions=parts, key_type=bytes, value_type=bytes)
+    calls = app.Table("calls", default=None, partitions=parts, key_type=bytes, value_type=bytes,
+                      options=table_options(s))
+    callers = app.Table("callers", default=None, partitions=parts, key_type=bytes, value_type=bytes,
+                      options=table_options(s))
     due = DeadlineIndex()
     open_calls: set[str] = set()
     # next offset to process, per ivr.events partition: deadlines must not fire for a partition
     # that is still behind (after a restart or a takeover its events may be waiting to be read)
     next_offset: dict[int, int] = {}
+    # calls whose tick found their partition behind: held until it catches up (re-arming them every
+    # second would flood the tick topic exactly while the worker is busiest)
+    parked: dict[int, set[str]] = {}
 
     def caught_up(partition: int) -> bool:
         highwater = app.consumer.highwater(TP(events_name, partition))
@@ -108,7 +113,7 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
                 if state is None:
                     pass
                 elif not caught_up(event.message.partition):
-                    due.set(uid, now + 1.0)  # try again once the partition's backlog is read
+                    parked.setdefault(event.message.partition, set()).add(uid)
                 else:
                     result = tick(state, now, cfg)
                     store(uid, result)
@@ -141,7 +146,11 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
     @app.timer(interval=0.5)
     @survives
     async def wake_due_calls() -> None:
-        for uid in due.pop_due(time.time()):
+        now = time.time()
+        for partition in [p for p in parked if caught_up(p)]:
+            for uid in parked.pop(partition):
+                due.set(uid, now)
+        for uid in due.pop_due(now):
             await ticks.send(key=uid.encode(), value=b"")
 
     @app.timer(interval=5.0)
@@ -161,6 +170,7 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
         due.clear()
         open_calls.clear()
         next_offset.clear()
+        parked.clear()
         # the offsets the stream resumes from (Faust seeks to them too, right after this callback)
         committed = await app.consumer.seek_to_committed()  # type: ignore[attr-defined]
         for tp, offset in committed.items():

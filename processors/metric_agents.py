@@ -1,8 +1,8 @@
 """Faust wiring for metrics: completed calls -> contributions re-keyed by agent / app -> windows.
 
 The windowing and the figures are `processors.core.windows` and `processors.core.call_metrics`;
-this module moves bytes. A timer flushes interim and final records for the keys of partitions
-this worker actively owns (standby copies never emit).
+this module moves bytes. A timer sends a tick for each key whose next record is due; the tick
+reaches the worker that owns the key, whose agent flushes it (standby copies never emit).
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ from processors.core.call_metrics import (
     app_record,
     record_key,
 )
-from processors.core.windows import Window, Windowed, WindowPolicy, add, flush
-from processors.faust_app import survives
+from processors.core.deadlines import DeadlineIndex
+from processors.core.windows import Window, WindowPolicy, next_flush
+from processors.faust_app import survives, table_options
+from processors.window_store import WindowStore
 from schemas.codec import dumps
 from schemas.records import CompletedCall, MetricContribution
 from schemas.timefmt import format_ts, parse_ts
@@ -77,72 +79,56 @@ def register(app: faust.App, s: Settings) -> None:
             yield None
 
     def aggregate(
-        name: str, source: faust.TopicT, out: faust.TopicT, to_record: Callable[[str, int, Window], Any],
-        late_counter: Any,
+        name: str, source: faust.TopicT, ticks_base: str, out: faust.TopicT,
+        to_record: Callable[[str, int, Window], Any], late_counter: Any,
     ) -> None:
         table = app.Table(name, default=None, partitions=parts, key_type=bytes, value_type=bytes,
-                          use_partitioner=True)  # the timer writes too, outside the stream
-        owner: dict[bytes, int] = {}  # key -> its partition of `source`, for keys seen by this worker
-        source_name = source.get_topic_name()
+                          options=table_options(s))
+        ticks_name = s.topic(ticks_base)
+        ticks = app.topic(ticks_name, partitions=parts)
+        due = DeadlineIndex()
+        windows = WindowStore(table, policy)
 
-        def load(key: bytes) -> Windowed:
-            raw = table.get(key)
-            return Windowed() if raw is None else Windowed.from_json(orjson.loads(raw))
-
-        @app.agent(source, concurrency=1, name=f"{name}_aggregate")
+        # Every table write happens here, in the key's partition order: the timer only sends ticks
+        # (Faust's RocksDB store refuses writes from outside a stream event, and rightly so).
+        @app.agent(app.topic(source.get_topic_name(), ticks_name, partitions=parts), concurrency=1,
+                   name=f"{name}_aggregate")
         async def aggregate_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
             async for event in stream.events():
-                key = event.key or b""
+                key = (event.key or b"").decode()
+                now = time.time()
+                if event.message.topic == ticks_name:
+                    records = windows.flush(key, now)
+                    due.set(key, next_flush(windows.state(key), policy))
+                    for start, w in records:
+                        rec = to_record(key, start, w)
+                        await out.send(key=record_key(key, start).encode(), value=dumps(rec))
+                    yield None
+                    continue
                 data = orjson.loads(event.value)
-                state = load(key)
-                result = add(state, data["item"], parse_ts(data["at"]), data["values"], time.time(), policy)
-                if result == "late":
+                if windows.add(key, data["item"], parse_ts(data["at"]), data["values"], now) == "late":
                     late_counter.inc()
                     log.warning("late contribution for %s at %s: counted in late_*, not in the figures",
-                                key.decode(errors="replace"), data["at"])
-                table[key] = orjson.dumps(state.to_json())
-                owner[key] = event.message.partition
+                                key, data["at"])
+                due.set(key, next_flush(windows.state(key), policy))
                 yield None
 
         @table.on_recover
         async def index_keys() -> None:
-            owner.clear()
-            actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source_name}
-            for key in table:
-                # the partition is the one the producer's partitioner picks for the key
-                p = _partition_of(key, parts)
-                if p in actives:
-                    owner[key] = p
+            windows.rebuild(table.items(), time.time())  # standby copies too: their one tick goes to the owner
+            due.clear()
+            for key, state in windows.cache.items():
+                due.set(key, next_flush(state, policy))
 
-        @app.timer(interval=1.0, name=f"{name}_flush")
+        @app.timer(interval=1.0, name=f"{name}_ticks")
         @survives
-        async def flush_windows() -> None:
-            actives = {tp.partition for tp in app.assignor.assigned_actives() if tp.topic == source_name}
-            now = time.time()
-            for key, p in list(owner.items()):
-                if p not in actives:
-                    owner.pop(key, None)
-                    continue
-                raw = table.get(key)
-                if raw is None:
-                    continue
-                state = Windowed.from_json(orjson.loads(raw))
-                due = flush(state, now, policy)
-                if not due and not state.windows:
-                    continue
-                table[key] = orjson.dumps(state.to_json())  # stored before any await: no interleaving
-                for start, w in due:
-                    rec = to_record(key.decode(), start, w)
-                    await out.send(key=record_key(key.decode(), start).encode(), value=dumps(rec))
+        async def send_ticks() -> None:
+            for key in due.pop_due(time.time()):
+                await ticks.send(key=key.encode(), value=b"")
 
     size = float(s.agent_window_s)
-    aggregate("agent_windows", by_agent, agents_out, lambda k, st, w: agent_record(k, st, size, w),
-              m.LATE_ATTEMPTS)
-    aggregate("app_windows", by_app, apps_out, lambda k, st, w: app_record(k, st, size, w, s.service_level_s),
-              m.LATE_CALLS)
+    aggregate("agent_windows", by_agent, topics.AGENT_WINDOW_TICKS, agents_out,
+              lambda k, st, w: agent_record(k, st, size, w), m.LATE_ATTEMPTS)
+    aggregate("app_windows", by_app, topics.APP_WINDOW_TICKS, apps_out,
+              lambda k, st, w: app_record(k, st, size, w, s.service_level_s), m.LATE_CALLS)
 
-
-def _partition_of(key: bytes, partitions: int) -> int:
-    from aiokafka.partitioner import murmur2
-
-    return int(murmur2(key) & 0x7FFFFFFF) % partitions
