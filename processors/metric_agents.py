@@ -108,7 +108,7 @@ def register(app: faust.App, s: Settings) -> None:
                 data = orjson.loads(event.value)
                 if windows.add(key, data["item"], parse_ts(data["at"]), data["values"], now) == "late":
                     late_counter.inc()
-                    log.warning("late contribution for %s at %s: counted in late_*, not in the figures",
+                    log.warning("late contribution for %s at %s: its window's final is out; not counted",
                                 key, data["at"])
                 due.set(key, next_flush(windows.state(key), policy))
                 yield None

@@ -131,7 +131,6 @@ class AgentWindowMetrics:
     answer_rate_excl_caller_hangup: Rate | None = doc("answered / (offered - caller_hangup); null on 0")
     avg_ring_s: Seconds | None = doc("mean start-to-connect of answered attempts; null when none")
     talk_s: Seconds = doc("total talk time of answered attempts")
-    late_attempts: Count = doc("attempts that arrived after this window's final record (not in the counts)")
     final: bool = doc("false on interim updates; exactly one true per agent and window")
     v: Literal[1] = doc("schema version", default=1)
 
@@ -153,7 +152,6 @@ class AppWindowMetrics:
         "answered within service_level_s / (offered - short_abandons); null when the divisor is 0"
     )
     service_level_s: Seconds = doc("the service level threshold in seconds")
-    late_calls: Count = doc("calls that arrived after this window's final record (not in the counts)")
     final: bool = doc("false on interim updates; exactly one true per app and window")
     v: Literal[1] = doc("schema version", default=1)
 

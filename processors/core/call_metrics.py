@@ -77,7 +77,7 @@ def agent_record(key: str, start: int, size: float, w: Window) -> AgentWindowMet
         answer_rate_excl_caller_hangup=_rate(count["answered"], offered - count["caller_hangup"]),
         avg_ring_s=round(sum(rings) / len(rings), 3) if rings else None,
         talk_s=round(sum(v[2] for v in w.items.values()), 3),
-        late_attempts=w.late, final=w.final,
+        final=w.final,
     )
 
 
@@ -91,7 +91,7 @@ def app_record(app: str, start: int, size: float, w: Window, service_level_s: fl
         abandoned_in_ivr=sum(1 for c in calls if c[1] == "abandoned_in_ivr"), short_abandons=short,
         avg_speed_of_answer_s=round(sum(c[2] for c in answered) / len(answered), 3) if answered else None,
         service_level=_rate(sum(1 for c in calls if c[4]), len(calls) - short),
-        service_level_s=service_level_s, late_calls=w.late, final=w.final,
+        service_level_s=service_level_s, final=w.final,
     )
 
 
