@@ -108,6 +108,7 @@ class Ingress:
 
         body = b""
         kind = ""
+        fields: dict[str, Any] = {}
         try:
             if request.method == "POST":
                 body = await bodies.read_body(request, self.settings.max_body_bytes)
@@ -125,7 +126,7 @@ class Ingress:
             detail = f"use {bodies.FORM} or {bodies.JSON} (got {kind or 'none'!r})"
             return _json(415, {"error": "unsupported_media_type", "detail": detail}), "unknown"
         except (bodies.BadFields, InvalidWebhook) as e:
-            label = event_label(locals().get("fields", {}).get("event"))
+            label = event_label(fields.get("event") or query.get("event"))
             return await self._dead_letter(request, received_at, query_string, body, e.errors), label
 
         try:

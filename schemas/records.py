@@ -68,7 +68,7 @@ class Attempt:
     attemptid: str = doc("provider's transfer attempt id")
     to: str = doc("agent number")
     started_at: Timestamp | None = doc("TA time; null when the TA never arrived")
-    connected_at: Timestamp | None = doc("TC time (or the end of an answered attempt without TC)")
+    connected_at: Timestamp | None = doc("TC time; null when not connected or when no TC arrived")
     ended_at: Timestamp | None = doc("TE time, the hang-up for attempts still open at the end")
     result: AttemptResult = doc("provider result, or caller_hangup when the caller hung up while it rang")
     ring_s: Seconds | None = doc("start to connect (answered) or start to end (not answered)")
