@@ -71,6 +71,7 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
 
 
 def main() -> int:
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows when piped
     VAR.mkdir(exist_ok=True)
     settings = load()
     for port, what in ((9092, "Kafka"), (9093, "Kafka's controller"), (INGRESS_PORT, "the ingress"),
@@ -96,6 +97,8 @@ def main() -> int:
         stopping = True
 
     signal.signal(signal.SIGTERM, on_signal)
+    # Ctrl-C even when started with SIGINT ignored (a background job of a script inherits that)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         print("starting Apache Kafka (single-node KRaft) ...")
         print(f"  logs: {broker.log_path}")
