@@ -23,6 +23,7 @@ CALL_TICKS = "ivr.internal.call-ticks"
 # internal: wake-up hints for metric windows due a record, co-partitioned with their sources
 AGENT_WINDOW_TICKS = "ivr.internal.agent-window-ticks"
 APP_WINDOW_TICKS = "ivr.internal.app-window-ticks"
+CALLER_TICKS = "ivr.internal.caller-ticks"
 DAY_MS = 24 * 3600 * 1000
 
 WEEK_MS = 7 * 24 * 3600 * 1000
@@ -49,6 +50,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(CALL_TICKS, (("retention.ms", str(DAY_MS)),)),
     TopicSpec(AGENT_WINDOW_TICKS, (("retention.ms", str(DAY_MS)),)),
     TopicSpec(APP_WINDOW_TICKS, (("retention.ms", str(DAY_MS)),)),
+    TopicSpec(CALLER_TICKS, (("retention.ms", str(DAY_MS)),)),
 )
 
 

@@ -22,7 +22,7 @@ from processors import worker_metrics as m
 from processors.core.call_state import CallState
 from processors.core.deadlines import DeadlineIndex
 from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
-from processors.core.repeat_callers import CallerHistory, caller_key, record_missed
+from processors.core.repeat_callers import CallerHistory, caller_key, forget, forget_at, record_missed
 from processors.faust_app import survives, table_options
 from schemas.codec import dumps
 from schemas.records import MissedCallFact
@@ -47,7 +47,7 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
     events = app.topic(s.topic(topics.EVENTS), s.topic(topics.CALL_TICKS), partitions=parts)
     ticks = app.topic(s.topic(topics.CALL_TICKS), partitions=parts)
     completed = app.topic(s.topic(topics.CALLS_COMPLETED), partitions=parts)
-    missed_by_caller = app.topic(s.topic(topics.MISSED_BY_CALLER), partitions=parts)
+    missed_by_caller = app.topic(s.topic(topics.MISSED_BY_CALLER), partitions=parts)  # for sending
     alerts = app.topic(s.topic(topics.ALERTS_MISSED), partitions=parts)
     ticks_name = s.topic(topics.CALL_TICKS)
     events_name = s.topic(topics.EVENTS)
@@ -185,21 +185,43 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
         m.CALLS_OPEN.set(len(open_calls))
         log.info("call index rebuilt: %d calls, %d open", len(due), len(open_calls))
 
-    @app.agent(missed_by_caller, concurrency=1)
+    caller_ticks_name = s.topic(topics.CALLER_TICKS)
+    caller_ticks = app.topic(caller_ticks_name, partitions=parts)
+    callers_due = DeadlineIndex()  # caller key -> when its history is older than the 24 h window
+
+    @app.agent(app.topic(s.topic(topics.MISSED_BY_CALLER), caller_ticks_name, partitions=parts), concurrency=1)
     async def process_missed(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for event in stream.events():
             key = event.key or b""
-            data = orjson.loads(event.value)
-            data.pop("v", None)
-            fact = MissedCallFact(**data)
             raw = callers.get(key)
             history = CallerHistory() if raw is None else CallerHistory.from_json(orjson.loads(raw))
-            alert = record_missed(history, fact)
+            if event.message.topic == caller_ticks_name:
+                if raw is not None and forget(history, time.time()):
+                    del callers[key]  # nothing in the last 24 h: the caller is forgotten
+                    callers_due.set(key.decode(), None)
+                yield None
+                continue
+            data = orjson.loads(event.value)
+            data.pop("v", None)
+            alert = record_missed(history, MissedCallFact(**data))
             callers[key] = orjson.dumps(history.to_json())
+            callers_due.set(key.decode(), forget_at(history))
             if alert is not None:
                 await alerts.send(key=alert.cli.encode(), value=dumps(alert))
                 m.ALERTS.inc()
                 m.LATENCY.labels("alert").observe(max(0.0, time.time() - parse_ts(alert.at)))
             yield None
+
+    @callers.on_recover
+    async def index_callers() -> None:
+        callers_due.clear()
+        for key, raw in callers.items():
+            callers_due.set(key.decode(), forget_at(CallerHistory.from_json(orjson.loads(raw))))
+
+    @app.timer(interval=10.0)
+    @survives
+    async def expire_callers() -> None:
+        for key in callers_due.pop_due(time.time()):
+            await caller_ticks.send(key=key.encode(), value=b"")
 
     return {"calls": calls, "callers": callers, "process_calls": process_calls}

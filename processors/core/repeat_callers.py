@@ -65,3 +65,9 @@ def forget(history: CallerHistory, now: float) -> bool:
     """Whether the whole history is older than the window and can be dropped."""
     newest = history.newest()
     return newest is None or newest < now - WINDOW_S
+
+
+def forget_at(history: CallerHistory) -> float | None:
+    """When the history will have nothing left inside the window (None: empty already)."""
+    newest = history.newest()
+    return None if newest is None else newest + WINDOW_S + 1.0

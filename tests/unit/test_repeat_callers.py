@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from processors.core.repeat_callers import CallerHistory, forget, record_missed
+from processors.core.repeat_callers import CallerHistory, forget, forget_at, record_missed
 from schemas.records import MissedCallFact
 from schemas.timefmt import format_ts
 
@@ -44,4 +44,7 @@ def test_withheld_numbers_are_never_repeats_and_history_expires() -> None:
     a = record_missed(h, fact("2", T0 + 1, cli=""))
     assert a is not None and a.repeat_count == 1
     assert not forget(h, T0 + 100) and forget(h, T0 + 86400 + 2)
+    at = forget_at(h)
+    assert at is not None and not forget(h, at - 2) and forget(h, at)
+    assert forget_at(CallerHistory()) is None
     assert CallerHistory.from_json(h.to_json()) == h
