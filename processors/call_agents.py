@@ -20,10 +20,9 @@ from config import topics
 from config.settings import Settings
 from processors import worker_metrics as m
 from processors.core.call_state import CallState
-from processors.core.deadlines import DeadlineIndex
 from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
 from processors.core.repeat_callers import CallerHistory, caller_key, forget, forget_at, record_missed
-from processors.faust_app import survives, table_options
+from processors.faust_app import Ticker, survives, table_options
 from schemas.codec import dumps
 from schemas.records import MissedCallFact
 from schemas.timefmt import parse_ts
@@ -44,19 +43,16 @@ def lifecycle_config(s: Settings) -> LifecycleConfig:
 def register(app: faust.App, s: Settings) -> dict[str, Any]:
     cfg = lifecycle_config(s)
     parts = s.topic_partitions
-    events = app.topic(s.topic(topics.EVENTS), s.topic(topics.CALL_TICKS), partitions=parts)
-    ticks = app.topic(s.topic(topics.CALL_TICKS), partitions=parts)
+    events_and_ticks = app.topic(s.topic(topics.EVENTS), s.topic(topics.CALL_TICKS), partitions=parts)
     completed = app.topic(s.topic(topics.CALLS_COMPLETED), partitions=parts)
     missed_by_caller = app.topic(s.topic(topics.MISSED_BY_CALLER), partitions=parts)  # for sending
     alerts = app.topic(s.topic(topics.ALERTS_MISSED), partitions=parts)
-    ticks_name = s.topic(topics.CALL_TICKS)
     events_name = s.topic(topics.EVENTS)
 
     calls = app.Table("calls", default=None, partitions=parts, key_type=bytes, value_type=bytes,
                       options=table_options(s))
     callers = app.Table("callers", default=None, partitions=parts, key_type=bytes, value_type=bytes,
                       options=table_options(s))
-    due = DeadlineIndex()
     open_calls: set[str] = set()
     # next offset to process, per ivr.events partition: deadlines must not fire for a partition
     # that is still behind (after a restart or a takeover its events may be waiting to be read)
@@ -64,6 +60,14 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
     # calls whose tick found their partition behind: held until it catches up (re-arming them every
     # second would flood the tick topic exactly while the worker is busiest)
     parked: dict[int, set[str]] = {}
+
+    def release_parked(now: float) -> None:
+        for partition in [p for p in parked if caught_up(p)]:
+            for uid in parked.pop(partition):
+                call_ticks.due.set(uid, now)
+
+    call_ticks = Ticker(app, s.topic(topics.CALL_TICKS), parts, 0.5, before_send=release_parked)
+    due = call_ticks.due
 
     def caught_up(partition: int) -> bool:
         highwater = app.consumer.highwater(TP(events_name, partition))
@@ -103,12 +107,12 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
         raw = calls.get(uid.encode())
         return None if raw is None else CallState.from_json(orjson.loads(raw))
 
-    @app.agent(events, concurrency=1)  # keyed state: never more (faust-streaming #606)
+    @app.agent(events_and_ticks, concurrency=1)  # keyed state: never more (faust-streaming #606)
     async def process_calls(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for event in stream.events():
             now = time.time()
             uid = (event.key or b"").decode("utf-8", "replace")
-            if event.message.topic == ticks_name:
+            if call_ticks.is_tick(event):
                 state = load(uid)
                 if state is None:
                     pass
@@ -143,16 +147,6 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
                 calls[uid.encode()] = orjson.dumps(result.state.to_json())  # the duplicate count
             yield None
 
-    @app.timer(interval=0.5)
-    @survives
-    async def wake_due_calls() -> None:
-        now = time.time()
-        for partition in [p for p in parked if caught_up(p)]:
-            for uid in parked.pop(partition):
-                due.set(uid, now)
-        for uid in due.pop_due(now):
-            await ticks.send(key=uid.encode(), value=b"")
-
     @app.timer(interval=5.0)
     @survives
     async def report_lag() -> None:
@@ -185,17 +179,16 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
         m.CALLS_OPEN.set(len(open_calls))
         log.info("call index rebuilt: %d calls, %d open", len(due), len(open_calls))
 
-    caller_ticks_name = s.topic(topics.CALLER_TICKS)
-    caller_ticks = app.topic(caller_ticks_name, partitions=parts)
-    callers_due = DeadlineIndex()  # caller key -> when its history is older than the 24 h window
+    caller_ticks = Ticker(app, s.topic(topics.CALLER_TICKS), parts, 10.0)
+    callers_due = caller_ticks.due  # caller key -> when its history is older than the 24 h window
 
-    @app.agent(app.topic(s.topic(topics.MISSED_BY_CALLER), caller_ticks_name, partitions=parts), concurrency=1)
+    @app.agent(app.topic(s.topic(topics.MISSED_BY_CALLER), caller_ticks.name, partitions=parts), concurrency=1)
     async def process_missed(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
         async for event in stream.events():
             key = event.key or b""
             raw = callers.get(key)
             history = CallerHistory() if raw is None else CallerHistory.from_json(orjson.loads(raw))
-            if event.message.topic == caller_ticks_name:
+            if caller_ticks.is_tick(event):
                 if raw is not None and forget(history, time.time()):
                     del callers[key]  # nothing in the last 24 h: the caller is forgotten
                     callers_due.set(key.decode(), None)
@@ -217,11 +210,5 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
         callers_due.clear()
         for key, raw in callers.items():
             callers_due.set(key.decode(), forget_at(CallerHistory.from_json(orjson.loads(raw))))
-
-    @app.timer(interval=10.0)
-    @survives
-    async def expire_callers() -> None:
-        for key in callers_due.pop_due(time.time()):
-            await caller_ticks.send(key=key.encode(), value=b"")
 
     return {"calls": calls, "callers": callers, "process_calls": process_calls}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import faust
 
 from config.settings import Settings
 from config.topics import ensure_topics
+from processors.core.deadlines import DeadlineIndex
 from processors.worker_metrics import TIMER_ERRORS
 
 log = logging.getLogger("processors")
@@ -84,3 +86,31 @@ def survives(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[Non
             log.exception("timer %s failed; it runs again at its next interval", timer.__name__)
 
     return guarded
+
+
+class Ticker:
+    """Deadlines per key, delivered as tick records to the agent that owns the key.
+
+    Timers never write tables (Faust's RocksDB store refuses writes outside a stream event, and
+    the owner of a key may be another worker): a timer pops the keys that are due and sends a
+    tick keyed like the state; the agent reading `name` beside its source does the work.
+    """
+
+    def __init__(self, app: faust.App, name: str, partitions: int, interval: float,
+                 before_send: Callable[[float], None] | None = None) -> None:
+        self.name = name
+        self.topic = app.topic(name, partitions=partitions)
+        self.due = DeadlineIndex()
+        self._before_send = before_send
+
+        @app.timer(interval=interval, name=f"ticks_{name}")
+        @survives
+        async def send_ticks() -> None:
+            now = time.time()
+            if self._before_send is not None:
+                self._before_send(now)
+            for key in self.due.pop_due(now):
+                await self.topic.send(key=key.encode(), value=b"")
+
+    def is_tick(self, event: Any) -> bool:
+        return bool(event.message.topic == self.name)

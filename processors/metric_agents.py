@@ -26,9 +26,8 @@ from processors.core.call_metrics import (
     app_record,
     record_key,
 )
-from processors.core.deadlines import DeadlineIndex
 from processors.core.windows import Window, WindowPolicy, next_flush
-from processors.faust_app import survives, table_options
+from processors.faust_app import Ticker, table_options
 from processors.window_store import WindowStore
 from schemas.codec import dumps
 from schemas.records import CompletedCall, MetricContribution
@@ -84,20 +83,19 @@ def register(app: faust.App, s: Settings) -> None:
     ) -> None:
         table = app.Table(name, default=None, partitions=parts, key_type=bytes, value_type=bytes,
                           options=table_options(s))
-        ticks_name = s.topic(ticks_base)
-        ticks = app.topic(ticks_name, partitions=parts)
-        due = DeadlineIndex()
+        ticker = Ticker(app, s.topic(ticks_base), parts, 1.0)
+        due = ticker.due
         windows = WindowStore(table, policy)
 
         # Every table write happens here, in the key's partition order: the timer only sends ticks
         # (Faust's RocksDB store refuses writes from outside a stream event, and rightly so).
-        @app.agent(app.topic(source.get_topic_name(), ticks_name, partitions=parts), concurrency=1,
+        @app.agent(app.topic(source.get_topic_name(), ticker.name, partitions=parts), concurrency=1,
                    name=f"{name}_aggregate")
         async def aggregate_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
             async for event in stream.events():
                 key = (event.key or b"").decode()
                 now = time.time()
-                if event.message.topic == ticks_name:
+                if ticker.is_tick(event):
                     records = windows.flush(key, now)
                     due.set(key, next_flush(windows.state(key), policy))
                     for start, w in records:
@@ -119,12 +117,6 @@ def register(app: faust.App, s: Settings) -> None:
             due.clear()
             for key, state in windows.cache.items():
                 due.set(key, next_flush(state, policy))
-
-        @app.timer(interval=1.0, name=f"{name}_ticks")
-        @survives
-        async def send_ticks() -> None:
-            for key in due.pop_due(time.time()):
-                await ticks.send(key=key.encode(), value=b"")
 
     size = float(s.agent_window_s)
     aggregate("agent_windows", by_agent, topics.AGENT_WINDOW_TICKS, agents_out,
