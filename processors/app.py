@@ -18,7 +18,7 @@ from processors.worker_metrics import REGISTRY
 settings = settings_module.load()
 install_filters()
 app = create_app(settings)
-parts = call_agents.register(app, settings)
+call_agents.register(app, settings)
 metric_agents.register(app, settings)
 
 

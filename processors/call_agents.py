@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 import faust
 import orjson
@@ -40,7 +39,7 @@ def lifecycle_config(s: Settings) -> LifecycleConfig:
     )
 
 
-def register(app: faust.App, s: Settings) -> dict[str, Any]:
+def register(app: faust.App, s: Settings) -> None:
     cfg = lifecycle_config(s)
     parts = s.topic_partitions
     events_and_ticks = app.topic(s.topic(topics.EVENTS), s.topic(topics.CALL_TICKS), partitions=parts)
@@ -211,4 +210,3 @@ def register(app: faust.App, s: Settings) -> dict[str, Any]:
         for key, raw in callers.items():
             callers_due.set(key.decode(), forget_at(CallerHistory.from_json(orjson.loads(raw))))
 
-    return {"calls": calls, "callers": callers, "process_calls": process_calls}

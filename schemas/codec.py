@@ -9,7 +9,3 @@ import orjson
 
 def dumps(record: Any) -> bytes:
     return orjson.dumps(record)
-
-
-def loads(data: bytes | str) -> Any:
-    return orjson.loads(data)
