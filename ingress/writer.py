@@ -13,22 +13,12 @@ import logging
 import time
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import (
-    InvalidProducerEpoch,
-    KafkaError,
-    OutOfOrderSequenceNumber,
-    ProducerFenced,
-    UnknownProducerId,
-)
+from aiokafka.errors import KafkaError
 
+from config.kafka_producer import FATAL_PRODUCER_ERRORS, start_producer
 from ingress.metrics import PRODUCE_SECONDS
 
 log = logging.getLogger("ingress.writer")
-
-# After these the idempotent producer's sequence state is broken for good (typically batches that
-# expired during a broker outage leave a gap). aiokafka does not reset the producer id the way the
-# Java client does, so the writer replaces the producer.
-FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
 
 
 class NotDurable(Exception):
@@ -61,20 +51,8 @@ class KafkaWriter:
         self._starting = asyncio.create_task(self._start_loop())
 
     async def _start_loop(self) -> None:
-        delay = 0.2
-        while True:
-            producer = self._new_producer()
-            try:
-                await producer.start()
-            except (KafkaError, OSError) as e:
-                log.warning("Kafka producer could not start (%s); retrying in %.1fs", type(e).__name__, delay)
-                await producer.stop()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self._producer = producer
-            log.info("Kafka producer connected to %s", self._bootstrap)
-            return
+        self._producer = await start_producer(self._new_producer, log)
+        log.info("Kafka producer connected to %s", self._bootstrap)
 
     def _reset(self, reason: str) -> None:
         """Swap in a fresh producer (new producer id); requests meanwhile wait for it, within their bound."""

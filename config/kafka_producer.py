@@ -1,0 +1,44 @@
+"""What the ingress and the worker's output producer share about producing to Kafka."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    UnknownProducerId,
+)
+from aiokafka.partitioner import murmur2
+
+# After these the idempotent producer's sequence state is broken for good (typically batches that
+# expired during a broker outage leave a gap). aiokafka does not reset the producer id the way the
+# Java client does, so the owner replaces the producer.
+FATAL_PRODUCER_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
+
+
+def partition_for(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default partitioner (Java and aiokafka alike) gives `key`, so that
+    records batched by hand land where a keyed send would have put them."""
+    return int(murmur2(key) & 0x7FFFFFFF) % partitions
+
+
+async def start_producer(new: Callable[[], AIOKafkaProducer], log: logging.Logger) -> AIOKafkaProducer:
+    """A started producer; while the broker cannot be reached, retry with a growing delay."""
+    delay = 0.2
+    while True:
+        producer = new()
+        try:
+            await producer.start()
+        except (KafkaError, OSError) as e:
+            log.warning("Kafka producer could not start (%s); retrying in %.1fs", type(e).__name__, delay)
+            await producer.stop()
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        return producer
