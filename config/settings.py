@@ -43,6 +43,8 @@ class Settings:
     worker_web_port: int = 6066
     worker_rocksdb_cache_mb: int = 8
     worker_session_timeout_s: float = 30.0
+    worker_batch_max: int = 1000
+    worker_batch_window_s: float = 0.02
     processor_id: str = "ivr-processor"
 
     @property
@@ -93,6 +95,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"PROVIDER_TZ={settings.provider_tz!r} is not an IANA time zone") from None
     if settings.agent_window_s <= 0:
         raise SettingsError("AGENT_WINDOW_S must be positive")
+    if settings.worker_batch_max <= 0:
+        raise SettingsError("WORKER_BATCH_MAX must be positive")
     if settings.topic_partitions <= 0 or settings.topic_replication <= 0:
         raise SettingsError("TOPIC_PARTITIONS and TOPIC_REPLICATION must be positive")
     return settings

@@ -10,21 +10,24 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 
 import faust
 import orjson
-from faust.types import TP
+from faust.types import TP, EventT
 
 from config import topics
 from config.settings import Settings
 from processors import worker_metrics as m
+from processors.core.call_metrics import Contribution, agent_contributions, app_contribution
 from processors.core.call_state import CallState
 from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
 from processors.core.repeat_callers import CallerHistory, caller_key, forget, forget_at, record_missed
-from processors.faust_app import Ticker, survives, table_options
+from processors.faust_app import IvrApp, Ticker, acting_for, batches, survives
+from processors.output_producer import Record, bundle
 from schemas.codec import dumps
-from schemas.records import MissedCallFact
-from schemas.timefmt import parse_ts
+from schemas.records import CompletedCall, MetricContribution, MissedCallAlert, MissedCallFact
+from schemas.timefmt import format_ts, parse_ts
 
 log = logging.getLogger("processors.calls")
 
@@ -39,19 +42,53 @@ def lifecycle_config(s: Settings) -> LifecycleConfig:
     )
 
 
-def register(app: faust.App, s: Settings) -> None:
+def contribution(app_id: str, c: Contribution) -> bytes:
+    return dumps(MetricContribution(app=app_id, key=c.key, item=c.item_id, at=format_ts(c.t), values=c.values))
+
+
+def metric_contributions(rec: CompletedCall, s: Settings) -> list[Record]:
+    """What a completed record adds to the metric windows, re-keyed by agent and by app.
+
+    Sent from here rather than by a consumer of ivr.calls.completed: the record is in hand, and
+    a re-keying step needs no topic of its own before the repartition topic (as in Kafka Streams,
+    stateless steps run in the task that produced their input).
+    """
+    out = [(s.topic(topics.ATTEMPTS_BY_AGENT), c.key.encode(), contribution(rec.app, c))
+           for c in agent_contributions(rec)]
+    c = app_contribution(rec, s.short_abandon_s, s.service_level_s)
+    out.append((s.topic(topics.CALLS_BY_APP), c.key.encode(), contribution(rec.app, c)))
+    return out
+
+
+@dataclass(slots=True)
+class Outputs:
+    """What a batch of call events sends: records, metric contributions (bundled per partition
+    when sent) and, for the latency histogram, when each closing event reached the ingress."""
+
+    records: list[Record] = field(default_factory=list)
+    contributions: list[Record] = field(default_factory=list)
+    received: list[float] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class Touched:
+    """A call changed by the batch being handled: its newest state and an event of its partition."""
+
+    state: CallState | None
+    event: EventT[bytes]
+
+
+def register(app: IvrApp, s: Settings) -> None:
     cfg = lifecycle_config(s)
     parts = s.topic_partitions
     events_and_ticks = app.topic(s.topic(topics.EVENTS), s.topic(topics.CALL_TICKS), partitions=parts)
-    completed = app.topic(s.topic(topics.CALLS_COMPLETED), partitions=parts)
-    missed_by_caller = app.topic(s.topic(topics.MISSED_BY_CALLER), partitions=parts)  # for sending
-    alerts = app.topic(s.topic(topics.ALERTS_MISSED), partitions=parts)
+    completed_name = s.topic(topics.CALLS_COMPLETED)
+    missed_name = s.topic(topics.MISSED_BY_CALLER)
+    alerts_name = s.topic(topics.ALERTS_MISSED)
     events_name = s.topic(topics.EVENTS)
 
-    calls = app.Table("calls", default=None, partitions=parts, key_type=bytes, value_type=bytes,
-                      options=table_options(s))
-    callers = app.Table("callers", default=None, partitions=parts, key_type=bytes, value_type=bytes,
-                      options=table_options(s))
+    calls = app.batched_table("calls")
+    callers = app.batched_table("callers")
     open_calls: set[str] = set()
     # next offset to process, per ivr.events partition: deadlines must not fire for a partition
     # that is still behind (after a restart or a takeover its events may be waiting to be read)
@@ -72,78 +109,96 @@ def register(app: faust.App, s: Settings) -> None:
         highwater = app.consumer.highwater(TP(events_name, partition))
         return highwater is not None and next_offset.get(partition, 0) >= highwater
 
-    async def emit(result: Applied, received: float | None) -> None:
+    def load(uid: str) -> CallState | None:
+        raw = calls.get(uid.encode())
+        return None if raw is None else CallState.from_json(orjson.loads(raw))
+
+    def persist(touched: dict[str, Touched]) -> None:
+        """Each call the batch changed is written once (one changelog record), however many of its
+        events the batch held."""
+        for uid, t in touched.items():
+            with acting_for(t.event):
+                if t.state is None:
+                    calls.pop(uid.encode(), None)
+                else:
+                    calls[uid.encode()] = orjson.dumps(t.state.to_json())
+            if t.state is None or t.state.closed:
+                open_calls.discard(uid)
+            else:
+                open_calls.add(uid)
+            due.set(uid, None if t.state is None else next_due(t.state, cfg))
+        m.CALLS_OPEN.set(len(open_calls))
+
+    def collect(result: Applied, received: float | None, out: Outputs) -> None:
         em = result.emission
         if em.completed is not None:
             rec = em.completed
-            await completed.send(key=rec.uniqueid.encode(), value=dumps(rec))
+            out.records.append((completed_name, rec.uniqueid.encode(), dumps(rec)))
+            out.contributions.extend(metric_contributions(rec, s))
             if rec.revision == 1:
                 m.CALLS_CLOSED.labels(rec.close_reason).inc()
             else:
                 m.REVISIONS.inc()
             if received is not None:
-                m.LATENCY.labels("completed").observe(max(0.0, time.time() - received))
+                out.received.append(received)
         if em.missed is not None:
             fact = em.missed
-            await missed_by_caller.send(key=caller_key(fact.app, fact.cli).encode(), value=dumps(fact))
+            out.records.append((missed_name, caller_key(fact.app, fact.cli).encode(), dumps(fact)))
 
-    def store(uid: str, result: Applied) -> None:
-        state = result.state
-        if state is None:
-            calls.pop(uid.encode(), None)
-            due.set(uid, None)
-            open_calls.discard(uid)
-            return
-        calls[uid.encode()] = orjson.dumps(state.to_json())
-        due.set(uid, next_due(state, cfg))
-        if state.closed:
-            open_calls.discard(uid)
-        else:
-            open_calls.add(uid)
-        m.CALLS_OPEN.set(len(open_calls))
-
-    def load(uid: str) -> CallState | None:
-        raw = calls.get(uid.encode())
-        return None if raw is None else CallState.from_json(orjson.loads(raw))
+    def handle(uid: str, event: EventT[bytes], state: CallState | None, now: float, out: Outputs) -> Applied | None:
+        """One event or tick against the call's current state; None: nothing changes."""
+        if call_ticks.is_tick(event):
+            if state is None:
+                return None
+            if not caught_up(event.message.partition):
+                parked.setdefault(event.message.partition, set()).add(uid)
+                return None
+            result = tick(state, now, cfg)
+            collect(result, None, out)
+            return result
+        next_offset[event.message.partition] = event.message.offset + 1
+        try:
+            data = orjson.loads(event.value)
+            received = parse_ts(data["received_at"])
+            m.EVENTS.labels(data["event"]).inc()
+            result = apply(state, data, now, cfg)
+        except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+            m.BAD_EVENTS.inc()
+            log.error("skipping unreadable record at %s[%s]@%s: %s", event.message.topic,
+                      event.message.partition, event.message.offset, type(e).__name__)
+            return None
+        if result.late:
+            m.LATE_EVENTS.inc()
+        if result.duplicate:
+            m.DUPLICATES.inc()
+            return result  # only the duplicate count changed
+        collect(result, received, out)
+        return result
 
     @app.agent(events_and_ticks, concurrency=1)  # keyed state: never more (faust-streaming #606)
     async def process_calls(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for event in stream.events():
+        # Batches: each touched call is read and written once per batch, outputs go out in bulk,
+        # and Faust acknowledges the batch's offsets only after both (take_events acks on return).
+        async for events in batches(stream, s):
             now = time.time()
-            uid = (event.key or b"").decode("utf-8", "replace")
-            if call_ticks.is_tick(event):
-                state = load(uid)
-                if state is None:
-                    pass
-                elif not caught_up(event.message.partition):
-                    parked.setdefault(event.message.partition, set()).add(uid)
+            touched: dict[str, Touched] = {}
+            out = Outputs()
+            for event in events:
+                uid = (event.key or b"").decode("utf-8", "replace")
+                t = touched.get(uid)
+                if t is None:
+                    with acting_for(event):
+                        state = load(uid)
                 else:
-                    result = tick(state, now, cfg)
-                    store(uid, result)
-                    await emit(result, None)
-                yield None
-                continue
-            next_offset[event.message.partition] = event.message.offset + 1
-            try:
-                data = orjson.loads(event.value)
-                received = parse_ts(data["received_at"])
-                m.EVENTS.labels(data["event"]).inc()
-                result = apply(load(uid), data, now, cfg)
-            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-                m.BAD_EVENTS.inc()
-                log.error("skipping unreadable record at %s[%s]@%s: %s", event.message.topic,
-                          event.message.partition, event.message.offset, type(e).__name__)
-                yield None
-                continue
-            if result.duplicate:
-                m.DUPLICATES.inc()
-            if result.late:
-                m.LATE_EVENTS.inc()
-            if not result.duplicate:
-                store(uid, result)
-                await emit(result, received)
-            elif result.state is not None:
-                calls[uid.encode()] = orjson.dumps(result.state.to_json())  # the duplicate count
+                    state = t.state
+                result = handle(uid, event, state, now, out)
+                if result is not None:
+                    touched[uid] = Touched(result.state, event)
+            persist(touched)
+            await app.deliver(out.records, calls, placed=bundle(out.contributions, parts))
+            sent = time.time()
+            for received in out.received:
+                m.LATENCY.labels("completed").observe(max(0.0, sent - received))
             yield None
 
     @app.timer(interval=5.0)
@@ -183,26 +238,38 @@ def register(app: faust.App, s: Settings) -> None:
 
     @app.agent(app.topic(s.topic(topics.MISSED_BY_CALLER), caller_ticks.name, partitions=parts), concurrency=1)
     async def process_missed(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for event in stream.events():
-            key = event.key or b""
-            raw = callers.get(key)
-            history = CallerHistory() if raw is None else CallerHistory.from_json(orjson.loads(raw))
-            if caller_ticks.is_tick(event):
-                if raw is not None and forget(history, time.time()):
-                    del callers[key]  # nothing in the last 24 h: the caller is forgotten
-                    callers_due.set(key.decode(), None)
-                yield None
-                continue
-            data = orjson.loads(event.value)
-            data.pop("v", None)
-            alert = record_missed(history, MissedCallFact(**data))
-            callers[key] = orjson.dumps(history.to_json())
-            callers_due.set(key.decode(), forget_at(history))
-            if alert is not None:
-                await alerts.send(key=alert.cli.encode(), value=dumps(alert))
+        async for events in batches(stream, s):
+            out: list[Record] = []
+            raised: list[float] = []
+            for event in events:
+                with acting_for(event):
+                    alert = missed_call(event)
+                if alert is not None:
+                    out.append((alerts_name, alert.cli.encode(), dumps(alert)))
+                    raised.append(parse_ts(alert.at))
+            await app.deliver(out, callers)
+            now = time.time()
+            for at in raised:
                 m.ALERTS.inc()
-                m.LATENCY.labels("alert").observe(max(0.0, time.time() - parse_ts(alert.at)))
+                m.LATENCY.labels("alert").observe(max(0.0, now - at))
             yield None
+
+    def missed_call(event: EventT[bytes]) -> MissedCallAlert | None:
+        """A missed call (or a tick) against the caller's history; the alert it raises, if any."""
+        key = event.key or b""
+        raw = callers.get(key)
+        history = CallerHistory() if raw is None else CallerHistory.from_json(orjson.loads(raw))
+        if caller_ticks.is_tick(event):
+            if raw is not None and forget(history, time.time()):
+                del callers[key]  # nothing in the last 24 h: the caller is forgotten
+                callers_due.set(key.decode(), None)
+            return None
+        data = orjson.loads(event.value)
+        data.pop("v", None)
+        alert = record_missed(history, MissedCallFact(**data))
+        callers[key] = orjson.dumps(history.to_json())
+        callers_due.set(key.decode(), forget_at(history))
+        return alert
 
     @callers.on_recover
     async def index_callers() -> None:

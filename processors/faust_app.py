@@ -6,29 +6,57 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any, cast
 
 import faust
+from faust.streams import _current_event
+from faust.types import EventT
 
 from config.settings import Settings
 from config.topics import ensure_topics
+from processors.batched_table import BatchedTable
 from processors.core.deadlines import DeadlineIndex
+from processors.output_producer import OutputProducer, Placed, Record
 from processors.worker_metrics import TIMER_ERRORS
 
 log = logging.getLogger("processors")
 
 
 class IvrApp(faust.App):
-    """A Faust app that creates the project's topics (partitions, compaction) before it consumes."""
+    """A Faust app that creates the project's topics (partitions, compaction) before it consumes,
+    and owns the producer the agents send their outputs through."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.ivr_settings = settings
+        self.outputs = OutputProducer(settings.kafka_bootstrap_servers, f"{settings.processor_id}-outputs")
         super().__init__(**kwargs)
 
     async def on_first_start(self) -> None:
         await ensure_topics(self.ivr_settings)
         await super().on_first_start()
+
+    async def on_shutdown(self) -> None:
+        await super().on_shutdown()
+        await self.outputs.stop()  # after the agents (children) have stopped sending
+
+    def batched_table(self, name: str) -> BatchedTable:
+        """A keyed bytes -> bytes table, co-partitioned with the agent's source, RocksDB-sized."""
+        s = self.ivr_settings
+        table = BatchedTable(self, name=name, default=None, beacon=self.tables.beacon, partitions=s.topic_partitions,
+                             key_type=bytes, value_type=bytes, options=table_options(s))
+        self.tables.add(table)
+        return table
+
+    async def deliver(self, records: Sequence[Record], *tables: BatchedTable, placed: Sequence[Placed] = ()) -> None:
+        """A batch's outputs and its tables' changelog records, delivered together (returns once
+        the broker has acknowledged all of them; the batch is acknowledged after that)."""
+        placed = [*placed, *(rec for table in tables for rec in table.take_changelog())]
+        offsets = await self.outputs.send_all(records, placed)
+        for table in tables:
+            table.delivered(offsets)
 
 
 def table_options(settings: Settings) -> dict[str, Any] | None:
@@ -58,7 +86,7 @@ def create_app(settings: Settings) -> IvrApp:
         key_serializer="raw",
         value_serializer="raw",
         producer_acks=-1,
-        producer_linger_ms=1,
+        producer_linger_ms=10,  # changelog and ticks: batched; flushed before every offset commit
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
         # how long a crashed worker holds its partitions before the group moves them
@@ -70,6 +98,28 @@ def create_app(settings: Settings) -> IvrApp:
         web_enabled=True,
         logging_config=None,
     )
+
+
+@contextmanager
+def acting_for(event: EventT[bytes]) -> Iterator[None]:
+    """Table reads and writes inside the block go to `event`'s partition.
+
+    Faust picks a table's partition (changelog and RocksDB) from the event being processed. A
+    handler of a whole batch (`stream.take_events`) has no such event, so it names one: any
+    event with the same key, hence from the same partition.
+    """
+    token = _current_event.set(weakref.ref(event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def batches(stream: faust.StreamT[bytes], settings: Settings) -> AsyncIterator[Sequence[EventT[bytes]]]:
+    """The stream in batches: up to WORKER_BATCH_MAX events, or what arrived within
+    WORKER_BATCH_WINDOW_S. Faust acknowledges a batch's offsets once the handler asks for the next."""
+    return cast(faust.Stream[bytes], stream).take_events(settings.worker_batch_max,
+                                                         within=settings.worker_batch_window_s)
 
 
 def survives(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:

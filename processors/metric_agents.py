@@ -1,4 +1,4 @@
-"""Faust wiring for metrics: completed calls -> contributions re-keyed by agent / app -> windows.
+"""Faust wiring for metrics: contributions re-keyed by agent / app (sent by the calls agent) -> windows.
 
 The windowing and the figures are `processors.core.windows` and `processors.core.call_metrics`;
 this module moves bytes. A timer sends a tick for each key whose next record is due; the tick
@@ -14,24 +14,18 @@ from typing import Any
 
 import faust
 import orjson
+from faust.types import EventT
 
 from config import topics
 from config.settings import Settings
 from processors import worker_metrics as m
-from processors.core.call_metrics import (
-    Contribution,
-    agent_contributions,
-    agent_record,
-    app_contribution,
-    app_record,
-    record_key,
-)
+from processors.core.call_metrics import agent_record, app_record, record_key
 from processors.core.windows import Window, WindowPolicy, next_flush
-from processors.faust_app import Ticker, table_options
+from processors.faust_app import IvrApp, Ticker, acting_for, batches
+from processors.output_producer import Record
 from processors.window_store import WindowStore
 from schemas.codec import dumps
-from schemas.records import CompletedCall, MetricContribution
-from schemas.timefmt import format_ts, parse_ts
+from schemas.timefmt import parse_ts
 
 log = logging.getLogger("processors.metrics")
 
@@ -46,43 +40,40 @@ def window_policy(s: Settings) -> WindowPolicy:
     )
 
 
-def completed_from_json(data: dict[str, Any]) -> CompletedCall:
-    from schemas.records import Attempt
-
-    data = dict(data)
-    data.pop("v", None)
-    data["attempts"] = [Attempt(**a) for a in data["attempts"]]
-    return CompletedCall(**data)
+CONTRIBUTION_FIELDS = frozenset({"key", "item", "at", "values"})
 
 
-def register(app: faust.App, s: Settings) -> None:
+def contributions(event: EventT[bytes]) -> list[dict[str, Any]]:
+    """A bundle's contributions (all keyed to this partition), or the one contribution of a
+    record written before bundling; an unreadable record is logged, counted and skipped."""
+    try:
+        data = orjson.loads(event.value)
+        items = data if isinstance(data, list) else [data]
+        for item in items:
+            if not item.keys() >= CONTRIBUTION_FIELDS:
+                raise KeyError(CONTRIBUTION_FIELDS - item.keys())
+            parse_ts(item["at"])
+        return items
+    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        m.BAD_EVENTS.inc()
+        log.error("skipping unreadable record at %s[%s]@%s: %s", event.message.topic,
+                  event.message.partition, event.message.offset, type(e).__name__)
+        return []
+
+
+def register(app: IvrApp, s: Settings) -> None:
     policy = window_policy(s)
     parts = s.topic_partitions
-    completed = app.topic(s.topic(topics.CALLS_COMPLETED), partitions=parts)
     by_agent = app.topic(s.topic(topics.ATTEMPTS_BY_AGENT), partitions=parts)
     by_app = app.topic(s.topic(topics.CALLS_BY_APP), partitions=parts)
-    agents_out = app.topic(s.topic(topics.METRICS_AGENTS), partitions=parts)
-    apps_out = app.topic(s.topic(topics.METRICS_APPS), partitions=parts)
-
-    def contribution(app_id: str, c: Contribution) -> bytes:
-        return dumps(MetricContribution(app=app_id, key=c.key, item=c.item_id, at=format_ts(c.t), values=c.values))
-
-    @app.agent(completed, concurrency=1)
-    async def fan_out(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-        async for value in stream:
-            call = completed_from_json(orjson.loads(value))
-            for c in agent_contributions(call):
-                await by_agent.send(key=c.key.encode(), value=contribution(call.app, c))
-            c = app_contribution(call, s.short_abandon_s, s.service_level_s)
-            await by_app.send(key=c.key.encode(), value=contribution(call.app, c))
-            yield None
+    agents_out = s.topic(topics.METRICS_AGENTS)
+    apps_out = s.topic(topics.METRICS_APPS)
 
     def aggregate(
-        name: str, source: faust.TopicT, ticks_base: str, out: faust.TopicT,
+        name: str, source: faust.TopicT, ticks_base: str, out_name: str,
         to_record: Callable[[str, int, Window], Any], late_counter: Any,
     ) -> None:
-        table = app.Table(name, default=None, partitions=parts, key_type=bytes, value_type=bytes,
-                          options=table_options(s))
+        table = app.batched_table(name)
         ticker = Ticker(app, s.topic(ticks_base), parts, 1.0)
         due = ticker.due
         windows = WindowStore(table, policy)
@@ -92,23 +83,26 @@ def register(app: faust.App, s: Settings) -> None:
         @app.agent(app.topic(source.get_topic_name(), ticker.name, partitions=parts), concurrency=1,
                    name=f"{name}_aggregate")
         async def aggregate_agent(stream: faust.StreamT[bytes]) -> AsyncIterator[None]:
-            async for event in stream.events():
-                key = (event.key or b"").decode()
+            async for events in batches(stream, s):
                 now = time.time()
-                if ticker.is_tick(event):
-                    records = windows.flush(key, now)
-                    due.set(key, next_flush(windows.state(key), policy))
-                    for start, w in records:
-                        rec = to_record(key, start, w)
-                        await out.send(key=record_key(key, start).encode(), value=dumps(rec))
-                    yield None
-                    continue
-                data = orjson.loads(event.value)
-                if windows.add(key, data["item"], parse_ts(data["at"]), data["values"], now) == "late":
-                    late_counter.inc()
-                    log.warning("late contribution for %s at %s: its window's final is out; not counted",
-                                key, data["at"])
-                due.set(key, next_flush(windows.state(key), policy))
+                records: list[Record] = []
+                for event in events:
+                    with acting_for(event):
+                        if ticker.is_tick(event):
+                            key = (event.key or b"").decode()
+                            for start, w in windows.flush(key, now):
+                                records.append((out_name, record_key(key, start).encode(),
+                                                dumps(to_record(key, start, w))))
+                            due.set(key, next_flush(windows.state(key), policy))
+                            continue
+                        for data in contributions(event):
+                            key = data["key"]
+                            if windows.add(key, data["item"], parse_ts(data["at"]), data["values"], now) == "late":
+                                late_counter.inc()
+                                log.warning("late contribution for %s at %s: its window's final is out; "
+                                            "not counted", key, data["at"])
+                            due.set(key, next_flush(windows.state(key), policy))
+                await app.deliver(records, table)
                 yield None
 
         @table.on_recover

@@ -12,7 +12,8 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 EVENTS = Counter("ivr_worker_events_total", "Events processed, by type", ["event"], registry=REGISTRY)
 DUPLICATES = Counter("ivr_worker_duplicates_total", "Repeated deliveries absorbed", registry=REGISTRY)
 LATE_EVENTS = Counter("ivr_worker_late_events_total", "Events for calls already closed", registry=REGISTRY)
-BAD_EVENTS = Counter("ivr_worker_unreadable_events_total", "Records on ivr.events that could not be read",
+BAD_EVENTS = Counter("ivr_worker_unreadable_events_total",
+                     "Records that could not be read (ivr.events, internal topics); logged and skipped",
                      registry=REGISTRY)
 CALLS_OPEN = Gauge("ivr_worker_calls_open", "Calls open on this worker", registry=REGISTRY)
 CALLS_CLOSED = Counter("ivr_worker_calls_closed_total", "Calls closed, by reason", ["reason"], registry=REGISTRY)

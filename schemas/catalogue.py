@@ -25,3 +25,8 @@ TOPIC_RECORDS: dict[str, type] = {
     topics.ATTEMPTS_BY_AGENT: MetricContribution,
     topics.CALLS_BY_APP: MetricContribution,
 }
+
+# Repartition topics carry bundles: one record per partition and input batch, a JSON array of
+# the records above whose keys hash to that partition (a record per item would cost the
+# consuming agent one Faust event each).
+BUNDLED_TOPICS = frozenset({topics.ATTEMPTS_BY_AGENT, topics.CALLS_BY_APP})

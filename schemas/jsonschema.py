@@ -62,15 +62,16 @@ def _object(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def schema_for(cls: type, topic: str) -> dict[str, Any]:
+def schema_for(cls: type, topic: str, bundled: bool = False) -> dict[str, Any]:
+    """The topic's record: one `cls` object, or (bundled) a JSON array of them."""
     defs: dict[str, Any] = {}
     body = _object(cls, defs)
     out: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"{topic}.schema.json",
-        "title": cls.__name__,
+        "title": f"{cls.__name__} bundle" if bundled else cls.__name__,
         "description": (cls.__doc__ or "").strip(),
-        **body,
+        **({"type": "array", "items": body} if bundled else body),
     }
     if defs:
         out["$defs"] = defs

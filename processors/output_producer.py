@@ -1,0 +1,137 @@
+"""The worker's outputs, produced in bulk and delivered before their inputs are acknowledged.
+
+Faust's per-message publish path costs ~100-200 µs a record on this hardware; a record appended
+to an aiokafka batch costs a few. The keyed agents hand over everything one input batch emits;
+`send_all` groups it per topic partition (the partition a keyed send would pick), sends one
+batch per partition and returns once the broker has acknowledged every record (acks=all,
+idempotent). Only then does the agent let Faust acknowledge the inputs, so a crash re-sends
+outputs (identical, see README "Delivery") and never loses one. While the broker is away it
+keeps retrying: the agent waits, which is all it could do.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from config.kafka_producer import FATAL_PRODUCER_ERRORS, partition_for, start_producer
+
+log = logging.getLogger("processors.output")
+
+Record = tuple[str, bytes, bytes]  # topic, key, value: partitioned by key
+Placed = tuple[str, int, bytes | None, bytes | None]  # topic, partition, key, value (None: a tombstone)
+KV = tuple[bytes | None, bytes | None]
+Offsets = dict[tuple[str, int], int]  # topic, partition -> offset of the last record delivered
+
+
+def bundle(records: Sequence[Record], partitions: int) -> list[Placed]:
+    """Records for a bundled topic (see schemas.catalogue.BUNDLED_TOPICS), one per topic
+    partition: a JSON array of the values whose keys hash to it, in their order."""
+    groups: dict[tuple[str, int], list[bytes]] = {}
+    for topic, key, value in records:
+        groups.setdefault((topic, partition_for(key, partitions)), []).append(value)
+    return [(topic, part, None, b"[" + b",".join(values) + b"]") for (topic, part), values in groups.items()]
+
+
+class OutputProducer:
+    def __init__(self, bootstrap: str, client_id: str, linger_ms: int = 0) -> None:
+        self._bootstrap = bootstrap
+        self._client_id = client_id
+        self._linger_ms = linger_ms  # 0: a batch handed to send_all is complete; nothing to wait for
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: dict[str, int] = {}
+        self._starting = asyncio.Lock()  # several agents share the producer: start one, not one each
+
+    def _new(self) -> AIOKafkaProducer:
+        return AIOKafkaProducer(bootstrap_servers=self._bootstrap, client_id=self._client_id, acks="all",
+                                enable_idempotence=True, linger_ms=self._linger_ms, retry_backoff_ms=200)
+
+    async def _ready(self) -> AIOKafkaProducer:
+        if self._producer is not None:
+            return self._producer
+        async with self._starting:
+            if self._producer is None:
+                self._producer = await start_producer(self._new, log)
+            return self._producer
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            producer, self._producer = self._producer, None
+            await producer.stop()
+
+    async def _partitions_of(self, producer: AIOKafkaProducer, topic: str) -> int:
+        n = self._partitions.get(topic)
+        while n is None:
+            try:
+                n = self._partitions[topic] = len(await producer.partitions_for(topic))
+            except KafkaError as e:
+                log.warning("no metadata for %s yet (%s); retrying", topic, type(e).__name__)
+                await asyncio.sleep(1.0)
+        return n
+
+    async def send_all(self, records: Sequence[Record], placed: Sequence[Placed] = ()) -> Offsets:
+        """Deliver `records` and `placed` (order kept per topic partition); returns once all are
+        acknowledged, with the offset of the last record delivered per topic partition."""
+        delivered: Offsets = {}
+        if not records and not placed:
+            return delivered
+        producer = await self._ready()
+        chunks: dict[tuple[str, int], list[KV]] = {}
+        for topic, key, value in records:
+            part = partition_for(key, await self._partitions_of(producer, topic))
+            chunks.setdefault((topic, part), []).append((key, value))
+        for topic, part, maybe_key, maybe_value in placed:
+            chunks.setdefault((topic, part), []).append((maybe_key, maybe_value))
+        pending = [(tp, items) for tp, items in chunks.items()]
+        delay = 0.2
+        while pending:
+            producer = await self._ready()
+            failed: list[tuple[tuple[str, int], list[KV]]] = []
+            error: BaseException | None = None
+            sent = []
+            for tp, items in pending:
+                for batch, batch_items in self._split(producer, tp[0], items):
+                    try:
+                        sent.append((tp, batch_items, await producer.send_batch(batch, tp[0], partition=tp[1])))
+                    except (KafkaError, OSError) as e:
+                        failed.append((tp, batch_items))
+                        error = e
+            results = await asyncio.gather(*(fut for _, _, fut in sent), return_exceptions=True)
+            for (tp, items, _), result in zip(sent, results, strict=True):
+                if isinstance(result, asyncio.CancelledError):
+                    raise result
+                if isinstance(result, BaseException):
+                    failed.append((tp, items))
+                    error = result
+                else:  # the batch's metadata: the offset of its first record
+                    last = getattr(result, "offset", -1) + len(items) - 1
+                    delivered[tp] = max(delivered.get(tp, -1), last)
+            pending = failed
+            if pending:
+                log.warning("outputs not acknowledged (%s); retrying %d batches in %.1fs",
+                            type(error).__name__, len(pending), delay)
+                if isinstance(error, FATAL_PRODUCER_ERRORS) and self._producer is producer:
+                    await self.stop()  # a fresh producer id; the next round starts a new one
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, 5.0)
+        return delivered
+
+    @staticmethod
+    def _split(producer: AIOKafkaProducer, topic: str,
+               items: list[KV]) -> list[tuple[object, list[KV]]]:
+        """One topic partition's records in as few batches as the batch size allows."""
+        out: list[tuple[object, list[KV]]] = []
+        i = 0
+        while i < len(items):
+            batch = producer.create_batch()
+            start = i
+            while i < len(items) and batch.append(key=items[i][0], value=items[i][1], timestamp=None) is not None:
+                i += 1
+            if i == start:
+                raise ValueError(f"a record for {topic} is larger than the producer's batch size")
+            out.append((batch, items[start:i]))
+        return out
