@@ -19,12 +19,13 @@ from faust.types import TP, EventT
 from config import topics
 from config.settings import Settings
 from processors import worker_metrics as m
+from processors.bundles import bundle
 from processors.core.call_metrics import Contribution, agent_contributions, app_contribution
 from processors.core.call_state import CallState
 from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
 from processors.core.repeat_callers import CallerHistory, caller_key, forget, forget_at, record_missed
 from processors.faust_app import IvrApp, Ticker, acting_for, batches, survives
-from processors.output_producer import Record, bundle
+from processors.output_producer import Record
 from schemas.codec import dumps
 from schemas.records import CompletedCall, MetricContribution, MissedCallAlert, MissedCallFact
 from schemas.timefmt import format_ts, parse_ts
@@ -106,7 +107,10 @@ def register(app: IvrApp, s: Settings) -> None:
     due = call_ticks.due
 
     def caught_up(partition: int) -> bool:
-        highwater = app.consumer.highwater(TP(events_name, partition))
+        tp = TP(events_name, partition)
+        if tp not in app.consumer.assignment():  # moved away in a rebalance: its new owner decides
+            return False
+        highwater = app.consumer.highwater(tp)
         return highwater is not None and next_offset.get(partition, 0) >= highwater
 
     def load(uid: str) -> CallState | None:

@@ -13,12 +13,12 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import faust
-import orjson
 from faust.types import EventT
 
 from config import topics
 from config.settings import Settings
 from processors import worker_metrics as m
+from processors.bundles import unbundle
 from processors.core.call_metrics import agent_record, app_record, record_key
 from processors.core.windows import Window, WindowPolicy, next_flush
 from processors.faust_app import IvrApp, Ticker, acting_for, batches
@@ -40,21 +40,10 @@ def window_policy(s: Settings) -> WindowPolicy:
     )
 
 
-CONTRIBUTION_FIELDS = frozenset({"key", "item", "at", "values"})
-
-
 def contributions(event: EventT[bytes]) -> list[dict[str, Any]]:
-    """A bundle's contributions (all keyed to this partition), or the one contribution of a
-    record written before bundling; an unreadable record is logged, counted and skipped."""
     try:
-        data = orjson.loads(event.value)
-        items = data if isinstance(data, list) else [data]
-        for item in items:
-            if not item.keys() >= CONTRIBUTION_FIELDS:
-                raise KeyError(CONTRIBUTION_FIELDS - item.keys())
-            parse_ts(item["at"])
-        return items
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
+        return unbundle(event.value)
+    except (KeyError, TypeError, ValueError) as e:  # one bad record must not stop the agent
         m.BAD_EVENTS.inc()
         log.error("skipping unreadable record at %s[%s]@%s: %s", event.message.topic,
                   event.message.partition, event.message.offset, type(e).__name__)

@@ -28,15 +28,6 @@ KV = tuple[bytes | None, bytes | None]
 Offsets = dict[tuple[str, int], int]  # topic, partition -> offset of the last record delivered
 
 
-def bundle(records: Sequence[Record], partitions: int) -> list[Placed]:
-    """Records for a bundled topic (see schemas.catalogue.BUNDLED_TOPICS), one per topic
-    partition: a JSON array of the values whose keys hash to it, in their order."""
-    groups: dict[tuple[str, int], list[bytes]] = {}
-    for topic, key, value in records:
-        groups.setdefault((topic, partition_for(key, partitions)), []).append(value)
-    return [(topic, part, None, b"[" + b",".join(values) + b"]") for (topic, part), values in groups.items()]
-
-
 class OutputProducer:
     def __init__(self, bootstrap: str, client_id: str, linger_ms: int = 0) -> None:
         self._bootstrap = bootstrap

@@ -1,0 +1,51 @@
+"""The repartition topics' bundles: what is bundled comes back out, in the right partitions."""
+
+from __future__ import annotations
+
+import orjson
+import pytest
+
+from config.kafka_producer import partition_for
+from processors.bundles import bundle, unbundle
+from processors.call_agents import contribution
+from processors.core.call_metrics import Contribution
+
+TOPIC = "ivr.internal.attempts-by-agent"
+
+
+def records(n: int) -> list[tuple[str, bytes, bytes]]:
+    out = []
+    for i in range(n):
+        c = Contribution(key=f"app:A{i % 7}", item_id=f"call.{i}.1", t=1_700_000_000 + i,
+                         values=["answered", 3.0, 60.0])
+        out.append((TOPIC, c.key.encode(), contribution("app", c)))
+    return out
+
+
+def test_every_contribution_comes_back_once_in_its_keys_partition_and_order() -> None:
+    sent = records(200)
+    placed = bundle(sent, 6)
+    assert len(placed) <= 6 and len({p for _, p, _, _ in placed}) == len(placed)
+    got = []
+    for topic, partition, key, value in placed:
+        assert topic == TOPIC and key is None and value is not None
+        items = unbundle(value)
+        assert all(partition_for(i["key"].encode(), 6) == partition for i in items)
+        got.extend(items)
+    assert sorted(i["item"] for i in got) == sorted(orjson.loads(v)["item"] for _, _, v in sent)
+    for _, partition, _, value in placed:  # within a partition, the order they were sent in
+        items = [i["item"] for i in unbundle(value or b"")]
+        expected = [orjson.loads(v)["item"] for _, k, v in sent if partition_for(k, 6) == partition]
+        assert items == expected
+
+
+def test_a_single_record_from_before_bundles_is_read_as_a_bundle_of_one() -> None:
+    (_, _, value), = records(1)
+    assert unbundle(value) == [orjson.loads(value)]
+
+
+@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'[{"key": "a"}]', b'{"key": "a", "item": "i", "values": []}',
+                                 b'[{"key": "a", "item": "i", "at": "yesterday", "values": []}]'])
+def test_unreadable_records_raise_instead_of_stopping_the_agent_later(raw: bytes) -> None:
+    with pytest.raises((KeyError, ValueError)):
+        unbundle(raw)
