@@ -24,6 +24,7 @@ from typing import Any
 
 import httpx
 import orjson
+import uvloop
 
 from bench.simulator import Profile, generate, write_events
 from deploy.local_kafka import ROOT, KafkaBroker, free_port
@@ -123,19 +124,29 @@ def events_processed(port: int) -> float:
     return sum(float(v) for v in re.findall(r'^ivr_worker_events_total\{event="\w+"\} (\S+)$', text, re.M))
 
 
-def measure_rate(ports: list[int], total: int, timeout: float = 600) -> float:
-    """Events/s from the first event processed to the last, summed over workers."""
+def cpu_times() -> tuple[float, float]:
+    """Machine-wide (busy, total) CPU time from /proc/stat, in clock ticks."""
+    values = [float(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]  # idle + iowait
+    return sum(values) - idle, sum(values)
+
+
+def measure_rate(ports: list[int], total: int, timeout: float = 600) -> tuple[float, float]:
+    """Events/s from the first event processed to the last, summed over workers, and how many of
+    the machine's cores were busy meanwhile (broker, workers and all)."""
     first = None
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         done = sum(events_processed(p) for p in ports)
         now = time.perf_counter()
         if first is None and done > 0:
-            first = (now, done)
+            first = (now, done, cpu_times())
         if done >= total:
             assert first is not None
             span = now - first[0]
-            return (done - first[1]) / span if span > 0 else float("nan")
+            busy, all_ = cpu_times()
+            cores = (busy - first[2][0]) / max(1.0, all_ - first[2][1]) * (os.cpu_count() or 1)
+            return ((done - first[1]) / span if span > 0 else float("nan")), cores
         time.sleep(0.25)  # polling costs CPU the worker shares
     raise TimeoutError(f"workers processed {sum(events_processed(p) for p in ports)} of {total} events")
 
@@ -248,15 +259,15 @@ def bench_processor(broker: KafkaBroker, tmp: Path, s: Scale) -> dict[str, Any]:
     raw = raw_consumer_rate(broker.bootstrap, f"{prefix}ivr.events", total)
     floor = bare_faust_rate(broker.bootstrap, f"{prefix}ivr.events", total, tmp)
     with worker({**env, "PROCESSOR_ID": "one"}, tmp, "one") as (_, port):
-        one = measure_rate([port], total)
+        one, one_cores = measure_rate([port], total)
         mismatches = truth_mismatches(broker.bootstrap, prefix, truth)
     # 4. scale: two workers in a fresh group on the same input (their outputs go to the same topics)
     with worker({**env, "PROCESSOR_ID": "two"}, tmp, "two-a") as (_, pa), \
             worker({**env, "PROCESSOR_ID": "two"}, tmp, "two-b") as (_, pb):
         time.sleep(3)  # let the second join before measuring
-        two = measure_rate([pa, pb], total)
+        two, two_cores = measure_rate([pa, pb], total)
     return {"events": total, "calls": len(truth), "raw_consumer_per_s": raw, "bare_faust_per_s": floor,
-            "worker_per_s": one,
+            "worker_per_s": one, "worker_cores_busy": one_cores, "two_workers_cores_busy": two_cores,
             "ratio": one / raw, "truth_mismatches": mismatches, "two_workers_per_s": two,
             "scale_ratio": two / one}
 
@@ -296,7 +307,11 @@ def bench_e2e(broker: KafkaBroker, tmp: Path, s: Scale) -> dict[str, Any]:
             reader = threading.Thread(target=consume)
             reader.start()
             time.sleep(3)
-            sent = asyncio.run(_post_calls(f"http://127.0.0.1:{port}/webhooks/ivr", s.e2e_rate, s.e2e_seconds))
+            cpu_before = cpu_times()
+            sent, accepted = uvloop.run(_post_calls(f"http://127.0.0.1:{port}/webhooks/ivr", s.e2e_rate,
+                                                     s.e2e_seconds))
+            busy, all_ = cpu_times()
+            cores = (busy - cpu_before[0]) / max(1.0, all_ - cpu_before[1]) * (os.cpu_count() or 1)
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline and len(arrivals) < len(sent):
                 time.sleep(0.2)
@@ -305,17 +320,26 @@ def bench_e2e(broker: KafkaBroker, tmp: Path, s: Scale) -> dict[str, Any]:
     finally:
         server.stop()
     lat = sorted((arrivals[u] - t) * 1000 for u, t in sent.items() if u in arrivals)
+    # where the time goes: the H webhook's own round trip (ingress, 202 after acks=all), and from
+    # that 202 to the record (the worker reading, processing and delivering; the reader's fetch)
+    ingress = sorted((accepted[u] - t) * 1000 for u, t in sent.items() if u in accepted)
+    after = sorted((arrivals[u] - accepted[u]) * 1000 for u in sent if u in arrivals and u in accepted)
     from bench.loadgen import percentile
 
     return {"calls": len(sent), "completed": len(lat), "offered_events_per_s": s.e2e_rate,
-            "p50_ms": percentile(lat, 0.5), "p95_ms": percentile(lat, 0.95), "p99_ms": percentile(lat, 0.99)}
+            "p50_ms": percentile(lat, 0.5), "p95_ms": percentile(lat, 0.95), "p99_ms": percentile(lat, 0.99),
+            "h_webhook_p50_ms": percentile(ingress, 0.5), "h_webhook_p99_ms": percentile(ingress, 0.99),
+            "after_202_p50_ms": percentile(after, 0.5), "after_202_p99_ms": percentile(after, 0.99),
+            "cores_busy": cores}
 
 
-async def _post_calls(url: str, rate: int, seconds: float) -> dict[str, float]:
-    """Complete calls (IN, TA, TE, H: no grace needed) at `rate` webhooks/s; H send time per call."""
+async def _post_calls(url: str, rate: int, seconds: float) -> tuple[dict[str, float], dict[str, float]]:
+    """Complete calls (IN, TA, TE, H: no grace needed; one caller each) at `rate` webhooks/s; per call, when its H
+    was sent and when the ingress accepted it."""
     import aiohttp
 
     sent: dict[str, float] = {}
+    accepted: dict[str, float] = {}
     headers = {"X-Webhook-Token": TOKEN}
     calls = int(rate * seconds / 4)
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=128)) as session:
@@ -323,11 +347,11 @@ async def _post_calls(url: str, rate: int, seconds: float) -> dict[str, float]:
         async def one_call(i: int, start: float) -> None:
             u = f"e2e.{i}"
             steps = [
-                {"event": "IN", "uniqueid": u, "cli": "98", "time": "2026-03-02 10:00:00"},
+                {"event": "IN", "uniqueid": u, "cli": f"98{i:08d}", "time": "2026-03-02 10:00:00"},
                 {"event": "TA", "uniqueid": u, "attemptid": f"{u}.1", "to": "A1", "time": "2026-03-02 10:00:05"},
                 {"event": "TE", "uniqueid": u, "attemptid": f"{u}.1", "to": "A1", "result": "noanswer",
                  "duration": "15"},
-                {"event": "H", "uniqueid": u, "cli": "98", "duration": "30"},
+                {"event": "H", "uniqueid": u, "cli": f"98{i:08d}", "duration": "30"},
             ]
             for k, fields in enumerate(steps):
                 at = start + k * 4 / rate * (calls / max(1, calls))  # spread a call's events over its slot
@@ -338,10 +362,12 @@ async def _post_calls(url: str, rate: int, seconds: float) -> dict[str, float]:
                     sent[u] = time.perf_counter()
                 async with session.post(url, data={"app": APP, **fields}, headers=headers) as r:
                     await r.read()
+                if fields["event"] == "H" and r.status == 202:
+                    accepted[u] = time.perf_counter()
 
         t0 = time.perf_counter()
         await asyncio.gather(*(one_call(i, t0 + i * 4 / rate) for i in range(calls)))
-    return sent
+    return sent, accepted
 
 
 # --- 5. memory --------------------------------------------------------------------------------
@@ -385,11 +411,20 @@ def table(r: dict[str, Any]) -> str:
         f"{p['ratio']:>10.0%}",
         f"{'   bare Faust agent (same topic), events/s':<46}{p['bare_faust_per_s']:>16,.0f}"
         f"{p['raw_consumer_per_s']:>16,.0f}{p['bare_faust_per_s'] / p['raw_consumer_per_s']:>10.0%}",
+        f"{'   one worker vs the bare Faust agent':<46}{p['worker_per_s']:>16,.0f}{p['bare_faust_per_s']:>16,.0f}"
+        f"{p['worker_per_s'] / p['bare_faust_per_s']:>10.0%}",
         f"{'   ground-truth mismatches (' + str(p['calls']) + ' calls)':<46}{p['truth_mismatches']:>16}",
         f"{'3. end to end H -> completed, p50/p95/p99 ms':<46}{e['p50_ms']:>6.0f}/{e['p95_ms']:.0f}/{e['p99_ms']:.0f}"
         f"{'at ' + str(e['offered_events_per_s']) + '/s':>16}",
+        f"{'   of which the H webhook (to 202), p50/p99 ms':<46}"
+        f"{e['h_webhook_p50_ms']:>9.0f}/{e['h_webhook_p99_ms']:.0f}",
+        f"{'   of which 202 -> record readable, p50/p99 ms':<46}"
+        f"{e['after_202_p50_ms']:>9.0f}/{e['after_202_p99_ms']:.0f}",
+        f"{'   cores busy while posting (of ' + str(os.cpu_count()) + ')':<46}{e['cores_busy']:>16.1f}",
         f"{'4. two workers vs one, events/s':<46}{p['two_workers_per_s']:>16,.0f}{p['worker_per_s']:>16,.0f}"
         f"{p['scale_ratio']:>10.0%}",
+        f"{'   cores busy meanwhile (of ' + str(os.cpu_count()) + ', broker included)':<46}"
+        f"{p['two_workers_cores_busy']:>16.1f}{p['worker_cores_busy']:>16.1f}",
         f"{'5. worker RSS, ' + format(m['open_calls'], ',') + ' calls open (rocksdb), MB':<46}{m['rss_mb']:>16,.0f}"
         f"{m['rss_before_mb']:>16,.0f}",
     ]

@@ -107,10 +107,10 @@ def register(app: IvrApp, s: Settings) -> None:
     due = call_ticks.due
 
     def caught_up(partition: int) -> bool:
-        tp = TP(events_name, partition)
-        if tp not in app.consumer.assignment():  # moved away in a rebalance: its new owner decides
-            return False
-        highwater = app.consumer.highwater(tp)
+        try:
+            highwater = app.consumer.highwater(TP(events_name, partition))
+        except (AssertionError, KeyError):  # aiokafka's answer for a partition not (or no longer) assigned
+            return False  # moved away in a rebalance: its new owner decides
         return highwater is not None and next_offset.get(partition, 0) >= highwater
 
     def load(uid: str) -> CallState | None:
@@ -245,12 +245,29 @@ def register(app: IvrApp, s: Settings) -> None:
         async for events in batches(stream, s):
             out: list[Record] = []
             raised: list[float] = []
+            # each caller's history is read and written once per batch, however many of their
+            # missed calls it holds (a history can hold hundreds: a write is not small)
+            touched: dict[bytes, tuple[CallerHistory | None, EventT[bytes]]] = {}
             for event in events:
-                with acting_for(event):
-                    alert = missed_call(event)
+                key = event.key or b""
+                if key in touched:
+                    history = touched[key][0]
+                else:
+                    with acting_for(event):
+                        raw = callers.get(key)
+                    history = None if raw is None else CallerHistory.from_json(orjson.loads(raw))
+                history, alert = missed_call(event, history)
+                touched[key] = (history, event)
                 if alert is not None:
                     out.append((alerts_name, alert.cli.encode(), dumps(alert)))
                     raised.append(parse_ts(alert.at))
+            for key, (history, event) in touched.items():
+                with acting_for(event):
+                    if history is None:
+                        callers.pop(key, None)
+                    else:
+                        callers[key] = orjson.dumps(history.to_json())
+                callers_due.set(key.decode(), None if history is None else forget_at(history))
             await app.deliver(out, callers)
             now = time.time()
             for at in raised:
@@ -258,22 +275,18 @@ def register(app: IvrApp, s: Settings) -> None:
                 m.LATENCY.labels("alert").observe(max(0.0, now - at))
             yield None
 
-    def missed_call(event: EventT[bytes]) -> MissedCallAlert | None:
-        """A missed call (or a tick) against the caller's history; the alert it raises, if any."""
-        key = event.key or b""
-        raw = callers.get(key)
-        history = CallerHistory() if raw is None else CallerHistory.from_json(orjson.loads(raw))
+    def missed_call(event: EventT[bytes], history: CallerHistory | None,
+                    ) -> tuple[CallerHistory | None, MissedCallAlert | None]:
+        """A missed call (or a tick) against the caller's history (None: none kept): the history
+        to keep (None: forget the caller) and the alert raised, if any."""
         if caller_ticks.is_tick(event):
-            if raw is not None and forget(history, time.time()):
-                del callers[key]  # nothing in the last 24 h: the caller is forgotten
-                callers_due.set(key.decode(), None)
-            return None
+            if history is not None and forget(history, time.time()):
+                return None, None  # nothing in the last 24 h: the caller is forgotten
+            return history, None
         data = orjson.loads(event.value)
         data.pop("v", None)
-        alert = record_missed(history, MissedCallFact(**data))
-        callers[key] = orjson.dumps(history.to_json())
-        callers_due.set(key.decode(), forget_at(history))
-        return alert
+        history = history or CallerHistory()
+        return history, record_missed(history, MissedCallFact(**data))
 
     @callers.on_recover
     async def index_callers() -> None:
