@@ -1,0 +1,68 @@
+"""A second worker joins while the first is working through a backlog: the records still match the truth."""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bench.run_all import truth_mismatches
+from bench.simulator import Profile, generate, write_events
+from deploy.local_kafka import ROOT, KafkaBroker
+from tests.conftest import STACK_TIMINGS, TOKEN, start_worker, wait_worker_ready
+from tests.helpers import Service, new_prefix
+from tests.test_processor_recovery import events_seen
+
+pytestmark = pytest.mark.kafka
+
+
+def test_a_worker_joining_mid_backlog_changes_no_record(kafka: KafkaBroker, tmp_path: Path) -> None:
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": new_prefix(), "TOPIC_PARTITIONS": "4",
+        "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": "rocksdb://", "WORKER_SESSION_TIMEOUT_S": "10", **STACK_TIMINGS,
+    }
+    prefix = env["TOPIC_PREFIX"]
+    profile = Profile(agents=10, p_duplicate=0.05, p_reorder=0.05, p_missing_hangup=0.02, mean_talk_s=60)
+    events, truth = generate(1500, time.time() - 7200, 3600, profile, seed=11, prefix="rb")
+    subprocess.run([sys.executable, "-c", "import asyncio; from config.settings import load; "
+                    "from config.topics import ensure_topics; asyncio.run(ensure_topics(load()))"],
+                   env={**env, "PATH": ""}, check=True, cwd=ROOT)
+    topic = f"{prefix}ivr.events"
+    backlog, rest = events[: len(events) * 2 // 5], events[len(events) * 2 // 5:]
+    asyncio.run(write_events(kafka.bootstrap, topic, backlog, progress=False))
+
+    def keep_calling() -> None:  # the rest arrives over ~12 s: a is busy whenever b joins
+        for i in range(0, len(rest), len(rest) // 12 + 1):
+            asyncio.run(write_events(kafka.bootstrap, topic, rest[i:i + len(rest) // 12 + 1], progress=False))
+            time.sleep(1.0)
+
+    workers: list[Service] = []
+    writer = threading.Thread(target=keep_calling)
+    try:
+        a, port_a = start_worker({**env, "WORKER_DATA_DIR": str(tmp_path / "a")}, tmp_path / "a.log")
+        workers.append(a)
+        deadline = time.monotonic() + 60
+        while events_seen(port_a) < len(backlog) // 2:  # a is into the backlog
+            assert time.monotonic() < deadline, "worker a did not start on the backlog"
+            time.sleep(0.05)
+        writer.start()
+        b, port_b = start_worker({**env, "WORKER_DATA_DIR": str(tmp_path / "b")}, tmp_path / "b.log")
+        workers.append(b)
+        wait_worker_ready(b)
+        writer.join()
+        deadline = time.monotonic() + 120
+        while events_seen(port_a) + events_seen(port_b) < len(events):  # replays may count twice
+            assert time.monotonic() < deadline, "the two workers did not get through the backlog"
+            time.sleep(0.5)
+        assert events_seen(port_b) > 0  # b did take partitions over
+        assert truth_mismatches(kafka.bootstrap, prefix, truth) == 0
+    finally:
+        if writer.is_alive():
+            writer.join()
+        for w in workers:
+            w.stop()
