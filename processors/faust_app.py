@@ -20,7 +20,7 @@ from config.topics import ensure_topics
 from processors.batched_table import BatchedTable
 from processors.core.deadlines import DeadlineIndex
 from processors.output_producer import OutputProducer, Placed, Record
-from processors.worker_metrics import TIMER_ERRORS
+from processors.worker_metrics import BATCH_EVENTS, DELIVER_SECONDS, TIMER_ERRORS
 
 log = logging.getLogger("processors")
 
@@ -54,7 +54,10 @@ class IvrApp(faust.App):
         """A batch's outputs and its tables' changelog records, delivered together (returns once
         the broker has acknowledged all of them; the batch is acknowledged after that)."""
         placed = [*placed, *(rec for table in tables for rec in table.take_changelog())]
+        started = time.perf_counter()
         offsets = await self.outputs.send_all(records, placed)
+        if records or placed:
+            DELIVER_SECONDS.observe(time.perf_counter() - started)
         for table in tables:
             table.delivered(offsets)
 
@@ -115,11 +118,13 @@ def acting_for(event: EventT[bytes]) -> Iterator[None]:
         _current_event.reset(token)
 
 
-def batches(stream: faust.StreamT[bytes], settings: Settings) -> AsyncIterator[Sequence[EventT[bytes]]]:
+async def batches(stream: faust.StreamT[bytes], settings: Settings) -> AsyncIterator[Sequence[EventT[bytes]]]:
     """The stream in batches: up to WORKER_BATCH_MAX events, or what arrived within
     WORKER_BATCH_WINDOW_S. Faust acknowledges a batch's offsets once the handler asks for the next."""
-    return cast(faust.Stream[bytes], stream).take_events(settings.worker_batch_max,
-                                                         within=settings.worker_batch_window_s)
+    async for events in cast(faust.Stream[bytes], stream).take_events(settings.worker_batch_max,
+                                                                      within=settings.worker_batch_window_s):
+        BATCH_EVENTS.observe(len(events))
+        yield events
 
 
 def survives(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:

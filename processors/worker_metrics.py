@@ -34,3 +34,9 @@ LATE_CALLS = Counter("ivr_worker_late_calls_total",
                      registry=REGISTRY)
 TIMER_ERRORS = Counter("ivr_worker_timer_errors_total", "Timer runs that failed (logged; retried next interval)",
                        ["timer"], registry=REGISTRY)
+BATCH_EVENTS = Histogram("ivr_worker_batch_events", "Input events per batch an agent handled", registry=REGISTRY,
+                         buckets=(1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000))
+DELIVER_SECONDS = Histogram(
+    "ivr_worker_deliver_seconds", "A batch's outputs and changelog records: send to broker acknowledgement",
+    registry=REGISTRY, buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
