@@ -24,7 +24,7 @@ from processors.core.call_metrics import Contribution, agent_contributions, app_
 from processors.core.call_state import CallState
 from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
 from processors.core.repeat_callers import CallerHistory, caller_key, forget, forget_at, record_missed
-from processors.faust_app import IvrApp, Ticker, acting_for, batches, survives
+from processors.faust_app import IvrApp, Ticker, acting_for, batches, skip_unreadable, survives
 from processors.output_producer import Record
 from schemas.codec import dumps
 from schemas.records import CompletedCall, MetricContribution, MissedCallAlert, MissedCallFact
@@ -167,9 +167,7 @@ def register(app: IvrApp, s: Settings) -> None:
             m.EVENTS.labels(data["event"]).inc()
             result = apply(state, data, now, cfg)
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            m.BAD_EVENTS.inc()
-            log.error("skipping unreadable record at %s[%s]@%s: %s", event.message.topic,
-                      event.message.partition, event.message.offset, type(e).__name__)
+            skip_unreadable(event, e)
             return None
         if result.late:
             m.LATE_EVENTS.inc()

@@ -20,7 +20,7 @@ from config.topics import ensure_topics
 from processors.batched_table import BatchedTable
 from processors.core.deadlines import DeadlineIndex
 from processors.output_producer import OutputProducer, Placed, Record
-from processors.worker_metrics import BATCH_EVENTS, DELIVER_SECONDS, TIMER_ERRORS
+from processors.worker_metrics import BAD_EVENTS, BATCH_EVENTS, DELIVER_SECONDS, TIMER_ERRORS
 
 log = logging.getLogger("processors")
 
@@ -125,6 +125,14 @@ async def batches(stream: faust.StreamT[bytes], settings: Settings) -> AsyncIter
                                                                       within=settings.worker_batch_window_s):
         BATCH_EVENTS.observe(len(events))
         yield events
+
+
+def skip_unreadable(event: EventT[bytes], error: Exception) -> None:
+    """A record no agent can read is logged (where it is, not what it holds) and counted; one bad
+    record must not stop an agent."""
+    BAD_EVENTS.inc()
+    log.error("skipping unreadable record at %s[%s]@%s: %s", event.message.topic, event.message.partition,
+              event.message.offset, type(error).__name__)
 
 
 def survives(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:

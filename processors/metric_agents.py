@@ -21,7 +21,7 @@ from processors import worker_metrics as m
 from processors.bundles import unbundle
 from processors.core.call_metrics import agent_record, app_record, record_key
 from processors.core.windows import Window, WindowPolicy, next_flush
-from processors.faust_app import IvrApp, Ticker, acting_for, batches
+from processors.faust_app import IvrApp, Ticker, acting_for, batches, skip_unreadable
 from processors.output_producer import Record
 from processors.window_store import WindowStore
 from schemas.codec import dumps
@@ -43,10 +43,8 @@ def window_policy(s: Settings) -> WindowPolicy:
 def contributions(event: EventT[bytes]) -> list[dict[str, Any]]:
     try:
         return unbundle(event.value)
-    except (KeyError, TypeError, ValueError) as e:  # one bad record must not stop the agent
-        m.BAD_EVENTS.inc()
-        log.error("skipping unreadable record at %s[%s]@%s: %s", event.message.topic,
-                  event.message.partition, event.message.offset, type(e).__name__)
+    except (KeyError, TypeError, ValueError) as e:
+        skip_unreadable(event, e)
         return []
 
 

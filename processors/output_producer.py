@@ -72,9 +72,9 @@ class OutputProducer:
             return delivered
         producer = await self._ready()
         chunks: dict[tuple[str, int], list[KV]] = {}
+        partitions = {topic: await self._partitions_of(producer, topic) for topic in {r[0] for r in records}}
         for topic, key, value in records:
-            part = partition_for(key, await self._partitions_of(producer, topic))
-            chunks.setdefault((topic, part), []).append((key, value))
+            chunks.setdefault((topic, partition_for(key, partitions[topic])), []).append((key, value))
         for topic, part, maybe_key, maybe_value in placed:
             chunks.setdefault((topic, part), []).append((maybe_key, maybe_value))
         pending = [(tp, items) for tp, items in chunks.items()]
