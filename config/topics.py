@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from dataclasses import dataclass
+from typing import Any
 
 from config.settings import Settings
 
 EVENTS = "ivr.events"
 EVENTS_INVALID = "ivr.events.invalid"
+# records the worker could not process, with the error (its dead-letter topic)
+EVENTS_UNPROCESSABLE = "ivr.events.unprocessable"
 CALLS_COMPLETED = "ivr.calls.completed"
 ALERTS_MISSED = "ivr.alerts.missed"
 METRICS_AGENTS = "ivr.metrics.agents"
@@ -33,6 +37,11 @@ WEEK_MS = 7 * 24 * 3600 * 1000
 class TopicSpec:
     base: str
     config: tuple[tuple[str, str], ...] = ()
+    prefixed: bool = True  # False: `base` is the full name (the worker's changelog topics)
+    partitions: int | None = None  # None: TOPIC_PARTITIONS
+
+    def name(self, settings: Settings) -> str:
+        return settings.topic(self.base) if self.prefixed else self.base
 
 
 # Every topic the project writes. The latest revision of a call, an agent window or an app
@@ -40,6 +49,7 @@ class TopicSpec:
 CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(EVENTS, (("retention.ms", str(WEEK_MS)),)),
     TopicSpec(EVENTS_INVALID, (("retention.ms", str(4 * WEEK_MS)),)),
+    TopicSpec(EVENTS_UNPROCESSABLE, (("retention.ms", str(4 * WEEK_MS)),)),
     TopicSpec(CALLS_COMPLETED, (("cleanup.policy", "compact"),)),
     TopicSpec(ALERTS_MISSED, (("retention.ms", str(WEEK_MS)),)),
     TopicSpec(METRICS_AGENTS, (("cleanup.policy", "compact"),)),
@@ -54,12 +64,15 @@ CATALOGUE: tuple[TopicSpec, ...] = (
 )
 
 
-async def ensure_topics(settings: Settings, bases: tuple[str, ...] | None = None) -> None:
-    """Create the project's topics if they do not exist yet (idempotent)."""
+async def ensure_topics(settings: Settings, bases: tuple[str, ...] | None = None,
+                        extra: tuple[TopicSpec, ...] = (), timeout_s: float = 120.0) -> None:
+    """Create the project's topics (and `extra`) if they do not exist yet (idempotent), then wait
+    until the cluster's metadata shows each of them with all its partitions led: a client that
+    starts after this never sees a topic half-created (no partitions yet, or no leader)."""
     from aiokafka.admin import AIOKafkaAdminClient, NewTopic
     from aiokafka.errors import TopicAlreadyExistsError
 
-    wanted = [s for s in CATALOGUE if bases is None or s.base in bases]
+    wanted = [s for s in CATALOGUE if bases is None or s.base in bases] + list(extra)
     min_isr = "2" if settings.topic_replication >= 3 else "1"
     admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
     await admin.start()
@@ -67,16 +80,35 @@ async def ensure_topics(settings: Settings, bases: tuple[str, ...] | None = None
         existing = set(await admin.list_topics())
         new = [
             NewTopic(
-                name=settings.topic(s.base),
-                num_partitions=settings.topic_partitions,
+                name=s.name(settings),
+                num_partitions=s.partitions or settings.topic_partitions,
                 replication_factor=settings.topic_replication,
                 topic_configs={"min.insync.replicas": min_isr, **dict(s.config)},
             )
             for s in wanted
-            if settings.topic(s.base) not in existing
+            if s.name(settings) not in existing
         ]
-        if new:
-            with contextlib.suppress(TopicAlreadyExistsError):  # another process created them first
-                await admin.create_topics(new)
+        for topic in new:  # one request each: one refused as existing does not hide the others
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process created it first
+                await admin.create_topics([topic])
+        await _until_led(admin, {s.name(settings): s.partitions or settings.topic_partitions for s in wanted},
+                         timeout_s)
     finally:
         await admin.close()
+
+
+async def _until_led(admin: Any, want: dict[str, int], timeout_s: float) -> None:
+    """Until every topic in `want` has at least its partitions, each with a leader."""
+    deadline = asyncio.get_running_loop().time() + timeout_s
+    pending = dict(want)
+    while True:
+        for t in await admin.describe_topics(list(pending)):
+            parts = t.get("partitions") or []
+            if t.get("error_code", 0) == 0 and len(parts) >= pending.get(t["topic"], 1) and \
+                    all(p.get("leader", -1) >= 0 for p in parts):
+                pending.pop(t["topic"], None)
+        if not pending:
+            return
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"topics not ready after {timeout_s:.0f}s: {sorted(pending)}")
+        await asyncio.sleep(0.2)

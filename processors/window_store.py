@@ -1,21 +1,22 @@
-"""Metric windows persisted row by row, so a contribution writes a few small rows, not a blob.
+"""Metric windows persisted row by row, so a batch writes a few small rows per key, not a blob.
 
 Rows (in one table, changelogged):  KEY\\x1fm               -> [watermark, closed_upto, late_dropped]
                                     KEY\\x1fw\\x1fSTART       -> the window's meta (final, late, ...)
-                                    KEY\\x1fi\\x1fSTART\\x1fITEM -> that item's contribution
-The owner keeps every key's `Windowed` state in memory, rebuilt from the rows after a rebalance.
+                                    KEY\\x1fi\\x1fSTART\\x1fITEM -> [watermark when written, contribution]
+The owner keeps every key's `Windowed` state in memory, rebuilt from the rows after a rebalance;
+`save` writes the rows in which the new state differs from the one saved before.
 Works over any MutableMapping[bytes, bytes]: a Faust table in the worker, a dict in unit tests.
 """
 
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, MutableMapping
-from typing import Any
 
 import orjson
 
-from processors.core.windows import Window, Windowed, WindowPolicy, add, flush, window_start
+from processors.core.windows import Window, Windowed
 
 SEP = "\x1f"
 
@@ -32,70 +33,72 @@ def _item_row(key: str, start: int, item: str) -> bytes:
     return f"{key}{SEP}i{SEP}{start}{SEP}{item}".encode()
 
 
+def _copy(st: Windowed) -> Windowed:
+    """A copy the step may change while the saved state stays as it was (items are replaced by
+    the core, never changed in place, so the item dicts are copied shallowly)."""
+    return Windowed(
+        windows={s: Window(dict(w.items), w.final, w.late, w.dirty, w.changed_at, w.emitted_at)
+                 for s, w in st.windows.items()},
+        watermark=st.watermark, closed_upto=st.closed_upto, late_dropped=st.late_dropped,
+    )
+
+
+def _meta(st: Windowed) -> tuple[float | None, float | None, int]:
+    return (None if st.watermark == -math.inf else st.watermark,
+            None if st.closed_upto == -math.inf else st.closed_upto, st.late_dropped)
+
+
 class WindowStore:
-    def __init__(self, rows: MutableMapping[bytes, bytes], policy: WindowPolicy) -> None:
+    """The `Store` of the metric pipelines (see `processors.runtime`)."""
+
+    def __init__(self, rows: MutableMapping[bytes, bytes]) -> None:
         self.rows = rows
-        self.policy = policy
         self.cache: dict[str, Windowed] = {}
 
-    def state(self, key: str) -> Windowed:
+    def load(self, key: str) -> Windowed | None:
         st = self.cache.get(key)
-        if st is None:
-            st = self.cache[key] = Windowed()
-        return st
+        return None if st is None else _copy(st)
 
-    def add(self, key: str, item: str, t: float, values: list[Any], now: float) -> str:
-        """One row written per contribution (the item, with its time); meta rows change only when
-        a window is flushed or an item is late. After a rebalance, windows with items and no meta
-        row are rebuilt as changed "now", the watermark as the latest item time."""
-        st = self.state(key)
-        before = {s for s, w in st.windows.items() if item in w.items}
-        result = add(st, item, t, values, now, self.policy)
-        for s in before | {window_start(t, self.policy.size_s)}:
-            w = st.windows.get(s)
-            if w is None:
-                continue
-            if item in w.items:
-                self.rows[_item_row(key, s, item)] = orjson.dumps([t, w.items[item]])
-            else:
-                self.rows.pop(_item_row(key, s, item), None)
-            if result == "late":
-                self._write_window(key, s, w)
-        if result == "late":
-            self._write_meta(key, st)
-        return result
-
-    def flush(self, key: str, now: float) -> list[tuple[int, Window]]:
-        st = self.state(key)
-        kept = dict(st.windows)
-        due = flush(st, now, self.policy)
-        for s, w in due:
-            self._write_window(key, s, w)
-        for s, w in kept.items():
-            if s not in st.windows:  # dropped: final and kept long enough
-                for item in w.items:
+    def save(self, key: str, new: Windowed | None) -> None:
+        """Write the rows in which `new` differs from the saved state. Meta rows of open windows
+        change only when flushed or late (their dirty/changed_at are rebuilt, see `rebuild`)."""
+        if new is None:
+            new = Windowed()
+        old = self.cache.get(key) or Windowed()
+        for s in old.windows.keys() | new.windows.keys():
+            ow, nw = old.windows.get(s), new.windows.get(s)
+            if nw is None:  # dropped: final and kept long enough
+                assert ow is not None
+                for item in ow.items:
                     self.rows.pop(_item_row(key, s, item), None)
                 self.rows.pop(_window_row(key, s), None)
-        if due or len(kept) != len(st.windows):
-            self._write_meta(key, st)
-        return due
+                continue
+            old_items = {} if ow is None else ow.items
+            # the core stamps changed_at on every change of a window's items
+            if ow is None or ow.changed_at != nw.changed_at or len(old_items) != len(nw.items):
+                for item, c in nw.items.items():
+                    if old_items.get(item) is not c:
+                        self.rows[_item_row(key, s, item)] = orjson.dumps([_meta(new)[0], c])
+                for item in old_items.keys() - nw.items.keys():
+                    self.rows.pop(_item_row(key, s, item), None)
+            before = (False, 0, 0.0) if ow is None else (ow.final, ow.late, ow.emitted_at)
+            if before != (nw.final, nw.late, nw.emitted_at):
+                self.rows[_window_row(key, s)] = orjson.dumps([nw.final, nw.late, nw.dirty, nw.changed_at,
+                                                              nw.emitted_at])
+        if _meta(old) != _meta(new):
+            self.rows[_meta_row(key)] = orjson.dumps(list(_meta(new)))
+        self.cache[key] = new
 
-    def _write_window(self, key: str, start: int, w: Window) -> None:
-        self.rows[_window_row(key, start)] = orjson.dumps([w.final, w.late, w.dirty, w.changed_at, w.emitted_at])
-
-    def _write_meta(self, key: str, st: Windowed) -> None:
-        self.rows[_meta_row(key)] = orjson.dumps([
-            None if st.watermark == -math.inf else st.watermark,
-            None if st.closed_upto == -math.inf else st.closed_upto,
-            st.late_dropped,
-        ])
+    def items(self) -> Iterable[tuple[str, Windowed]]:
+        self.rebuild(self.rows.items(), time.time())
+        return list(self.cache.items())
 
     def rebuild(self, rows: Iterable[tuple[bytes, bytes]], now: float) -> None:
         """Rebuild the in-memory states from the table's rows (after a rebalance)."""
         self.cache.clear()
         for raw_key, raw in rows:
             parts = raw_key.decode().split(SEP)
-            st = self.state(parts[0])
+            st = self.cache.setdefault(parts[0], Windowed())
             value = orjson.loads(raw)
             if parts[1] == "m":
                 st.watermark = -math.inf if value[0] is None else value[0]
@@ -107,9 +110,11 @@ class WindowStore:
             else:
                 t, contribution = value
                 st.windows.setdefault(int(parts[2]), Window()).items[SEP.join(parts[3:])] = contribution
-                st.watermark = max(st.watermark, t)
-        # Meta rows are written at flush only, so an open window may have changed since: treat it
-        # as changed now (this can delay its final by one quiet period, never make it premature).
+                if t is not None:
+                    st.watermark = max(st.watermark, t)
+        # Meta rows of open windows are written at flush only, so an open window may have changed
+        # since: treat it as changed now (this can delay its final by one quiet period, never make
+        # it premature).
         for st in self.cache.values():
             for w in st.windows.values():
                 if not w.final:

@@ -15,6 +15,9 @@ LATE_EVENTS = Counter("ivr_worker_late_events_total", "Events for calls already 
 BAD_EVENTS = Counter("ivr_worker_unreadable_events_total",
                      "Records that could not be read (ivr.events, internal topics); logged and skipped",
                      registry=REGISTRY)
+UNPROCESSABLE = Counter("ivr_worker_unprocessable_events_total",
+                        "Records a pipeline could not process (unreadable, or its step raised): sent to "
+                        "ivr.events.unprocessable with the error", ["pipeline"], registry=REGISTRY)
 CALLS_OPEN = Gauge("ivr_worker_calls_open", "Calls open on this worker", registry=REGISTRY)
 CALLS_CLOSED = Counter("ivr_worker_calls_closed_total", "Calls closed, by reason", ["reason"], registry=REGISTRY)
 REVISIONS = Counter("ivr_worker_call_revisions_total", "Completed-call revisions after the first", registry=REGISTRY)

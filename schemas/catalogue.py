@@ -12,11 +12,13 @@ from schemas.records import (
     MetricContribution,
     MissedCallAlert,
     MissedCallFact,
+    UnprocessableEvent,
 )
 
 TOPIC_RECORDS: dict[str, type] = {
     topics.EVENTS: IvrEvent,
     topics.EVENTS_INVALID: InvalidEvent,
+    topics.EVENTS_UNPROCESSABLE: UnprocessableEvent,
     topics.CALLS_COMPLETED: CompletedCall,
     topics.ALERTS_MISSED: MissedCallAlert,
     topics.METRICS_AGENTS: AgentWindowMetrics,

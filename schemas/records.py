@@ -169,6 +169,9 @@ class MissedCallFact:
     attempts: Count = doc("transfer attempts made")
     agents_tried: list[str] = doc("distinct agents tried, in order")
     alert: bool = doc("false for short abandons: counted as missed, but no alert")
+    received_at: Timestamp | None = doc(
+        "ingress receipt of the webhook that closed the call (its H for a call closed by a timer); "
+        "null when none (idle timeout): the alert's latency is measured from it", default=None)
     v: Literal[1] = doc("schema version", default=1)
 
 
@@ -181,4 +184,22 @@ class MetricContribution:
     item: str = doc("uniqueid|attemptid or uniqueid: a revision replaces what the item gave before")
     at: Timestamp = doc("event time that picks the window (attempt start, or call start)")
     values: list[Any] = doc("the figures the window sums, in the order processors.core.call_metrics defines")
+    v: Literal[1] = doc("schema version", default=1)
+
+
+@dataclass(frozen=True, slots=True)
+class UnprocessableEvent:
+    """ivr.events.unprocessable: a record the worker could not process, kept as received with the
+    error; keyed as the record was. The rest of its batch was processed normally."""
+
+    topic: str = doc("the topic the record was read from")
+    partition: Count = doc("its partition")
+    offset: Count = doc("its offset")
+    key: str = doc("its key as received (UTF-8; undecodable bytes replaced)")
+    value: str = doc("its value as received (UTF-8; undecodable bytes replaced, see value_base64)")
+    value_base64: str | None = doc("the value base64-encoded when it was not valid UTF-8")
+    error_type: str = doc("the exception's type")
+    error: str = doc("the exception's message (at most 1000 characters)")
+    pipeline: str = doc("the worker pipeline that failed: calls, callers, agent_metrics or app_metrics")
+    at: Timestamp = doc("when the worker gave up on it (wall clock)")
     v: Literal[1] = doc("schema version", default=1)

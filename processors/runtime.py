@@ -1,0 +1,474 @@
+"""The keyed-batch runtime: what every pipeline does around its pure step.
+
+A pipeline (see `processors.pipelines`) declares its source topic, its table (through a `Store`),
+its ticker and one pure step `step(key, state | None, input | TICK, now) -> Result | None`.
+For each batch of source records (and ticks) the runtime
+
+  * decodes each record into (key, input) pairs (a bundle holds several keys of one partition);
+  * loads each touched key once, applies the step to each of its inputs in order, and saves
+    the key once (one changelog record per key and batch, written for the record's partition);
+  * confines a failure to its record: a record whose decoding or step raises goes to the
+    dead-letter topic with the error, the keys it touched are put back as they were before it
+    (their earlier inputs of the batch are replayed), its outputs are dropped, the batch goes on;
+  * delivers every output, dead letter and changelog record of the batch together and only
+    then lets the batch be acknowledged; a delivery that cannot be made stops the worker
+    (exit status 70) so that nothing is acknowledged past an undelivered output;
+  * keeps each key's next deadline; a timer sends a tick keyed like the state, which the worker
+    owning the key handles like an input; a tick for a partition not yet caught up with its
+    source is parked until it is (a deadline must not fire while its events wait unread);
+  * rebuilds the deadline index from the table after a rebalance.
+
+All of Faust's private parts that the worker relies on are used here (and in `BatchedTable`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import functools
+import logging
+import os
+import time
+import weakref
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol, TypeVar, cast
+
+from config import topics
+from processors import worker_metrics as m
+from processors.bundles import bundle
+from processors.core.deadlines import DeadlineIndex
+from processors.output_producer import Offsets, Placed, Record
+from schemas.codec import dumps
+from schemas.records import UnprocessableEvent
+from schemas.timefmt import format_ts
+
+log = logging.getLogger("processors.runtime")
+
+S = TypeVar("S")
+I_contra = TypeVar("I_contra", contravariant=True)
+I = TypeVar("I")  # noqa: E741 - the input type
+
+
+class Tick:
+    """The input a step gets when its key's deadline has come."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "TICK"
+
+
+TICK = Tick()
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    """One record a step emits. `received`: when the webhook that caused it reached the ingress;
+    the output's latency (to its acknowledgement) is then observed under `latency` (a label)."""
+
+    topic: str
+    key: bytes
+    value: bytes
+    received: float | None = None
+    latency: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Result(Generic[S]):
+    state: S | None  # None: forget the key
+    outputs: Sequence[Output] = ()
+    due: float | None = None  # when the step next wants a tick (None: never)
+
+
+class Store(Protocol[S]):
+    """A pipeline's keyed state over its table. Reads and writes happen inside `acting_for`."""
+
+    def load(self, key: str) -> S | None: ...
+
+    def save(self, key: str, state: S | None) -> None: ...
+
+    def items(self) -> Iterable[tuple[str, S]]:
+        """Every state held for this worker's partitions (after recovery)."""
+        ...
+
+
+class Source(Protocol):
+    """A record as the runtime needs it: Faust's event, or a test's stand-in."""
+
+    @property
+    def topic(self) -> str: ...
+
+    @property
+    def partition(self) -> int: ...
+
+    @property
+    def offset(self) -> int: ...
+
+    @property
+    def key(self) -> bytes | None: ...
+
+    @property
+    def value(self) -> bytes: ...
+
+
+Step = Callable[[str, S | None, Any, float], Result[S] | None]
+Decode = Callable[[bytes | None, bytes], Sequence[tuple[str, Any]]]
+
+
+@dataclass(slots=True)
+class Pipeline(Generic[S]):
+    """A keyed pipeline, declared once (see `processors.pipelines`).
+
+    name        label on the worker's metrics and dead letters; names its Faust agent
+    table       the table's name (its changelog topic is `<app id>-<table>-changelog`)
+    store       the `Store` over the table's bytes -> bytes rows
+    source      the topic whose records feed `step` (full name)
+    ticks       the tick topic (full name), co-partitioned with `source`
+    decode      record key and value -> (state key, input) pairs; raising sends the record
+                to the dead-letter topic
+    step        the pure step: (key, state or None, input or TICK, now) -> Result, or None
+                when nothing changes
+    due         a stored state's next deadline (to rebuild the index after a rebalance)
+    bundled     output topics whose records are bundled per partition (see `bundles`)
+    tick_every  how often the timer looks for due keys (seconds)
+    on_saved    called after each batch with the keys saved (gauges)
+    on_recovered  called with every state held after a rebalance (gauges)
+    """
+
+    name: str
+    table: str
+    store: Callable[[MutableMapping[bytes, bytes]], Store[S]]
+    source: str
+    ticks: str
+    decode: Decode
+    step: Step[S]
+    due: Callable[[S], float | None]
+    bundled: frozenset[str] = frozenset()
+    tick_every: float = 1.0
+    on_saved: Callable[[dict[str, S | None]], None] | None = None
+    on_recovered: Callable[[Iterable[tuple[str, S]]], None] | None = None
+
+
+class Delivery(Protocol):
+    async def __call__(self, records: Sequence[Record], placed: Sequence[Placed]) -> Offsets: ...
+
+
+class Position(Protocol):
+    """Where the consumer stands: the log end of a source partition (None: not assigned here)."""
+
+    def highwater(self, topic: str, partition: int) -> int | None: ...
+
+
+@dataclass(slots=True)
+class _Key(Generic[S]):
+    """A key the batch touched: its newest state, a record of its partition (the latest that
+    changed it), its inputs applied so far (replayed when a later record of the batch fails)."""
+
+    state: S | None
+    source: Any
+    journal: list[Any] = field(default_factory=list)
+    due: float | None = None
+    changed: bool = False
+
+
+class Runner(Generic[S]):
+    """One pipeline's batch handling, free of Faust: the table is a `Store`, delivery a callable,
+    `acting` a context manager that points table access at a record's partition."""
+
+    def __init__(self, pipeline: Pipeline[S], store: Store[S], deliver: Delivery, position: Position,
+                 dead_letters: str, acting: Callable[[Any], Any] | None = None,
+                 changelog: Callable[[], list[Placed]] = list, delivered: Callable[[Offsets], None] | None = None,
+                 partitions: int = 1) -> None:
+        self.p = pipeline
+        self.store = store
+        self.deliver = deliver
+        self.position = position
+        self.dead_letters = dead_letters
+        self.acting = acting or _no_context
+        self.changelog = changelog
+        self.delivered = delivered
+        self.partitions = partitions
+        self.due = DeadlineIndex()
+        self.next_offset: dict[int, int] = {}  # per source partition: the next record to handle
+        self.parked: dict[int, set[str]] = {}  # ticks held until their partition catches up
+
+    # --- ticks ----------------------------------------------------------------------------------
+
+    def caught_up(self, partition: int) -> bool:
+        highwater = self.position.highwater(self.p.source, partition)
+        return highwater is not None and self.next_offset.get(partition, 0) >= highwater
+
+    def due_keys(self, now: float) -> list[str]:
+        """Keys whose tick should be sent now: parked ones whose partition caught up, then the due."""
+        for partition in [p for p in self.parked if self.caught_up(p)]:
+            for key in self.parked.pop(partition):
+                self.due.set(key, now)
+        return self.due.pop_due(now)
+
+    # --- recovery -------------------------------------------------------------------------------
+
+    def recovered(self, committed: dict[int, int | None]) -> None:
+        """After a rebalance: the offsets the source resumes from, and the states now held."""
+        self.due.clear()
+        self.parked.clear()
+        self.next_offset = {p: o or 0 for p, o in committed.items()}  # None: nothing committed yet
+        states = list(self.store.items())
+        for key, state in states:
+            self.due.set(key, self.p.due(state))
+        if self.p.on_recovered is not None:
+            self.p.on_recovered(states)
+        log.info("%s: deadline index rebuilt, %d keys", self.p.name, len(self.due))
+
+    # --- batches --------------------------------------------------------------------------------
+
+    async def handle(self, batch: Sequence[Any], now: float) -> None:
+        """Process a batch of records; returns once its outputs are delivered (the caller then
+        acknowledges the batch). A delivery that raises propagates: the caller must not acknowledge."""
+        keys: dict[str, _Key[S]] = {}
+        outputs: list[Output] = []
+        for record in batch:
+            outputs.extend(self._record(record, keys, now))
+        saved: dict[str, S | None] = {}
+        for key, k in keys.items():
+            if not k.changed:
+                continue
+            with self.acting(k.source):
+                self.store.save(key, k.state)
+            saved[key] = k.state
+            self.due.set(key, None if k.state is None else k.due)
+        if self.p.on_saved is not None and saved:
+            self.p.on_saved(saved)
+        plain: list[Record] = []
+        to_bundle: list[Record] = []
+        for o in outputs:
+            (to_bundle if o.topic in self.p.bundled else plain).append((o.topic, o.key, o.value))
+        placed = [*bundle(to_bundle, self.partitions), *self.changelog()]
+        started = time.perf_counter()
+        offsets = await self.deliver(plain, placed)
+        acked = time.time()
+        if plain or placed:
+            m.DELIVER_SECONDS.observe(time.perf_counter() - started)
+        if self.delivered is not None:
+            self.delivered(offsets)
+        for o in outputs:
+            if o.latency is not None and o.received is not None:
+                m.LATENCY.labels(o.latency).observe(max(0.0, acked - o.received))
+
+    def _record(self, record: Any, keys: dict[str, _Key[S]], now: float) -> list[Output]:
+        """One record (or tick) against the batch's keys: its outputs, or its dead letter."""
+        if record.topic == self.p.ticks:
+            key = (record.key or b"").decode("utf-8", "replace")
+            if not self.caught_up(record.partition):
+                self.parked.setdefault(record.partition, set()).add(key)  # see `due_keys`
+                return []
+            inputs: Sequence[tuple[str, Any]] = [(key, TICK)]
+        else:
+            self.next_offset[record.partition] = record.offset + 1
+            inputs = ()
+        touched: list[str] = []  # the keys this record's inputs reached
+        returned: list[str] = []  # one entry per input whose step returned
+        out: list[Output] = []
+        try:
+            if not inputs:
+                inputs = self.p.decode(record.key, record.value)
+            for key, item in inputs:
+                k = keys.get(key)
+                if k is None:
+                    with self.acting(record):
+                        loaded = self.store.load(key)
+                    k = keys[key] = _Key(loaded, record)
+                touched.append(key)
+                result = self.p.step(key, k.state, item, now)  # may have changed k.state, then raised
+                k.journal.append(item)
+                returned.append(key)
+                if result is not None:
+                    k.state, k.due, k.changed, k.source = result.state, result.due, True, record
+                    out.extend(result.outputs)
+        except Exception as error:  # confined to this record: see the module doc
+            self._undo(keys, touched, returned, now)
+            return [self._dead_letter(record, error)]
+        return out
+
+    def _undo(self, keys: dict[str, _Key[S]], touched: list[str], returned: list[str], now: float) -> None:
+        """Put the keys a failed record reached back as they were before it: from the state stored
+        before the batch (saves happen at its end), replay the inputs of the batch's earlier records."""
+        for key in dict.fromkeys(touched):
+            k = keys[key]
+            earlier = k.journal[:len(k.journal) - returned.count(key)]
+            with self.acting(k.source):
+                state = self.store.load(key)
+            k.state, k.changed, k.due, k.journal = state, False, None, []
+            for item in earlier:
+                result = self.p.step(key, k.state, item, now)
+                k.journal.append(item)
+                if result is not None:
+                    k.state, k.due, k.changed = result.state, result.due, True
+
+    def _dead_letter(self, record: Any, error: Exception) -> Output:
+        m.UNPROCESSABLE.labels(self.p.name).inc()
+        log.error("%s: record %s[%s]@%s could not be processed (%s); sent to %s", self.p.name, record.topic,
+                  record.partition, record.offset, type(error).__name__, self.dead_letters, exc_info=error)
+        return Output(self.dead_letters, record.key or b"", dumps(unprocessable(self.p.name, record, error)))
+
+
+def unprocessable(pipeline: str, record: Any, error: Exception) -> UnprocessableEvent:
+    value: bytes = record.value or b""
+    key: bytes = record.key or b""
+    try:
+        text, b64 = value.decode("utf-8"), None
+    except UnicodeDecodeError:
+        text, b64 = value.decode("utf-8", "replace"), base64.b64encode(value).decode()
+    return UnprocessableEvent(
+        topic=record.topic, partition=record.partition, offset=record.offset,
+        key=key.decode("utf-8", "replace"), value=text, value_base64=b64,
+        error_type=type(error).__name__, error=str(error)[:1000], pipeline=pipeline, at=format_ts(time.time()),
+    )
+
+
+@contextmanager
+def _no_context(_: Any) -> Iterator[None]:
+    yield
+
+
+# --- Faust ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class FaustRecord:
+    """A Faust event seen as a `Source`, keeping the event (table access names its partition)."""
+
+    event: Any
+
+    @property
+    def topic(self) -> str:
+        return cast(str, self.event.message.topic)
+
+    @property
+    def partition(self) -> int:
+        return cast(int, self.event.message.partition)
+
+    @property
+    def offset(self) -> int:
+        return cast(int, self.event.message.offset)
+
+    @property
+    def key(self) -> bytes | None:
+        return cast("bytes | None", self.event.key)
+
+    @property
+    def value(self) -> bytes:
+        return cast(bytes, self.event.value)
+
+
+@contextmanager
+def acting_for(record: FaustRecord) -> Iterator[None]:
+    """Table reads and writes inside the block go to the record's partition.
+
+    Faust picks a table's partition (changelog and store) from the event being processed. A
+    handler of a whole batch (`take_events`) has no such event, so it names one: one from the
+    same partition as the key.
+    """
+    from faust.streams import _current_event
+
+    token = _current_event.set(weakref.ref(record.event))
+    try:
+        yield
+    finally:
+        _current_event.reset(token)
+
+
+def survives(name: str, timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
+    """A Faust timer that raises stops the whole worker: log the error and try again next time."""
+
+    @functools.wraps(timer)
+    async def guarded() -> None:
+        try:
+            await timer()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            m.TIMER_ERRORS.labels(name).inc()
+            log.exception("timer %s failed; it runs again at its next interval", name)
+
+    return guarded
+
+
+class _Highwater:
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    def highwater(self, topic: str, partition: int) -> int | None:
+        from faust.types import TP
+
+        try:
+            return cast("int | None", self.app.consumer.highwater(TP(topic, partition)))
+        except (AssertionError, KeyError):  # aiokafka's answer for a partition not (or no longer) assigned
+            return None  # moved away in a rebalance: its new owner decides
+
+
+def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
+    """Wire `pipeline` into the Faust app (an `IvrApp`): its table, its agent, its tick timer,
+    its recovery."""
+    s = app.ivr_settings
+    parts = s.topic_partitions
+    table = app.batched_table(pipeline.table)
+    ticks = app.topic(pipeline.ticks, partitions=parts)
+
+    async def deliver(records: Sequence[Record], placed: Sequence[Placed]) -> Offsets:
+        return cast(Offsets, await app.outputs.send_all(records, placed))
+
+    runner: Runner[S] = Runner(
+        pipeline, pipeline.store(table), deliver, _Highwater(app), s.topic(topics.EVENTS_UNPROCESSABLE),
+        acting=acting_for,
+        changelog=table.take_changelog, delivered=table.delivered, partitions=parts,
+    )
+
+    # concurrency 1: keyed state must be handled in partition order (faust-streaming #606)
+    @app.agent(app.topic(pipeline.source, pipeline.ticks, partitions=parts), concurrency=1, name=pipeline.name)
+    async def process(stream: Any) -> AsyncIterator[None]:
+        # take_events acknowledges a batch when the handler asks for the next one, and also when
+        # the handler raises: so nothing may raise out of here (see `fail`)
+        async for events in stream.take_events(s.worker_batch_max, within=s.worker_batch_window_s):
+            m.BATCH_EVENTS.observe(len(events))
+            try:
+                await runner.handle([FaustRecord(e) for e in events], time.time())
+            except asyncio.CancelledError:
+                raise
+            except BaseException as error:
+                fail(pipeline.name, error)
+            yield None
+
+    async def send_ticks() -> None:
+        for key in runner.due_keys(time.time()):
+            await ticks.send(key=key.encode(), value=b"")
+
+    app.timer(interval=pipeline.tick_every, name=f"ticks_{pipeline.name}")(survives(f"ticks_{pipeline.name}",
+                                                                                    send_ticks))
+
+    @table.on_recover
+    async def rebuild() -> None:
+        # the offsets the source resumes from (Faust seeks to them too, right after this callback)
+        committed = await app.consumer.seek_to_committed()
+        runner.recovered({tp.partition: offset for tp, offset in committed.items() if tp.topic == pipeline.source})
+
+    async def report_lag() -> None:
+        for tp in app.assignor.assigned_actives():
+            if tp.topic == pipeline.source:
+                highwater = app.consumer.highwater(tp)
+                if highwater is not None:
+                    lag = max(0, highwater - runner.next_offset.get(tp.partition, 0))
+                    m.LAG.labels(pipeline.source, str(tp.partition)).set(lag)
+
+    app.timer(interval=5.0, name=f"lag_{pipeline.name}")(survives(f"lag_{pipeline.name}", report_lag))
+    return runner
+
+
+def fail(pipeline: str, error: BaseException) -> None:
+    """A batch whose outputs cannot be delivered must not be acknowledged, and Faust would
+    acknowledge it as soon as the handler raises: stop the process at once (its supervisor
+    restarts it; the batch is then read again from the last committed offset)."""
+    log.critical("%s: a batch's outputs could not be delivered (%s: %s); stopping the worker so that "
+                 "nothing is acknowledged", pipeline, type(error).__name__, error, exc_info=error)
+    logging.shutdown()
+    os._exit(70)

@@ -1,0 +1,218 @@
+"""The keyed-batch runtime without Kafka: a dict-backed table, a fake delivery, a fake position."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import pytest
+
+from processors.json_store import JsonStore
+from processors.output_producer import Offsets, Placed, Record
+from processors.runtime import TICK, Output, Pipeline, Result, Runner
+
+SRC, TICKS, DLQ, OUT = "src", "ticks", "dead", "out"
+
+
+@dataclass(frozen=True)
+class Rec:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
+class CountingRows(dict[bytes, bytes]):
+    """A table: counts reads and writes per key."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads: dict[bytes, int] = {}
+        self.writes: dict[bytes, int] = {}
+
+    def get(self, key: bytes, default: Any = None) -> Any:  # type: ignore[override]
+        self.reads[key] = self.reads.get(key, 0) + 1
+        return super().get(key, default)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:
+        self.writes[key] = self.writes.get(key, 0) + 1
+        super().__setitem__(key, value)
+
+
+class Delivery:
+    def __init__(self) -> None:
+        self.batches: list[tuple[list[Record], list[Placed]]] = []
+        self.fail = False
+
+    async def __call__(self, records: Sequence[Record], placed: Sequence[Placed]) -> Offsets:
+        if self.fail:
+            raise RuntimeError("broker gone for good")
+        self.batches.append((list(records), list(placed)))
+        return {}
+
+    def records(self, topic: str) -> list[tuple[bytes, bytes]]:
+        return [(k, v) for rs, _ in self.batches for t, k, v in rs if t == topic]
+
+
+class Position:
+    def __init__(self) -> None:
+        self.ends: dict[int, int] = {}
+
+    def highwater(self, topic: str, partition: int) -> int | None:
+        assert topic == SRC
+        return self.ends.get(partition)
+
+
+# A counter per key: an input adds its number; it emits the new total; "boom" raises after
+# changing the state in place (as a core step may); a tick forgets a key whose total is >= 100.
+def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
+    data = orjson.loads(value)
+    return [(k, n) for k, n in data] if isinstance(data, list) else [((key or b"").decode(), data)]
+
+
+def step(key: str, state: dict[str, Any] | None, item: Any, now: float) -> Result[dict[str, Any]] | None:
+    if item is TICK:
+        if state is not None and state["total"] >= 100:
+            return Result(None, [Output(OUT, key.encode(), b"forgotten")])
+        return None
+    state = state or {"total": 0}
+    if item == "noop":
+        return None
+    state["total"] += 1 if item == "boom" else item
+    if item == "boom":
+        raise OverflowError("cannot convert float infinity to integer")
+    return Result(state, [Output(OUT, key.encode(), str(state["total"]).encode(), received=now - 1,
+                                 latency="completed")], due=now + 10)
+
+
+def runner(recovered: list[Any] | None = None) -> tuple[Runner[dict[str, Any]], CountingRows, Delivery, Position]:
+    rows, delivery, position = CountingRows(), Delivery(), Position()
+    pipe = Pipeline(name="counter", table="counters", store=lambda r: JsonStore(r, dict, dict), source=SRC,
+                    ticks=TICKS, decode=decode, step=step, due=lambda st: 1.0 if st["total"] >= 100 else None,
+                    on_recovered=None if recovered is None else recovered.extend)
+    return Runner(pipe, pipe.store(rows), delivery, position, DLQ), rows, delivery, position
+
+
+def ev(offset: int, key: str, value: Any, partition: int = 0) -> Rec:
+    return Rec(SRC, partition, offset, key.encode(), orjson.dumps(value))
+
+
+def handle(r: Runner[Any], batch: Iterable[Rec], now: float = 1000.0) -> None:
+    asyncio.run(r.handle(list(batch), now))
+
+
+def test_each_key_is_loaded_once_and_saved_once_per_batch() -> None:
+    r, rows, delivery, _ = runner()
+    handle(r, [ev(i, f"k{i % 3}", 1) for i in range(30)])
+    assert rows.reads == {b"k0": 1, b"k1": 1, b"k2": 1}
+    assert rows.writes == {b"k0": 1, b"k1": 1, b"k2": 1}
+    assert {k: orjson.loads(v)["total"] for k, v in rows.items()} == {b"k0": 10, b"k1": 10, b"k2": 10}
+    assert len(delivery.batches) == 1 and len(delivery.records(OUT)) == 30  # every output, one delivery
+    handle(r, [ev(30, "k0", 5)])
+    assert rows.reads[b"k0"] == 2 and orjson.loads(rows[b"k0"])["total"] == 15
+
+
+def test_a_step_that_changes_nothing_saves_nothing() -> None:
+    r, rows, delivery, _ = runner()
+    handle(r, [ev(0, "k", "noop")])
+    assert rows.writes == {} and delivery.records(OUT) == []
+
+
+def test_outputs_and_changelog_are_delivered_before_the_batch_returns() -> None:
+    rows, position = CountingRows(), Position()
+    order: list[str] = []
+    changelog: list[Placed] = [("counters-changelog", 0, b"k", b"{}")]
+    pipe = Pipeline(name="c", table="c", store=lambda r: JsonStore(r, dict, dict), source=SRC, ticks=TICKS,
+                    decode=decode, step=step, due=lambda st: None)
+
+    async def deliver(records: Sequence[Record], placed: Sequence[Placed]) -> Offsets:
+        order.append("deliver")
+        assert ("counters-changelog", 0, b"k", b"{}") in placed and records
+        return {("counters-changelog", 0): 7}
+
+    r = Runner(pipe, pipe.store(rows), deliver, position, DLQ, changelog=lambda: changelog,
+               delivered=lambda offsets: order.append(f"delivered {offsets}"))
+
+    async def batch_then_ack() -> None:
+        await r.handle([ev(0, "k", 1)], 1000.0)
+        order.append("ack")  # what the Faust shell does once handle returns
+
+    asyncio.run(batch_then_ack())
+    assert order == ["deliver", "delivered {('counters-changelog', 0): 7}", "ack"]
+
+
+def test_a_failed_delivery_raises_so_nothing_is_acknowledged() -> None:
+    r, _, delivery, _ = runner()
+    delivery.fail = True
+    acked = []
+
+    async def batch_then_ack() -> None:
+        await r.handle([ev(0, "k", 1)], 1000.0)
+        acked.append(True)
+
+    with pytest.raises(RuntimeError):
+        asyncio.run(batch_then_ack())
+    assert acked == []
+
+
+def test_a_failing_record_is_dead_lettered_and_confined_to_itself() -> None:
+    r, rows, delivery, _ = runner()
+    handle(r, [ev(0, "k", 5)])
+    batch = [ev(1, "k", 1), ev(2, "other", 1), ev(3, "k", "boom"), ev(4, "other", 1), ev(5, "k", 2),
+             Rec(SRC, 0, 6, b"bad", b"\xff not json")]
+    handle(r, batch)
+    # k: 5 + 1, the poison changed nothing (its in-place change was undone), then + 2
+    assert orjson.loads(rows[b"k"])["total"] == 8
+    assert orjson.loads(rows[b"other"])["total"] == 2
+    assert [v for k, v in delivery.records(OUT) if k == b"k"] == [b"5", b"6", b"8"]
+    dead = [orjson.loads(v) for _, v in delivery.records(DLQ)]
+    assert [(d["offset"], d["error_type"], d["pipeline"], d["key"]) for d in dead] == [
+        (3, "OverflowError", "counter", "k"), (6, "JSONDecodeError", "counter", "bad")]
+    assert dead[0]["value"] == '"boom"' and dead[0]["value_base64"] is None
+    assert dead[1]["value_base64"] is not None  # not UTF-8: kept exactly
+    assert [k for k, _ in delivery.records(DLQ)] == [b"k", b"bad"]  # keyed as received
+    assert r.next_offset[0] == 7  # dead-lettered records count as handled
+
+
+def test_a_bundle_that_fails_undoes_every_key_it_touched() -> None:
+    r, rows, delivery, _ = runner()
+    handle(r, [Rec(SRC, 0, 0, None, orjson.dumps([["a", 1], ["b", 1]])),
+               Rec(SRC, 0, 1, None, orjson.dumps([["a", 10], ["b", 10], ["b", "boom"]])),
+               Rec(SRC, 0, 2, None, orjson.dumps([["a", 100]]))])
+    assert orjson.loads(rows[b"a"])["total"] == 101 and orjson.loads(rows[b"b"])["total"] == 1
+    assert [v for _, v in delivery.records(OUT)] == [b"1", b"1", b"101"]  # the failed bundle's: dropped
+    assert len(delivery.records(DLQ)) == 1
+
+
+def test_ticks_wait_until_the_partition_has_caught_up() -> None:
+    r, rows, delivery, position = runner()
+    handle(r, [ev(0, "k", 100)])
+    assert r.due_keys(1005.0) == [] and r.due_keys(1010.0) == ["k"]  # the step's due: now + 10
+    position.ends[0] = 5  # four more records on the partition, not read yet
+    handle(r, [Rec(TICKS, 0, 0, b"k", b"")])
+    assert b"k" in rows and delivery.records(OUT) == [(b"k", b"100")]
+    assert r.parked == {0: {"k"}}
+    assert r.due_keys(3000.0) == []  # still behind: nothing released
+    handle(r, [ev(i, "j", 1) for i in range(1, 5)])
+    assert sorted(r.due_keys(3000.0)) == ["j", "k"]  # caught up: the parked tick goes out again (j: its own due)
+    handle(r, [Rec(TICKS, 0, 1, b"k", b"")])
+    assert b"k" not in rows and (b"k", b"forgotten") in delivery.records(OUT)
+
+
+def test_recovery_rebuilds_the_deadline_index_from_the_table() -> None:
+    seen: list[Any] = []
+    r, rows, _, position = runner(seen)
+    rows[b"big"] = orjson.dumps({"total": 150})
+    rows[b"small"] = orjson.dumps({"total": 1})
+    r.due.set("stale", 1.0)
+    r.parked[0] = {"x"}
+    r.recovered({0: 12, 1: None})
+    assert r.next_offset == {0: 12, 1: 0} and r.parked == {}
+    assert r.due_keys(5.0) == ["big"]  # "stale" is gone; "small" has no deadline
+    assert sorted(k for k, _ in seen) == ["big", "small"]
+    position.ends[0] = 12
+    assert r.caught_up(0) and not r.caught_up(1)
