@@ -15,15 +15,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config import settings as settings_module
 from config.logs import install_filters
-from processors import call_agents, metric_agents
+from processors import runtime
 from processors.faust_app import create_app
+from processors.pipelines import all_pipelines
 from processors.worker_metrics import REGISTRY
 
 settings = settings_module.load()
 install_filters()
 app = create_app(settings)
-call_agents.register(app, settings)
-metric_agents.register(app, settings)
+for pipeline in all_pipelines(settings):
+    runtime.run(app, pipeline)
 
 
 @app.page("/metrics")

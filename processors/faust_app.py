@@ -2,32 +2,22 @@
 
 from __future__ import annotations
 
-import asyncio
-import functools
-import logging
-import time
-import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any, cast
+from typing import Any
 
 import faust
-from faust.streams import _current_event
-from faust.types import EventT
 
 from config.settings import Settings
-from config.topics import ensure_topics
+from config.topics import TopicSpec, ensure_topics
 from processors.batched_table import BatchedTable
-from processors.core.deadlines import DeadlineIndex
-from processors.output_producer import OutputProducer, Placed, Record
-from processors.worker_metrics import BAD_EVENTS, BATCH_EVENTS, DELIVER_SECONDS, TIMER_ERRORS
+from processors.output_producer import OutputProducer
 
-log = logging.getLogger("processors")
+# the topic Faust's partition assignor elects its leader with (one partition)
+LEADER_TOPIC = "__assignor-__leader"
 
 
 class IvrApp(faust.App):
-    """A Faust app that creates the project's topics (partitions, compaction) before it consumes,
-    and owns the producer the agents send their outputs through."""
+    """A Faust app that creates every topic it will use (the project's, its tables' changelogs,
+    the assignor's) before it consumes, and owns the producer the pipelines deliver through."""
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.ivr_settings = settings
@@ -35,7 +25,14 @@ class IvrApp(faust.App):
         super().__init__(**kwargs)
 
     async def on_first_start(self) -> None:
-        await ensure_topics(self.ivr_settings)
+        # Faust would create the changelogs itself, while its streams start: a stream reading
+        # metadata that does not show the new topic's partitions yet fails (PartitionsMismatch,
+        # "... has 0 partitions"). Created here, and waited for, nothing starts before they exist.
+        changelogs = [TopicSpec(t.changelog_topic.get_topic_name(), (("cleanup.policy", "compact"),), prefixed=False)
+                      for t in self.tables.values()]
+        leader = TopicSpec(f"{self.conf.id}-{LEADER_TOPIC}", (("cleanup.policy", "compact"),), prefixed=False,
+                           partitions=1)
+        await ensure_topics(self.ivr_settings, extra=(*changelogs, leader))
         await super().on_first_start()
 
     async def on_shutdown(self) -> None:
@@ -43,23 +40,12 @@ class IvrApp(faust.App):
         await self.outputs.stop()  # after the agents (children) have stopped sending
 
     def batched_table(self, name: str) -> BatchedTable:
-        """A keyed bytes -> bytes table, co-partitioned with the agent's source, RocksDB-sized."""
+        """A keyed bytes -> bytes table, co-partitioned with the pipeline's source, RocksDB-sized."""
         s = self.ivr_settings
         table = BatchedTable(self, name=name, default=None, beacon=self.tables.beacon, partitions=s.topic_partitions,
                              key_type=bytes, value_type=bytes, options=table_options(s))
         self.tables.add(table)
         return table
-
-    async def deliver(self, records: Sequence[Record], *tables: BatchedTable, placed: Sequence[Placed] = ()) -> None:
-        """A batch's outputs and its tables' changelog records, delivered together (returns once
-        the broker has acknowledged all of them; the batch is acknowledged after that)."""
-        placed = [*placed, *(rec for table in tables for rec in table.take_changelog())]
-        started = time.perf_counter()
-        offsets = await self.outputs.send_all(records, placed)
-        if records or placed:
-            DELIVER_SECONDS.observe(time.perf_counter() - started)
-        for table in tables:
-            table.delivered(offsets)
 
 
 def table_options(settings: Settings) -> dict[str, Any] | None:
@@ -89,7 +75,7 @@ def create_app(settings: Settings) -> IvrApp:
         key_serializer="raw",
         value_serializer="raw",
         producer_acks=-1,
-        producer_linger_ms=10,  # changelog and ticks: batched; flushed before every offset commit
+        producer_linger_ms=10,  # Faust's own producer sends only the ticks now
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
         # how long a crashed worker holds its partitions before the group moves them
@@ -101,79 +87,3 @@ def create_app(settings: Settings) -> IvrApp:
         web_enabled=True,
         logging_config=None,
     )
-
-
-@contextmanager
-def acting_for(event: EventT[bytes]) -> Iterator[None]:
-    """Table reads and writes inside the block go to `event`'s partition.
-
-    Faust picks a table's partition (changelog and RocksDB) from the event being processed. A
-    handler of a whole batch (`stream.take_events`) has no such event, so it names one: any
-    event with the same key, hence from the same partition.
-    """
-    token = _current_event.set(weakref.ref(event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
-
-
-async def batches(stream: faust.StreamT[bytes], settings: Settings) -> AsyncIterator[Sequence[EventT[bytes]]]:
-    """The stream in batches: up to WORKER_BATCH_MAX events, or what arrived within
-    WORKER_BATCH_WINDOW_S. Faust acknowledges a batch's offsets once the handler asks for the next."""
-    async for events in cast(faust.Stream[bytes], stream).take_events(settings.worker_batch_max,
-                                                                      within=settings.worker_batch_window_s):
-        BATCH_EVENTS.observe(len(events))
-        yield events
-
-
-def skip_unreadable(event: EventT[bytes], error: Exception) -> None:
-    """A record no agent can read is logged (where it is, not what it holds) and counted; one bad
-    record must not stop an agent."""
-    BAD_EVENTS.inc()
-    log.error("skipping unreadable record at %s[%s]@%s: %s", event.message.topic, event.message.partition,
-              event.message.offset, type(error).__name__)
-
-
-def survives(timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
-    """A Faust timer that raises stops the whole worker: log the error and try again next time."""
-
-    @functools.wraps(timer)
-    async def guarded() -> None:
-        try:
-            await timer()
-        except asyncio.CancelledError:
-            raise
-        except Exception:
-            TIMER_ERRORS.labels(timer.__name__).inc()
-            log.exception("timer %s failed; it runs again at its next interval", timer.__name__)
-
-    return guarded
-
-
-class Ticker:
-    """Deadlines per key, delivered as tick records to the agent that owns the key.
-
-    Timers never write tables (Faust's RocksDB store refuses writes outside a stream event, and
-    the owner of a key may be another worker): a timer pops the keys that are due and sends a
-    tick keyed like the state; the agent reading `name` beside its source does the work.
-    """
-
-    def __init__(self, app: faust.App, name: str, partitions: int, interval: float,
-                 before_send: Callable[[float], None] | None = None) -> None:
-        self.name = name
-        self.topic = app.topic(name, partitions=partitions)
-        self.due = DeadlineIndex()
-        self._before_send = before_send
-
-        @app.timer(interval=interval, name=f"ticks_{name}")
-        @survives
-        async def send_ticks() -> None:
-            now = time.time()
-            if self._before_send is not None:
-                self._before_send(now)
-            for key in self.due.pop_due(now):
-                await self.topic.send(key=key.encode(), value=b"")
-
-    def is_tick(self, event: Any) -> bool:
-        return bool(event.message.topic == self.name)

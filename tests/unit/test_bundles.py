@@ -7,8 +7,8 @@ import pytest
 
 from config.kafka_producer import partition_for
 from processors.bundles import bundle, unbundle
-from processors.call_agents import contribution
 from processors.core.call_metrics import Contribution
+from processors.pipelines.calls import contribution
 
 TOPIC = "ivr.internal.attempts-by-agent"
 

@@ -1,0 +1,118 @@
+"""Calls: ivr.events (+ call ticks) -> calls table -> completed records, missed-call facts and
+the metric contributions of each completed record. The lifecycle is `processors.core.lifecycle`."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
+from typing import Any
+
+import orjson
+
+from config import topics
+from config.settings import Settings
+from processors import worker_metrics as m
+from processors.core.call_metrics import Contribution, agent_contributions, app_contribution
+from processors.core.call_state import CallState
+from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
+from processors.core.repeat_callers import caller_key
+from processors.json_store import JsonStore
+from processors.runtime import TICK, Output, Pipeline, Result
+from schemas.codec import dumps
+from schemas.records import CompletedCall, MetricContribution
+from schemas.timefmt import format_ts, parse_ts
+
+
+def lifecycle_config(s: Settings) -> LifecycleConfig:
+    return LifecycleConfig(
+        hangup_grace_s=s.hangup_grace_s,
+        idle_timeout_s=s.call_idle_timeout_s,
+        connected_idle_timeout_s=s.connected_idle_timeout_s,
+        retention_s=s.closed_call_retention_s,
+        short_abandon_s=s.short_abandon_s,
+    )
+
+
+def contribution(app_id: str, c: Contribution) -> bytes:
+    return dumps(MetricContribution(app=app_id, key=c.key, item=c.item_id, at=format_ts(c.t), values=c.values))
+
+
+def metric_contributions(rec: CompletedCall, s: Settings) -> list[Output]:
+    """What a completed record adds to the metric windows, re-keyed by agent and by app (sent
+    from here: the record is in hand, and a stateless re-keying step needs no topic of its own)."""
+    out = [Output(s.topic(topics.ATTEMPTS_BY_AGENT), c.key.encode(), contribution(rec.app, c))
+           for c in agent_contributions(rec)]
+    c = app_contribution(rec, s.short_abandon_s, s.service_level_s)
+    out.append(Output(s.topic(topics.CALLS_BY_APP), c.key.encode(), contribution(rec.app, c)))
+    return out
+
+
+def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
+    data = orjson.loads(value)
+    if not isinstance(data, dict):
+        raise ValueError("an event is a JSON object")
+    return [((key or b"").decode("utf-8", "replace"), data)]
+
+
+def pipeline(s: Settings) -> Pipeline[CallState]:
+    cfg = lifecycle_config(s)
+    completed, missed = s.topic(topics.CALLS_COMPLETED), s.topic(topics.MISSED_BY_CALLER)
+    open_calls: set[str] = set()
+
+    def outputs(applied: Applied, received: float | None) -> list[Output]:
+        """The emission's records. `received`: the ingress receipt of the webhook that closed
+        (or revised) the call; for a call closed by a timer, that of its hang-up, if any."""
+        state, em, out = applied.state, applied.emission, []
+        if received is None and state is not None and "H" in state.facts:
+            received = state.facts["H"].received
+        if em.completed is not None:
+            rec = em.completed
+            out.append(Output(completed, rec.uniqueid.encode(), dumps(rec), received, "completed"))
+            out.extend(metric_contributions(rec, s))
+            if rec.revision == 1:
+                m.CALLS_CLOSED.labels(rec.close_reason).inc()
+            else:
+                m.REVISIONS.inc()
+        if em.missed is not None:
+            fact = em.missed if received is None else replace(em.missed, received_at=format_ts(received))
+            out.append(Output(missed, caller_key(fact.app, fact.cli).encode(), dumps(fact)))
+        return out
+
+    def step(uid: str, state: CallState | None, item: Any, now: float) -> Result[CallState] | None:
+        if item is TICK:
+            if state is None:
+                return None
+            applied = tick(state, now, cfg)
+            received = None
+        else:
+            m.EVENTS.labels(str(item.get("event"))).inc()
+            received = parse_ts(item["received_at"])
+            applied = apply(state, item, now, cfg)
+            if applied.late:
+                m.LATE_EVENTS.inc()
+            if applied.duplicate:
+                m.DUPLICATES.inc()
+        st = applied.state
+        return Result(st, outputs(applied, received), None if st is None else next_due(st, cfg))
+
+    def on_saved(saved: dict[str, CallState | None]) -> None:
+        for uid, st in saved.items():
+            if st is None or st.closed:
+                open_calls.discard(uid)
+            else:
+                open_calls.add(uid)
+        m.CALLS_OPEN.set(len(open_calls))
+
+    def on_recovered(states: Iterable[tuple[str, CallState]]) -> None:
+        open_calls.clear()
+        open_calls.update(uid for uid, st in states if not st.closed)
+        m.CALLS_OPEN.set(len(open_calls))
+
+    return Pipeline(
+        name="calls", table="calls",
+        store=lambda rows: JsonStore(rows, CallState.from_json, CallState.to_json),
+        source=s.topic(topics.EVENTS), ticks=s.topic(topics.CALL_TICKS),
+        decode=decode, step=step, due=lambda st: next_due(st, cfg),
+        bundled=frozenset({s.topic(topics.ATTEMPTS_BY_AGENT), s.topic(topics.CALLS_BY_APP)}),
+        tick_every=0.5, on_saved=on_saved, on_recovered=on_recovered,
+    )

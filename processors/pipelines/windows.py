@@ -1,0 +1,55 @@
+"""What the two metric pipelines share: contributions (bundled) -> windows -> window records."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from prometheus_client import Counter
+
+from config.settings import Settings
+from processors.bundles import unbundle
+from processors.core.call_metrics import record_key
+from processors.core.windows import Window, Windowed, WindowPolicy, add, flush, next_flush
+from processors.runtime import TICK, Output, Pipeline, Result
+from processors.window_store import WindowStore
+from schemas.codec import dumps
+from schemas.timefmt import parse_ts
+
+log = logging.getLogger("processors.metrics")
+
+
+def window_policy(s: Settings) -> WindowPolicy:
+    return WindowPolicy(
+        size_s=float(s.agent_window_s),
+        grace_s=s.metrics_grace_s,
+        idle_close_s=s.metrics_idle_close_s,
+        interim_interval_s=s.metrics_interim_interval_s,
+        keep_final_s=max(3600.0, s.metrics_grace_s),
+    )
+
+
+def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
+    return [(c["key"], c) for c in unbundle(value)]
+
+
+def windowed(name: str, table: str, source: str, ticks: str, out_topic: str, s: Settings,
+             to_record: Callable[[str, int, Window], Any], late: Counter) -> Pipeline[Windowed]:
+    policy = window_policy(s)
+
+    def step(key: str, st: Windowed | None, item: Any, now: float) -> Result[Windowed] | None:
+        if item is TICK:
+            if st is None:
+                return None
+            out = [Output(out_topic, record_key(key, start).encode(), dumps(to_record(key, start, w)))
+                   for start, w in flush(st, now, policy)]
+            return Result(st, out, next_flush(st, policy))
+        st = st or Windowed()
+        if add(st, item["item"], parse_ts(item["at"]), item["values"], now, policy) == "late":
+            late.inc()
+            log.warning("late contribution for %s at %s: its window's final is out; not counted", key, item["at"])
+        return Result(st, (), next_flush(st, policy))
+
+    return Pipeline(name=name, table=table, store=WindowStore, source=source, ticks=ticks, decode=decode,
+                    step=step, due=lambda st: next_flush(st, policy), tick_every=1.0)
