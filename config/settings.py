@@ -1,7 +1,7 @@
 """The one place that reads the environment.
 
 Every other module receives a `Settings` value. Names and defaults are documented in the
-README's configuration table; the contract (`CONTRACT.md`) fixes the first eight.
+README's configuration table; the provider contract fixes the first eight.
 """
 
 from __future__ import annotations

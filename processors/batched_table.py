@@ -4,8 +4,8 @@ A Faust table write sends its changelog record through Faust's per-message produ
 writes the record's offset back to RocksDB from a delivery callback: ~80 µs a write here, two
 writes per input event, the largest cost in the worker. This table keeps Faust's store, its
 changelog topic, recovery and standbys as they are, and changes only how the changelog is
-sent: a write queues its record (same topic, same partition, same bytes); the agent hands the
-queue to `OutputProducer.send_all` with the batch's outputs and, once delivered, records the
+sent: a write queues its record (same topic, same partition, same bytes); the runtime hands the
+queue to `OutputProducer.send_all` (see `processors.runtime`) with the batch's outputs and, once delivered, records the
 persisted offsets as Faust's callback would have. Delivery precedes the batch's acknowledgement,
 so a crash replays the batch onto a changelog that is at least as new as the committed input.
 """

@@ -1,8 +1,8 @@
 """The repartition topics' wire format: one record per partition and batch, a JSON array.
 
-A record per contribution would cost the consuming agent one Faust event each (~100 µs here);
+A record per contribution would cost the consuming pipeline one Faust event each (~100 µs here);
 a bundle costs one for all the contributions a batch sends to that partition. Every key in a
-bundle hashes to the partition it is written to, so the consuming agent's tables and ticks stay
+bundle hashes to the partition it is written to, so the consuming pipeline's tables and ticks stay
 co-partitioned with the keys.
 """
 

@@ -1,12 +1,12 @@
 """The worker's outputs, produced in bulk and delivered before their inputs are acknowledged.
 
 Faust's per-message publish path costs ~100-200 µs a record on this hardware; a record appended
-to an aiokafka batch costs a few. The keyed agents hand over everything one input batch emits;
+to an aiokafka batch costs a few. The pipelines hand over everything one input batch emits;
 `send_all` groups it per topic partition (the partition a keyed send would pick), sends one
 batch per partition and returns once the broker has acknowledged every record (acks=all,
-idempotent). Only then does the agent let Faust acknowledge the inputs, so a crash re-sends
+idempotent). Only then does the runtime let Faust acknowledge the inputs, so a crash re-sends
 outputs (identical, see README "Delivery") and never loses one. While the broker is away it
-keeps retrying: the agent waits, which is all it could do.
+keeps retrying: the pipeline waits, which is all it could do.
 """
 
 from __future__ import annotations
@@ -29,17 +29,18 @@ Offsets = dict[tuple[str, int], int]  # topic, partition -> offset of the last r
 
 
 class OutputProducer:
-    def __init__(self, bootstrap: str, client_id: str, linger_ms: int = 0) -> None:
+    def __init__(self, bootstrap: str, client_id: str) -> None:
         self._bootstrap = bootstrap
         self._client_id = client_id
-        self._linger_ms = linger_ms  # 0: a batch handed to send_all is complete; nothing to wait for
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
-        self._starting = asyncio.Lock()  # several agents share the producer: start one, not one each
+        self._starting = asyncio.Lock()  # several pipelines share the producer: start one, not one each
 
     def _new(self) -> AIOKafkaProducer:
         return AIOKafkaProducer(bootstrap_servers=self._bootstrap, client_id=self._client_id, acks="all",
-                                enable_idempotence=True, linger_ms=self._linger_ms, retry_backoff_ms=200)
+                                enable_idempotence=True,
+                                linger_ms=0,  # a batch handed to send_all is complete: nothing to wait for
+                                retry_backoff_ms=200)
 
     async def _ready(self) -> AIOKafkaProducer:
         if self._producer is not None:

@@ -1,6 +1,6 @@
 """The worker's Prometheus metrics (served at /metrics on the Faust web port).
 
-Labels are bounded: event type, close reason, topic and partition; never a call or a caller.
+Labels are bounded: event type, close reason, pipeline, topic and partition; never a call or a caller.
 """
 
 from __future__ import annotations
@@ -12,9 +12,6 @@ REGISTRY = CollectorRegistry(auto_describe=True)
 EVENTS = Counter("ivr_worker_events_total", "Events processed, by type", ["event"], registry=REGISTRY)
 DUPLICATES = Counter("ivr_worker_duplicates_total", "Repeated deliveries absorbed", registry=REGISTRY)
 LATE_EVENTS = Counter("ivr_worker_late_events_total", "Events for calls already closed", registry=REGISTRY)
-BAD_EVENTS = Counter("ivr_worker_unreadable_events_total",
-                     "Records that could not be read (ivr.events, internal topics); logged and skipped",
-                     registry=REGISTRY)
 UNPROCESSABLE = Counter("ivr_worker_unprocessable_events_total",
                         "Records a pipeline could not process (unreadable, or its step raised): sent to "
                         "ivr.events.unprocessable with the error", ["pipeline"], registry=REGISTRY)
@@ -23,7 +20,8 @@ CALLS_CLOSED = Counter("ivr_worker_calls_closed_total", "Calls closed, by reason
 REVISIONS = Counter("ivr_worker_call_revisions_total", "Completed-call revisions after the first", registry=REGISTRY)
 ALERTS = Counter("ivr_worker_alerts_raised_total", "Missed-call alerts raised", registry=REGISTRY)
 LATENCY = Histogram(
-    "ivr_worker_processing_latency_seconds", "Ingress receive time to output sent, for closing events",
+    "ivr_worker_processing_latency_seconds",
+    "Ingress receipt of the webhook that closed the call to the output's acknowledgement by the broker",
     ["output"], registry=REGISTRY,
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )

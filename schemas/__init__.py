@@ -5,5 +5,3 @@ Each record is a frozen dataclass in `schemas.records`. From that one definition
   * the JSON Schema files under `schemas/json/` (`python -m schemas.generate` writes them;
     a test fails when they are stale).
 """
-
-SCHEMA_VERSION = 1

@@ -21,11 +21,12 @@ from typing import Any, Literal
 
 @dataclass(frozen=True, slots=True)
 class WindowPolicy:
-    size_s: float = 3600.0
-    grace_s: float = 1800.0
-    idle_close_s: float = 60.0
-    interim_interval_s: float = 5.0
-    keep_final_s: float = 3600.0  # how long a final window is kept to recognise late items
+    # no defaults: they are settings (config/settings.py), given by the pipeline
+    size_s: float
+    grace_s: float
+    idle_close_s: float
+    interim_interval_s: float
+    keep_final_s: float  # how long a final window is kept to recognise late items
 
 
 @dataclass(slots=True)
@@ -37,13 +38,6 @@ class Window:
     changed_at: float = 0.0  # wall clock
     emitted_at: float = 0.0  # wall clock of the last record (interim or final)
 
-    def to_json(self) -> list[Any]:
-        return [self.items, self.final, self.late, self.dirty, self.changed_at, self.emitted_at]
-
-    @classmethod
-    def from_json(cls, d: list[Any]) -> Window:
-        return cls(*d)
-
 
 @dataclass(slots=True)
 class Windowed:
@@ -51,23 +45,6 @@ class Windowed:
     watermark: float = -math.inf
     closed_upto: float = -math.inf  # windows ending at or before this were final and are dropped
     late_dropped: int = 0  # late items for windows already dropped
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "w": {str(k): w.to_json() for k, w in self.windows.items()},
-            "wm": None if self.watermark == -math.inf else self.watermark,
-            "cu": None if self.closed_upto == -math.inf else self.closed_upto,
-            "ld": self.late_dropped,
-        }
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Windowed:
-        return cls(
-            windows={int(k): Window.from_json(v) for k, v in d["w"].items()},
-            watermark=-math.inf if d["wm"] is None else d["wm"],
-            closed_upto=-math.inf if d["cu"] is None else d["cu"],
-            late_dropped=d["ld"],
-        )
 
 
 def window_start(t: float, size: float) -> int:
