@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
+from typing import Any
 
 import orjson
 
@@ -51,8 +52,10 @@ def _meta(st: Windowed) -> tuple[float | None, float | None, int]:
 class WindowStore:
     """The `Store` of the metric pipelines (see `processors.runtime`)."""
 
-    def __init__(self, rows: MutableMapping[bytes, bytes]) -> None:
+    def __init__(self, rows: MutableMapping[bytes, bytes],
+                 upgrade: Callable[[Any], Any] = lambda contribution: contribution) -> None:
         self.rows = rows
+        self.upgrade = upgrade  # a contribution as stored -> as the core reads it now (older rows)
         self.cache: dict[str, Windowed] = {}
 
     def load(self, key: str) -> Windowed | None:
@@ -109,7 +112,7 @@ class WindowStore:
                 w.final, w.late, w.dirty, w.changed_at, w.emitted_at = value
             else:
                 t, contribution = value
-                st.windows.setdefault(int(parts[2]), Window()).items[SEP.join(parts[3:])] = contribution
+                st.windows.setdefault(int(parts[2]), Window()).items[SEP.join(parts[3:])] = self.upgrade(contribution)
                 if t is not None:
                     st.watermark = max(st.watermark, t)
         # Meta rows of open windows are written at flush only, so an open window may have changed

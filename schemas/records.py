@@ -183,7 +183,10 @@ class MetricContribution:
     key: str = doc("app:agent (attempts) or app (calls): the aggregation key, also the record key")
     item: str = doc("uniqueid|attemptid or uniqueid: a revision replaces what the item gave before")
     at: Timestamp = doc("event time that picks the window (attempt start, or call start)")
-    values: list[Any] = doc("the figures the window sums, in the order processors.core.call_metrics defines")
+    values: dict[str, Any] = doc(
+        "the figures the window sums, named, with their version `v` (1): attempts {result, ring_s, talk_s}, "
+        "calls {outcome, missed_reason, wait_s, short_abandon, within_service_level}; a positional list "
+        "(before version 1) is still read")
     v: Literal[1] = doc("schema version", default=1)
 
 

@@ -22,13 +22,41 @@ from processors.core.windows import Window
 from schemas.records import AgentWindowMetrics, AppWindowMetrics, CompletedCall
 from schemas.timefmt import format_ts, parse_ts
 
+# What an item adds to a window, named and versioned (`v`). Positional lists were used before
+# (`[result, ring_s, talk_s]`, `[outcome, missed_reason, wait_s, short_abandon, within_sl]`) in
+# window rows and on the repartition topics: `named` still reads them.
+CONTRIBUTION_VERSION = 1
+ATTEMPT_FIELDS = ("result", "ring_s", "talk_s")
+CALL_FIELDS = ("outcome", "missed_reason", "wait_s", "short_abandon", "within_service_level")
+
 
 @dataclass(frozen=True, slots=True)
 class Contribution:
     key: str  # app:agent or app
     item_id: str
     t: float  # event time that picks the window
-    values: list[Any]
+    values: dict[str, Any]  # {"v": 1, <ATTEMPT_FIELDS or CALL_FIELDS>}
+
+
+def named(values: Any) -> dict[str, Any]:
+    """A contribution's figures as named fields, whether written named or (before) positionally."""
+    if isinstance(values, dict):
+        if values.get("v") != CONTRIBUTION_VERSION:
+            raise ValueError(f"unknown contribution version {values.get('v')!r}")
+        return values
+    if isinstance(values, list) and len(values) in (len(ATTEMPT_FIELDS), len(CALL_FIELDS)):
+        fields = ATTEMPT_FIELDS if len(values) == len(ATTEMPT_FIELDS) else CALL_FIELDS
+        return {"v": CONTRIBUTION_VERSION, **dict(zip(fields, values, strict=True))}
+    raise ValueError("a contribution's values are a named object (or a positional list of 3 or 5)")
+
+
+def is_short_abandon(answered: bool, wait_s: float, short_abandon_s: float) -> bool:
+    """A missed call that waited less than SHORT_ABANDON_S: counted as missed, never alerted."""
+    return not answered and wait_s < short_abandon_s
+
+
+def within_service_level(answered: bool, wait_s: float, service_level_s: float) -> bool:
+    return answered and wait_s <= service_level_s
 
 
 def agent_key(app: str, agent: str) -> str:
@@ -36,7 +64,7 @@ def agent_key(app: str, agent: str) -> str:
 
 
 def agent_contributions(call: CompletedCall) -> list[Contribution]:
-    """One per attempt: [result, ring_s of an answered attempt or None, talk_s]."""
+    """One per attempt: its result, ring time when answered, talk time."""
     out = []
     call_start = parse_ts(call.started_at)
     answering = next((a.attemptid for a in call.attempts if a.result == "answered"), None)
@@ -44,19 +72,19 @@ def agent_contributions(call: CompletedCall) -> list[Contribution]:
         t = parse_ts(a.started_at) if a.started_at else call_start
         answered = a.result == "answered"
         talk = call.talk_s if a.attemptid == answering else 0.0
-        out.append(Contribution(agent_key(call.app, a.to), f"{call.uniqueid}|{a.attemptid}", t,
-                                [a.result, a.ring_s if answered else None, talk]))
+        out.append(Contribution(agent_key(call.app, a.to), f"{call.uniqueid}|{a.attemptid}", t, {
+            "v": CONTRIBUTION_VERSION, "result": a.result, "ring_s": a.ring_s if answered else None,
+            "talk_s": talk}))
     return out
 
 
 def app_contribution(call: CompletedCall, short_abandon_s: float, service_level_s: float) -> Contribution:
-    """[outcome, missed_reason, wait_s, short_abandon, answered_within_service_level]."""
     answered = call.outcome == "answered"
-    return Contribution(call.app, call.uniqueid, parse_ts(call.started_at), [
-        call.outcome, call.missed_reason, call.wait_s,
-        not answered and call.wait_s < short_abandon_s,
-        answered and call.wait_s <= service_level_s,
-    ])
+    return Contribution(call.app, call.uniqueid, parse_ts(call.started_at), {
+        "v": CONTRIBUTION_VERSION, "outcome": call.outcome, "missed_reason": call.missed_reason,
+        "wait_s": call.wait_s, "short_abandon": is_short_abandon(answered, call.wait_s, short_abandon_s),
+        "within_service_level": within_service_level(answered, call.wait_s, service_level_s),
+    })
 
 
 def _rate(num: int, den: int) -> float | None:
@@ -65,10 +93,10 @@ def _rate(num: int, den: int) -> float | None:
 
 def agent_record(key: str, start: int, size: float, w: Window) -> AgentWindowMetrics:
     app, _, agent = key.partition(":")
-    results = [v[0] for v in w.items.values()]
+    results = [v["result"] for v in w.items.values()]
     count = {r: results.count(r) for r in ("answered", "noanswer", "busy", "congestion", "caller_hangup")}
     offered = len(results)
-    rings = [v[1] for v in w.items.values() if v[0] == "answered" and v[1] is not None]
+    rings = [v["ring_s"] for v in w.items.values() if v["result"] == "answered" and v["ring_s"] is not None]
     return AgentWindowMetrics(
         app=app, agent=agent, window_start=format_ts(start), window_end=format_ts(start + size),
         offered=offered, answered=count["answered"], noanswer=count["noanswer"], busy=count["busy"],
@@ -76,21 +104,21 @@ def agent_record(key: str, start: int, size: float, w: Window) -> AgentWindowMet
         answer_rate=_rate(count["answered"], offered),
         answer_rate_excl_caller_hangup=_rate(count["answered"], offered - count["caller_hangup"]),
         avg_ring_s=round(sum(rings) / len(rings), 3) if rings else None,
-        talk_s=round(sum(v[2] for v in w.items.values()), 3),
+        talk_s=round(sum(v["talk_s"] for v in w.items.values()), 3),
         final=w.final,
     )
 
 
 def app_record(app: str, start: int, size: float, w: Window, service_level_s: float) -> AppWindowMetrics:
     calls = list(w.items.values())
-    answered = [c for c in calls if c[0] == "answered"]
-    short = sum(1 for c in calls if c[3])
+    answered = [c for c in calls if c["outcome"] == "answered"]
+    short = sum(1 for c in calls if c["short_abandon"])
     return AppWindowMetrics(
         app=app, window_start=format_ts(start), window_end=format_ts(start + size),
         offered=len(calls), answered=len(answered), missed=len(calls) - len(answered),
-        abandoned_in_ivr=sum(1 for c in calls if c[1] == "abandoned_in_ivr"), short_abandons=short,
-        avg_speed_of_answer_s=round(sum(c[2] for c in answered) / len(answered), 3) if answered else None,
-        service_level=_rate(sum(1 for c in calls if c[4]), len(calls) - short),
+        abandoned_in_ivr=sum(1 for c in calls if c["missed_reason"] == "abandoned_in_ivr"), short_abandons=short,
+        avg_speed_of_answer_s=round(sum(c["wait_s"] for c in answered) / len(answered), 3) if answered else None,
+        service_level=_rate(sum(1 for c in calls if c["within_service_level"]), len(calls) - short),
         service_level_s=service_level_s, final=w.final,
     )
 

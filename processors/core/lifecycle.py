@@ -23,6 +23,7 @@ from typing import Any
 
 import orjson
 
+from processors.core.call_metrics import is_short_abandon
 from processors.core.call_record import CallView, completed_record, view
 from processors.core.call_state import CallState, Fact, fact_key
 from schemas.records import CompletedCall, MissedCallFact
@@ -193,5 +194,5 @@ def _missed_fact(state: CallState, v: CallView, cfg: LifecycleConfig) -> MissedC
         wait_s=round(v.wait_s, 3),
         attempts=len(v.attempts),
         agents_tried=agents,
-        alert=v.wait_s >= cfg.short_abandon_s,
+        alert=not is_short_abandon(False, v.wait_s, cfg.short_abandon_s),
     )

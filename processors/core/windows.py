@@ -31,7 +31,7 @@ class WindowPolicy:
 
 @dataclass(slots=True)
 class Window:
-    items: dict[str, list[Any]] = field(default_factory=dict)
+    items: dict[str, Any] = field(default_factory=dict)  # item id -> its contribution (opaque here)
     final: bool = False
     late: int = 0
     dirty: bool = False  # changed since the last record
@@ -54,7 +54,7 @@ def window_start(t: float, size: float) -> int:
 AddResult = Literal["counted", "unchanged", "late"]
 
 
-def add(state: Windowed, item_id: str, t: float, contribution: list[Any], now: float, p: WindowPolicy) -> AddResult:
+def add(state: Windowed, item_id: str, t: float, contribution: Any, now: float, p: WindowPolicy) -> AddResult:
     """Put (or replace) an item's contribution in the window of its event time `t`."""
     start = window_start(t, p.size_s)
     # an item that moved (its time was revised) leaves the window it was in, unless that one is final

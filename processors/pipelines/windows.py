@@ -10,7 +10,7 @@ from prometheus_client import Counter
 
 from config.settings import Settings
 from processors.bundles import unbundle
-from processors.core.call_metrics import record_key
+from processors.core.call_metrics import named, record_key
 from processors.core.windows import Window, Windowed, WindowPolicy, add, flush, next_flush
 from processors.runtime import TICK, Output, Pipeline, Result
 from processors.window_store import WindowStore
@@ -31,7 +31,7 @@ def window_policy(s: Settings) -> WindowPolicy:
 
 
 def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
-    return [(c["key"], c) for c in unbundle(value)]
+    return [(c["key"], {**c, "values": named(c["values"])}) for c in unbundle(value)]
 
 
 def windowed(name: str, table: str, source: str, ticks: str, out_topic: str, s: Settings,
@@ -51,5 +51,6 @@ def windowed(name: str, table: str, source: str, ticks: str, out_topic: str, s: 
             log.warning("late contribution for %s at %s: its window's final is out; not counted", key, item["at"])
         return Result(st, (), next_flush(st, policy))
 
-    return Pipeline(name=name, table=table, store=WindowStore, source=source, ticks=ticks, decode=decode,
+    return Pipeline(name=name, table=table, store=lambda rows: WindowStore(rows, named),
+                    source=source, ticks=ticks, decode=decode,
                     step=step, due=lambda st: next_flush(st, policy), tick_every=1.0)

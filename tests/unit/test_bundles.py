@@ -17,7 +17,7 @@ def records(n: int) -> list[tuple[str, bytes, bytes]]:
     out = []
     for i in range(n):
         c = Contribution(key=f"app:A{i % 7}", item_id=f"call.{i}.1", t=1_700_000_000 + i,
-                         values=["answered", 3.0, 60.0])
+                         values={"v": 1, "result": "answered", "ring_s": 3.0, "talk_s": 60.0})
         out.append((TOPIC, c.key.encode(), contribution("app", c)))
     return out
 

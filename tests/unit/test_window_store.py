@@ -54,3 +54,27 @@ def test_a_loaded_state_is_a_copy_until_saved() -> None:
     add(st, "b", H, [2], H + 1, P)
     assert set(store.cache["k"].windows[H].items) == {"a"}  # not saved: the stored state is unchanged
     assert set((store.load("k") or Windowed()).windows[H].items) == {"a"}
+
+
+def test_rows_and_records_written_positionally_before_version_1_are_still_read() -> None:
+    import orjson
+    import pytest
+
+    from processors.core.call_metrics import agent_record, app_record, named
+
+    old_rows = {
+        f"app:A1\x1fi\x1f{H}\x1fc1|1".encode(): orjson.dumps([H + 10, ["answered", 3.0, 60.0]]),
+        f"app\x1fi\x1f{H}\x1fc1".encode(): orjson.dumps([H + 5, ["missed", "no_answer", 2.0, True, False]]),
+    }
+    store = WindowStore(old_rows, named)
+    states = dict(store.items())
+    agent = agent_record("app:A1", H, 3600, states["app:A1"].windows[H])
+    assert (agent.offered, agent.answered, agent.avg_ring_s, agent.talk_s) == (1, 1, 3.0, 60.0)
+    app = app_record("app", H, 3600, states["app"].windows[H], 20.0)
+    assert (app.offered, app.missed, app.short_abandons, app.service_level) == (1, 1, 1, None)
+    # a replayed old record equals the named one it was stored as: no change, no double count
+    assert named(["answered", 3.0, 60.0]) == {"v": 1, "result": "answered", "ring_s": 3.0, "talk_s": 60.0}
+    with pytest.raises(ValueError):
+        named({"v": 2, "result": "answered"})
+    with pytest.raises(ValueError):
+        named([1, 2])
