@@ -74,16 +74,11 @@ class CallView:
         return 0.0 if self.answer_time is None else max(0.0, self.ended - self.answer_time)
 
 
-def _te_end(te: Fact, ta: Fact | None) -> float:
-    if not te.provider_time and te.duration is not None and ta is not None:
-        return ta.t + te.duration
-    return te.t
-
-
-def _hangup_time(h: Fact, inn: Fact | None) -> float:
-    if not h.provider_time and h.duration is not None and inn is not None:
-        return inn.t + h.duration
-    return h.t
+def _end_time(end: Fact, start: Fact | None) -> float:
+    """When an end (TE, H) without a provider time happened: its start plus its duration."""
+    if not end.provider_time and end.duration is not None and start is not None:
+        return start.t + end.duration
+    return end.t
 
 
 def _placed(state: CallState) -> dict[str, float]:
@@ -93,9 +88,9 @@ def _placed(state: CallState) -> dict[str, float]:
     out: dict[str, float] = {}
     for key, f in facts.items():
         if key == "H":
-            out[key] = _hangup_time(f, inn)
+            out[key] = _end_time(f, inn)
         elif key.startswith("TE|"):
-            out[key] = _te_end(f, facts.get("TA|" + key[3:]))
+            out[key] = _end_time(f, facts.get("TA|" + key[3:]))
         else:
             out[key] = f.t
     return out

@@ -44,9 +44,6 @@ class Emission:
     completed: CompletedCall | None = None
     missed: MissedCallFact | None = None
 
-    def __bool__(self) -> bool:
-        return self.completed is not None or self.missed is not None
-
 
 NOTHING = Emission()
 

@@ -76,6 +76,9 @@ def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
 
 def step(key: str, state: dict[str, Any] | None, item: Any, now: float) -> Result[dict[str, Any]] | None:
     if item is TICK:
+        if state is not None and state["total"] == 13:
+            state["total"] = -1
+            raise ValueError("a tick that fails")
         if state is not None and state["total"] >= 100:
             return Result(None, [Output(OUT, key.encode(), b"forgotten")])
         return None
@@ -216,3 +219,13 @@ def test_recovery_rebuilds_the_deadline_index_from_the_table() -> None:
     assert sorted(k for k, _ in seen) == ["big", "small"]
     position.ends[0] = 12
     assert r.caught_up(0) and not r.caught_up(1)
+
+
+def test_a_failing_tick_is_dead_lettered_and_changes_nothing() -> None:
+    r, rows, delivery, position = runner()
+    handle(r, [ev(0, "k", 13)])
+    position.ends[0] = 1
+    handle(r, [Rec(TICKS, 0, 0, b"k", b""), ev(1, "k", 1)])
+    assert orjson.loads(rows[b"k"])["total"] == 14
+    dead = [orjson.loads(v) for _, v in delivery.records(DLQ)]
+    assert [(d["topic"], d["error_type"], d["key"]) for d in dead] == [(TICKS, "ValueError", "k")]
