@@ -431,9 +431,13 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
         # the handler raises: so nothing may raise out of here (see `fail`)
         async for events in stream.take_events(s.worker_batch_max, within=s.worker_batch_window_s):
             m.BATCH_EVENTS.observe(len(events))
+            batch = asyncio.ensure_future(runner.handle([FaustRecord(e) for e in events], time.time()))
             try:
-                await runner.handle([FaustRecord(e) for e in events], time.time())
+                await asyncio.shield(batch)
             except asyncio.CancelledError:
+                # the worker is stopping, and the batch would be acknowledged on the way out: let
+                # its delivery finish first, or leave without acknowledging anything
+                await stopping(pipeline.name, batch)
                 raise
             except BaseException as error:
                 fail(pipeline.name, error)
@@ -462,6 +466,14 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
 
     app.timer(interval=5.0, name=f"lag_{pipeline.name}")(survives(f"lag_{pipeline.name}", report_lag))
     return runner
+
+
+async def stopping(pipeline: str, batch: asyncio.Future[None], wait_s: float = 15.0) -> None:
+    done, _ = await asyncio.wait([batch], timeout=wait_s)
+    if not done:
+        fail(pipeline, TimeoutError(f"a batch still undelivered {wait_s:.0f}s into the shutdown"))
+    elif not batch.cancelled() and batch.exception() is not None:
+        fail(pipeline, cast(BaseException, batch.exception()))
 
 
 def fail(pipeline: str, error: BaseException) -> None:
