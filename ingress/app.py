@@ -27,7 +27,7 @@ from config.settings import Settings
 from ingress import body as bodies
 from ingress.auth import TokenCheck
 from ingress.metrics import DEAD_LETTERED, IN_FLIGHT, REGISTRY, REQUESTS, UNAVAILABLE, event_label
-from ingress.writer import KafkaWriter, NotDurable
+from ingress.writer import KafkaWriter, NotDurable, Writer
 from schemas.codec import dumps
 from schemas.records import FieldError, InvalidEvent
 from schemas.timefmt import format_ts
@@ -53,10 +53,10 @@ def _redacted_query(query: str) -> str:
 class Ingress:
     """The handlers, holding the settings, the token check and the writer."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, writer: Writer) -> None:
         self.settings = settings
         self.tokens = TokenCheck(settings.webhook_tokens)
-        self.writer = KafkaWriter(settings.kafka_bootstrap_servers, settings.produce_timeout_s)
+        self.writer = writer
         self.events_topic = settings.topic(topics.EVENTS)
         self.invalid_topic = settings.topic(topics.EVENTS_INVALID)
         self.tz = settings.tz
@@ -67,10 +67,6 @@ class Ingress:
         install_filters()
         if not self.tokens.configured:
             log.error("WEBHOOK_TOKENS is empty: every webhook will be refused with 401 until it is set")
-        try:
-            await topics.ensure_topics(self.settings, (topics.EVENTS, topics.EVENTS_INVALID))
-        except Exception as e:  # the broker may be down at start: the writer keeps trying
-            log.warning("could not ensure topics at start (%s); continuing", type(e).__name__)
         await self.writer.start()
         try:
             yield
@@ -195,8 +191,10 @@ def _guess_app(query_string: str, body: str) -> str:
     return ""
 
 
-def create_app(settings: Settings | None = None) -> Starlette:
-    ingress = Ingress(settings or settings_module.load())
+def create_app(settings: Settings | None = None, writer: Writer | None = None) -> Starlette:
+    """The ASGI app; `writer` defaults to the real Kafka writer (tests pass a fake)."""
+    settings = settings or settings_module.load()
+    ingress = Ingress(settings, writer or KafkaWriter(settings))
     return Starlette(
         routes=[
             Route("/webhooks/ivr", ingress.webhook, methods=["GET", "POST"]),

@@ -11,11 +11,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from typing import Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from config import topics
 from config.kafka_producer import FATAL_PRODUCER_ERRORS, start_producer
+from config.settings import Settings
 from ingress.metrics import PRODUCE_SECONDS
 
 log = logging.getLogger("ingress.writer")
@@ -25,10 +28,25 @@ class NotDurable(Exception):
     """The broker did not acknowledge the write in time."""
 
 
+class Writer(Protocol):
+    """What the handlers need from Kafka; tests pass a fake (`create_app(settings, writer=...)`)."""
+
+    async def start(self) -> None: ...
+
+    async def stop(self) -> None: ...
+
+    async def write(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Return once the record is durable, or raise `NotDurable`."""
+        ...
+
+    async def ready(self) -> bool: ...
+
+
 class KafkaWriter:
-    def __init__(self, bootstrap: str, timeout_s: float) -> None:
-        self._bootstrap = bootstrap
-        self._timeout = timeout_s
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._bootstrap = settings.kafka_bootstrap_servers
+        self._timeout = settings.produce_timeout_s
         self._producer: AIOKafkaProducer | None = None
         self._starting: asyncio.Task[None] | None = None
         self._ready_checked_at = 0.0
@@ -36,6 +54,7 @@ class KafkaWriter:
         self._background: set[asyncio.Task[None]] = set()
 
     def _new_producer(self) -> AIOKafkaProducer:
+        """The only place the producer is configured."""
         return AIOKafkaProducer(
             bootstrap_servers=self._bootstrap,
             acks="all",
@@ -48,6 +67,10 @@ class KafkaWriter:
 
     async def start(self) -> None:
         """Start in the background: the ingress serves (and answers 503) while the broker is away."""
+        try:
+            await topics.ensure_topics(self._settings, (topics.EVENTS, topics.EVENTS_INVALID))
+        except Exception as e:  # the broker may be down at start: the producer keeps trying
+            log.warning("could not ensure topics at start (%s); continuing", type(e).__name__)
         self._starting = asyncio.create_task(self._start_loop())
 
     async def _start_loop(self) -> None:
