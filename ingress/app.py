@@ -88,7 +88,7 @@ class Ingress:
         query_string = request.scope.get("query_string", b"").decode("latin-1")
         try:
             query = bodies.parse_pairs(query_string, "query")
-        except bodies.BadFields:
+        except InvalidWebhook:
             query = {}
             query_bad = True
         else:
@@ -112,7 +112,7 @@ class Ingress:
                 if kind not in (bodies.FORM, bodies.JSON):
                     raise bodies.UnsupportedMediaType
             if query_bad:
-                raise bodies.BadFields([FieldError("query", "not valid UTF-8 url-encoded data")])
+                raise InvalidWebhook([FieldError("query", "not valid UTF-8 url-encoded data")])
             fields = bodies.merge(query, bodies.parse_body(kind, body)) if request.method == "POST" else query
             event = normalise(fields, received_at, self.tz)
         except bodies.BodyTooLarge:
@@ -121,7 +121,7 @@ class Ingress:
         except bodies.UnsupportedMediaType:
             detail = f"use {bodies.FORM} or {bodies.JSON} (got {kind or 'none'!r})"
             return _json(415, {"error": "unsupported_media_type", "detail": detail}), "unknown"
-        except (bodies.BadFields, InvalidWebhook) as e:
+        except InvalidWebhook as e:
             label = event_label(fields.get("event") or query.get("event"))
             return await self._dead_letter(request, received_at, query_string, body, e.errors), label
 
@@ -183,7 +183,7 @@ def _guess_app(query_string: str, body: str) -> str:
     for source in (body, query_string):
         try:
             data = orjson.loads(source) if source.lstrip().startswith("{") else bodies.parse_pairs(source, "x")
-        except (orjson.JSONDecodeError, bodies.BadFields):
+        except (orjson.JSONDecodeError, InvalidWebhook):
             continue
         value = data.get("app") if isinstance(data, dict) else None
         if isinstance(value, str) and 0 < len(value) <= 64:

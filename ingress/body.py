@@ -9,6 +9,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 
 from schemas.records import FieldError
+from schemas.webhook import InvalidWebhook
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
@@ -20,12 +21,6 @@ class BodyTooLarge(Exception):
 
 class UnsupportedMediaType(Exception):
     pass
-
-
-class BadFields(Exception):
-    def __init__(self, errors: list[FieldError]) -> None:
-        super().__init__("; ".join(f"{e.field}: {e.reason}" for e in errors))
-        self.errors = errors
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -54,7 +49,7 @@ def parse_pairs(data: str, where: str) -> dict[str, Any]:
     try:
         pairs = parse_qsl(data, keep_blank_values=True, strict_parsing=False, errors="strict")
     except (UnicodeDecodeError, ValueError):
-        raise BadFields([FieldError(where, "not valid UTF-8 url-encoded data")]) from None
+        raise InvalidWebhook([FieldError(where, "not valid UTF-8 url-encoded data")]) from None
     fields: dict[str, Any] = {}
     dupes: list[FieldError] = []
     for key, value in pairs:
@@ -62,7 +57,7 @@ def parse_pairs(data: str, where: str) -> dict[str, Any]:
             dupes.append(FieldError(key, "given more than once with different values"))
         fields[key] = value
     if dupes:
-        raise BadFields(dupes)
+        raise InvalidWebhook(dupes)
     return fields
 
 
@@ -71,15 +66,15 @@ def parse_body(kind: str, body: bytes) -> dict[str, Any]:
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:
-            raise BadFields([FieldError("body", "not valid JSON")]) from None
+            raise InvalidWebhook([FieldError("body", "not valid JSON")]) from None
         if not isinstance(data, dict):
-            raise BadFields([FieldError("body", "must be a JSON object with the event's fields")])
+            raise InvalidWebhook([FieldError("body", "must be a JSON object with the event's fields")])
         return data
     if kind == FORM:
         try:
             text = body.decode("utf-8")
         except UnicodeDecodeError:
-            raise BadFields([FieldError("body", "not valid UTF-8")]) from None
+            raise InvalidWebhook([FieldError("body", "not valid UTF-8")]) from None
         return parse_pairs(text, "body")
     raise UnsupportedMediaType
 
@@ -92,5 +87,5 @@ def merge(query: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:
         if str(query[k]) != str(body[k])
     ]
     if conflicts:
-        raise BadFields(conflicts)
+        raise InvalidWebhook(conflicts)
     return {**query, **body}

@@ -27,7 +27,7 @@ SECRET_FIELDS: frozenset[str] = frozenset({"token"})
 
 
 class InvalidWebhook(ValueError):
-    """The request was authenticated but does not hold a valid event."""
+    """The request was authenticated but does not hold a valid event: unreadable fields or bad values."""
 
     def __init__(self, errors: list[FieldError]) -> None:
         super().__init__("; ".join(f"{e.field}: {e.reason}" for e in errors))

@@ -117,3 +117,13 @@ def test_503_when_not_durable(client: TestClient, writer: FakeWriter) -> None:
     assert r.status_code == 503 and r.headers["retry-after"]
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
+
+
+def test_unreadable_and_invalid_fields_are_one_error_type() -> None:
+    import ingress.body as bodies
+    from schemas.webhook import InvalidWebhook
+
+    assert not hasattr(bodies, "BadFields")
+    with pytest.raises(InvalidWebhook) as e:
+        bodies.parse_body(bodies.JSON, b"[1]")
+    assert e.value.errors[0].field == "body"
