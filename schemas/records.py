@@ -15,6 +15,7 @@ EventType = Literal["IN", "TA", "TC", "TE", "H"]
 ProviderResult = Literal["answered", "busy", "congestion", "noanswer"]
 AttemptResult = Literal["answered", "busy", "congestion", "noanswer", "caller_hangup"]
 MissedReason = Literal["abandoned_in_ivr", "no_answer"]
+EventOrigin = Literal["webhook", "call_log"]
 
 
 def doc(text: str, **kw: Any) -> Any:
@@ -39,6 +40,7 @@ class IvrEvent:
     time_source: Literal["provider", "received"] = doc("where `time` came from")
     received_at: Timestamp = doc("when the ingress received the webhook")
     raw: dict[str, Any] = doc("the fields exactly as the provider sent them (token removed)")
+    origin: EventOrigin = doc("webhook: delivered to the ingress; call_log: derived from the provider's call log")
     v: Literal[1] = doc("schema version", default=1)
 
 

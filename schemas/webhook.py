@@ -15,7 +15,7 @@ from zoneinfo import ZoneInfo
 
 import orjson
 
-from schemas.records import EventType, FieldError, IvrEvent, ProviderResult
+from schemas.records import EventOrigin, EventType, FieldError, IvrEvent, ProviderResult
 from schemas.timefmt import format_ts, parse_provider_time
 
 EVENT_TYPES: frozenset[str] = frozenset({"IN", "TA", "TC", "TE", "H"})
@@ -60,8 +60,14 @@ def _text(raw: Mapping[str, Any], name: str, errors: list[FieldError]) -> str | 
     return text
 
 
-def normalise(raw: Mapping[str, Any], received_at: float, tz: ZoneInfo) -> IvrEvent:
-    """Build the normalised event, or raise `InvalidWebhook` naming every bad field."""
+def normalise(
+    raw: Mapping[str, Any], received_at: float, tz: ZoneInfo, origin: EventOrigin = "webhook"
+) -> IvrEvent:
+    """Build the normalised event, or raise `InvalidWebhook` naming every bad field.
+
+    `origin` says where the fields came from: the ingress (`webhook`) or events rebuilt from the
+    provider's call log (`call_log`), which go through the same checks.
+    """
     raw = {k: v for k, v in raw.items() if k not in SECRET_FIELDS}
     errors: list[FieldError] = []
     app = _text(raw, "app", errors)
@@ -127,4 +133,5 @@ def normalise(raw: Mapping[str, Any], received_at: float, tz: ZoneInfo) -> IvrEv
         time_source="provider" if event_time is not None else "received",
         received_at=format_ts(received_at),
         raw=dict(raw),
+        origin=origin,
     )

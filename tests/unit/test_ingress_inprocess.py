@@ -67,6 +67,7 @@ def test_accepted_event_is_written_keyed_and_202(client: TestClient, writer: Fak
     assert r.status_code == 202, r.text
     [(topic, key, value)] = writer.records
     assert topic == "u.ivr.events" and key == b"1498110438.13"
+    assert value["origin"] == "webhook"
     assert value["id"] == r.json()["id"] and value["raw"] == IN and value["time"] == "2017-06-22T05:47:18.000Z"
     r = client.get(URL, params={**H}, headers={"X-Webhook-Token": OTHER})
     assert r.status_code == 202 and writer.records[-1][2]["duration"] == 40.0

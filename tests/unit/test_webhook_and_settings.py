@@ -60,10 +60,15 @@ def test_normalise_names_every_bad_field() -> None:
 def test_normalise_keeps_raw_without_token_and_upper_cases() -> None:
     ev = normalise({"app": "a", "event": "te", "uniqueid": "u", "attemptid": "u.1", "to": "9", "result": "Busy",
                     "token": "secret", "extra": "kept"}, 1_700_000_000.0, KOLKATA)
-    assert ev.event == "TE" and ev.result == "busy" and ev.time_source == "received"
+    assert ev.event == "TE" and ev.result == "busy" and ev.time_source == "received" and ev.origin == "webhook"
     assert ev.raw == {"app": "a", "event": "te", "uniqueid": "u", "attemptid": "u.1", "to": "9", "result": "Busy",
                       "extra": "kept"}
 
 
 def test_json_schema_files_are_generated_from_the_records() -> None:
     assert generate_main(["--check"]) == 0
+
+
+def test_normalise_records_the_origin_it_is_given() -> None:
+    fields = {"app": "a", "event": "H", "uniqueid": "u", "duration": "3"}
+    assert normalise(fields, 1_700_000_000.0, KOLKATA, origin="call_log").origin == "call_log"
