@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 from collections.abc import Mapping
 from typing import Any, cast
 from zoneinfo import ZoneInfo
@@ -22,6 +23,10 @@ EVENT_TYPES: frozenset[str] = frozenset({"IN", "TA", "TC", "TE", "H"})
 RESULTS: frozenset[str] = frozenset({"answered", "busy", "congestion", "noanswer"})
 ATTEMPT_EVENTS: frozenset[str] = frozenset({"TA", "TC", "TE"})
 MAX_FIELD_CHARS = 256
+# The longest `duration` accepted (TE: one attempt, H: the whole call), in seconds: two days. No
+# call lasts that long; the bound keeps every later sum and timestamp finite and in range.
+MAX_DURATION_S = 2 * 86400
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
 # Fields never stored: the token may also arrive inside a body.
 SECRET_FIELDS: frozenset[str] = frozenset({"token"})
 
@@ -58,6 +63,23 @@ def _text(raw: Mapping[str, Any], name: str, errors: list[FieldError]) -> str | 
         errors.append(FieldError(name, "contains control characters"))
         return None
     return text
+
+
+def _duration(text: str | None, errors: list[FieldError]) -> float | None:
+    """Seconds: a decimal number, finite, from 0 to MAX_DURATION_S."""
+    if text is None:
+        return None
+    if not _DECIMAL.fullmatch(text):
+        errors.append(FieldError("duration", "must be a number of seconds"))
+        return None
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        errors.append(FieldError("duration", "must be a finite, non-negative number of seconds"))
+        return None
+    if value > MAX_DURATION_S:
+        errors.append(FieldError("duration", f"must be at most {MAX_DURATION_S} seconds (two days)"))
+        return None
+    return value
 
 
 def normalise(
@@ -97,16 +119,7 @@ def normalise(
                 errors.append(FieldError("result", "required for TE"))
         elif result.lower() not in RESULTS:
             errors.append(FieldError("result", f"{result!r} is not one of answered, busy, congestion, noanswer"))
-    duration: float | None = None
-    if duration_text is not None:
-        try:
-            duration = float(duration_text)
-        except ValueError:
-            errors.append(FieldError("duration", "must be a number of seconds"))
-        else:
-            if not math.isfinite(duration) or duration < 0:
-                errors.append(FieldError("duration", "must be a finite, non-negative number of seconds"))
-                duration = None
+    duration = _duration(duration_text, errors)
     event_time: float | None = None
     if time_text is not None:
         time_value = raw["time"]
