@@ -1,6 +1,9 @@
 """Logging filters shared by the ingress and the worker.
 
-* Tokens never reach a log: uvicorn's access log prints the query string.
+* Tokens never reach a log: uvicorn's access log prints the query string as sent. Every
+  configured token's value is scrubbed in any encoding, and any `token=` parameter is masked
+  whatever its value; caller numbers (`cli=`) keep only their last digits unless configured
+  otherwise (LOG_CALLER_NUMBERS=full).
 * aiokafka logs the same connection error thousands of times a second while a broker is down;
   identical lines are let through at most once per interval, with a count of those held back.
 """
@@ -8,18 +11,27 @@
 from __future__ import annotations
 
 import logging
-import re
 import time
+from collections.abc import Iterable
 
-_TOKEN = re.compile(r"(?i)(token=)[^&\s\"]*")
+from config.redact import Scrubber, mask_cli_params, redact_token_params
 
 
-class RedactTokens(logging.Filter):
+class RedactSecrets(logging.Filter):
+    def __init__(self, tokens: Iterable[str] = (), mask_callers: bool = True) -> None:
+        super().__init__()
+        self.scrubber = Scrubber(tokens)
+        self.mask_callers = mask_callers
+
+    def _clean(self, text: str) -> str:
+        text = redact_token_params(self.scrubber.text(text))
+        return mask_cli_params(text) if self.mask_callers else text
+
     def filter(self, record: logging.LogRecord) -> bool:
         if isinstance(record.args, tuple):
-            record.args = tuple(_TOKEN.sub(r"\1***", a) if isinstance(a, str) else a for a in record.args)
+            record.args = tuple(self._clean(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
-            record.msg = _TOKEN.sub(r"\1***", record.msg)
+            record.msg = self._clean(record.msg)
         return True
 
 
@@ -53,11 +65,18 @@ def _add(name: str, flt: logging.Filter) -> None:
 QUIET_LEVELS = {"aiokafka": logging.WARNING, "faust": logging.INFO, "mode": logging.INFO}
 
 
-def install_filters() -> None:
+REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error", "ingress", "ingress.writer")
+
+
+def install_filters(tokens: Iterable[str] = (), caller_numbers: str = "masked") -> None:
+    """Idempotent; called again with the settings, it replaces the redaction filters."""
     for name, level in QUIET_LEVELS.items():
         logging.getLogger(name).setLevel(level)
-    for name in ("uvicorn.access", "uvicorn.error", "ingress", "ingress.writer"):
-        _add(name, RedactTokens())
+    for name in REDACTED_LOGGERS:
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, RedactSecrets)]:
+            logger.removeFilter(old)
+        logger.addFilter(RedactSecrets(tokens, mask_callers=caller_numbers != "full"))
     for name in ("aiokafka", "aiokafka.client", "aiokafka.conn", "aiokafka.producer.sender",
                  "aiokafka.consumer.group_coordinator", "aiokafka.consumer.fetcher"):
         _add(name, RateLimit())

@@ -37,6 +37,7 @@ class Settings:
     topic_partitions: int = 6
     topic_replication: int = 1
     max_body_bytes: int = 16384
+    log_caller_numbers: str = "masked"  # masked | full: caller numbers in the ingress access log
     produce_timeout_s: float = 5.0
     worker_store: str = "rocksdb://"
     worker_data_dir: str = "./var/worker"
@@ -97,6 +98,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("AGENT_WINDOW_S must be positive")
     if settings.worker_batch_max <= 0:
         raise SettingsError("WORKER_BATCH_MAX must be positive")
+    if settings.log_caller_numbers not in ("masked", "full"):
+        raise SettingsError(f"LOG_CALLER_NUMBERS={settings.log_caller_numbers!r}: use masked or full")
     if settings.topic_partitions <= 0 or settings.topic_replication <= 0:
         raise SettingsError("TOPIC_PARTITIONS and TOPIC_REPLICATION must be positive")
     return settings

@@ -12,6 +12,7 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import parse_qsl
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -23,6 +24,7 @@ from starlette.routing import Route
 from config import settings as settings_module
 from config import topics
 from config.logs import install_filters
+from config.redact import Scrubber, drop_token_params
 from config.settings import Settings
 from ingress import body as bodies
 from ingress.auth import TokenCheck
@@ -46,8 +48,26 @@ def _errors(errors: list[FieldError]) -> list[dict[str, str]]:
     return [{"field": e.field, "reason": e.reason} for e in errors]
 
 
-def _redacted_query(query: str) -> str:
-    return "&".join(p for p in query.split("&") if p and not p.startswith("token="))
+# A value sent in a field named token that is not a configured token is scrubbed from the
+# dead letter too (it may be an old or mistyped secret), when long enough to be one.
+MIN_SECRET_CHARS = 8
+
+
+def _presented_secrets(request: Request, query_string: str, body: bytes) -> set[str]:
+    """Values sent as a token in this request (header, or a `token` field anywhere), read leniently."""
+    found = {request.headers.get(TOKEN_HEADER, "")}
+    text = body.decode("utf-8", errors="replace")
+    for source in (query_string, text):
+        for key, value in parse_qsl(source, keep_blank_values=True, errors="replace"):
+            if key.strip().lower() == "token":
+                found.add(value)
+    try:
+        data = orjson.loads(body) if body.lstrip().startswith(b"{") else None
+    except orjson.JSONDecodeError:
+        data = None
+    if isinstance(data, dict):
+        found.update(v for k, v in data.items() if k.strip().lower() == "token" and isinstance(v, str))
+    return {v for v in found if len(v) >= MIN_SECRET_CHARS}
 
 
 class Ingress:
@@ -56,6 +76,7 @@ class Ingress:
     def __init__(self, settings: Settings, writer: Writer) -> None:
         self.settings = settings
         self.tokens = TokenCheck(settings.webhook_tokens)
+        self.scrubber = Scrubber(settings.webhook_tokens)  # no copy of a token is stored, in any encoding
         self.writer = writer
         self.events_topic = settings.topic(topics.EVENTS)
         self.invalid_topic = settings.topic(topics.EVENTS_INVALID)
@@ -64,7 +85,7 @@ class Ingress:
 
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
-        install_filters()
+        install_filters(self.settings.webhook_tokens, self.settings.log_caller_numbers)
         if not self.tokens.configured:
             log.error("WEBHOOK_TOKENS is empty: every webhook will be refused with 401 until it is set")
         await self.writer.start()
@@ -114,6 +135,7 @@ class Ingress:
             if query_bad:
                 raise InvalidWebhook([FieldError("query", "not valid UTF-8 url-encoded data")])
             fields = bodies.merge(query, bodies.parse_body(kind, body)) if request.method == "POST" else query
+            fields = self.scrubber.fields(fields)
             event = normalise(fields, received_at, self.tz)
         except bodies.BodyTooLarge:
             limit = self.settings.max_body_bytes
@@ -136,14 +158,17 @@ class Ingress:
     async def _dead_letter(
         self, request: Request, received_at: float, query_string: str, body: bytes, errors: list[FieldError]
     ) -> Response:
+        scrub = Scrubber((*self.settings.webhook_tokens, *_presented_secrets(request, query_string, body)))
+        query_string = scrub.text(drop_token_params(query_string))
+        body = scrub.bytes(body)
         text = body.decode("utf-8", errors="replace")
-        app_field = _guess_app(query_string, text)
+        errors = [FieldError(scrub.text(e.field), scrub.text(e.reason)) for e in errors]
         record = InvalidEvent(
-            app=app_field,
+            app=_guess_app(query_string, text),
             received_at=format_ts(received_at),
             method=request.method,
-            content_type=request.headers.get("content-type", ""),
-            query=_redacted_query(query_string),
+            content_type=scrub.text(request.headers.get("content-type", "")),
+            query=query_string,
             body=text,
             body_base64=None if text.encode("utf-8") == body else base64.b64encode(body).decode(),
             errors=errors,
@@ -194,6 +219,7 @@ def _guess_app(query_string: str, body: str) -> str:
 def create_app(settings: Settings | None = None, writer: Writer | None = None) -> Starlette:
     """The ASGI app; `writer` defaults to the real Kafka writer (tests pass a fake)."""
     settings = settings or settings_module.load()
+    install_filters(settings.webhook_tokens, settings.log_caller_numbers)
     ingress = Ingress(settings, writer or KafkaWriter(settings))
     return Starlette(
         routes=[
@@ -206,5 +232,4 @@ def create_app(settings: Settings | None = None, writer: Writer | None = None) -
     )
 
 
-install_filters()
 app = create_app()

@@ -90,7 +90,7 @@ def normalise(
     `origin` says where the fields came from: the ingress (`webhook`) or events rebuilt from the
     provider's call log (`call_log`), which go through the same checks.
     """
-    raw = {k: v for k, v in raw.items() if k not in SECRET_FIELDS}
+    raw = {k: v for k, v in raw.items() if not (isinstance(k, str) and k.strip().lower() in SECRET_FIELDS)}
     errors: list[FieldError] = []
     app = _text(raw, "app", errors)
     event = _text(raw, "event", errors)

@@ -1,0 +1,65 @@
+"""The access-log filters: no token in any encoding, caller numbers masked unless configured."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from config.logs import RedactSecrets, install_filters
+from config.redact import mask_number
+from config.settings import SettingsError, load
+
+TOKEN = "unit-token-0123456789"
+
+
+def _access_line(path: str, flt: logging.Filter) -> str:
+    # uvicorn's access log: '%s - "%s %s HTTP/%s" %d' with the path and raw query string as sent
+    record = logging.LogRecord("uvicorn.access", logging.INFO, __file__, 1, '%s - "%s %s HTTP/%s" %d',
+                               ("127.0.0.1:5000", "GET", path, "1.1", 202), None)
+    assert flt.filter(record)
+    return record.getMessage()
+
+
+@pytest.mark.parametrize("path", [
+    f"/webhooks/ivr?%74oken={TOKEN}&event=IN",
+    f"/webhooks/ivr?%74%6F%6B%65%6E={TOKEN}",
+    f"/webhooks/ivr?event=IN&token={TOKEN}",
+    f"/webhooks/ivr?TOKEN={TOKEN.upper()}",
+    "/webhooks/ivr?token=" + "".join(f"%{ord(c):02X}" for c in TOKEN),
+    f"/webhooks/ivr?note={TOKEN}",  # by value, whatever the field
+    "/webhooks/ivr?token=not-a-configured-one",  # by name, whatever the value
+])
+def test_access_log_never_shows_a_token(path: str) -> None:
+    line = _access_line(path, RedactSecrets([TOKEN]))
+    assert TOKEN not in line and TOKEN.upper() not in line and "%75%6E" not in line.upper()
+    assert "not-a-configured-one" not in line and "***" in line
+
+
+def test_caller_numbers_masked_by_default_full_when_configured() -> None:
+    path = "/webhooks/ivr?event=IN&cli=9716700271&c%6Ci=%2B919716700271&to=9800000001"
+    masked = _access_line(path, RedactSecrets([TOKEN]))
+    assert "9716700271" not in masked and "cli=***0271" in masked and "c%6Ci=***0271" in masked
+    assert "to=9800000001" in masked  # agent numbers are staff numbers: kept
+    assert "cli=9716700271" in _access_line(path, RedactSecrets([TOKEN], mask_callers=False))
+
+
+def test_mask_number_keeps_only_the_last_digits() -> None:
+    assert mask_number("9716700271") == "***0271"
+    assert mask_number("12345") == "***45"
+    assert mask_number("123") == "***"
+    assert mask_number("") == ""
+
+
+def test_install_filters_replaces_rather_than_stacks() -> None:
+    install_filters([TOKEN], "full")
+    install_filters([TOKEN], "masked")
+    filters = [f for f in logging.getLogger("uvicorn.access").filters if isinstance(f, RedactSecrets)]
+    assert len(filters) == 1 and filters[0].mask_callers
+
+
+def test_log_caller_numbers_setting() -> None:
+    assert load({}).log_caller_numbers == "masked"
+    assert load({"LOG_CALLER_NUMBERS": "full"}).log_caller_numbers == "full"
+    with pytest.raises(SettingsError, match="LOG_CALLER_NUMBERS"):
+        load({"LOG_CALLER_NUMBERS": "some"})
