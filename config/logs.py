@@ -35,6 +35,26 @@ class RedactSecrets(logging.Filter):
         return True
 
 
+def _client_gone(exc: BaseException | None) -> bool:
+    """An error that only says the client closed its connection before the response was written."""
+    if isinstance(exc, ConnectionResetError | BrokenPipeError) or type(exc).__name__ == "ClientDisconnect":
+        return True
+    # uvloop: "unable to perform operation on <TCPTransport closed=True ...>; the handler is closed"
+    return isinstance(exc, RuntimeError) and "handler is closed" in str(exc)
+
+
+class QuietDisconnects(logging.Filter):
+    """A client closing its connection early (e.g. mid-pipeline) is one INFO line, not an ERROR traceback."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.levelno >= logging.ERROR and _client_gone(record.exc_info[1]):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "client closed the connection before the response was sent (%s)", (
+                type(record.exc_info[1]).__name__,)
+            record.exc_info, record.exc_text = None, None
+        return True
+
+
 class RateLimit(logging.Filter):
     def __init__(self, interval_s: float = 10.0) -> None:
         super().__init__()
@@ -77,6 +97,7 @@ def install_filters(tokens: Iterable[str] = (), caller_numbers: str = "masked") 
         for old in [f for f in logger.filters if isinstance(f, RedactSecrets)]:
             logger.removeFilter(old)
         logger.addFilter(RedactSecrets(tokens, mask_callers=caller_numbers != "full"))
+    _add("uvicorn.error", QuietDisconnects())
     for name in ("aiokafka", "aiokafka.client", "aiokafka.conn", "aiokafka.producer.sender",
                  "aiokafka.consumer.group_coordinator", "aiokafka.consumer.fetcher"):
         _add(name, RateLimit())

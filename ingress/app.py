@@ -6,6 +6,7 @@ Status codes and bodies follow section 2 of the contract.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import time
@@ -17,9 +18,11 @@ from urllib.parse import parse_qsl
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import settings as settings_module
 from config import topics
@@ -28,7 +31,7 @@ from config.redact import Scrubber, drop_token_params
 from config.settings import Settings
 from ingress import body as bodies
 from ingress.auth import TokenCheck
-from ingress.metrics import DEAD_LETTERED, IN_FLIGHT, REGISTRY, REQUESTS, UNAVAILABLE, event_label
+from ingress.metrics import DEAD_LETTERED, IN_FLIGHT, INCOMPLETE, REGISTRY, REQUESTS, UNAVAILABLE, event_label
 from ingress.writer import KafkaWriter, NotDurable, Writer
 from schemas.codec import dumps
 from schemas.records import FieldError, InvalidEvent
@@ -38,6 +41,12 @@ from schemas.webhook import InvalidWebhook, normalise
 log = logging.getLogger("ingress")
 TOKEN_HEADER = "x-webhook-token"
 RETRY_AFTER_S = "5"
+# A body must arrive within this many seconds of the request's headers: a client trickling bytes
+# cannot hold a connection (and a handler) for longer. Provider bodies are a few hundred bytes.
+BODY_TIMEOUT_S = 10.0
+# Request headers larger than this are refused with 431. The project launcher (`python -m ingress`)
+# makes the HTTP parser itself enforce it; under another server the app checks it on arrival.
+MAX_HEADER_BYTES = 16384
 
 
 def _json(status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
@@ -128,7 +137,8 @@ class Ingress:
         fields: dict[str, Any] = {}
         try:
             if request.method == "POST":
-                body = await bodies.read_body(request, self.settings.max_body_bytes)
+                async with asyncio.timeout(BODY_TIMEOUT_S):
+                    body = await bodies.read_body(request, self.settings.max_body_bytes)
                 kind = bodies.media_type(request)
                 if kind not in (bodies.FORM, bodies.JSON):
                     raise bodies.UnsupportedMediaType
@@ -137,6 +147,16 @@ class Ingress:
             fields = bodies.merge(query, bodies.parse_body(kind, body)) if request.method == "POST" else query
             fields = self.scrubber.fields(fields)
             event = normalise(fields, received_at, self.tz)
+        except bodies.IncompleteBody:
+            # The provider delivers the whole event again: a partial one is never written.
+            INCOMPLETE.labels("disconnected").inc()
+            log.info("request body incomplete (client went away); nothing written")
+            return _json(400, {"error": "incomplete_body", "detail": "the body did not fully arrive"}), "unknown"
+        except TimeoutError:
+            INCOMPLETE.labels("timeout").inc()
+            log.info("request body not received within %.0fs; nothing written", BODY_TIMEOUT_S)
+            detail = f"the body did not arrive within {BODY_TIMEOUT_S:.0f}s"
+            return _json(408, {"error": "request_timeout", "detail": detail}, {"Connection": "close"}), "unknown"
         except bodies.BodyTooLarge:
             limit = self.settings.max_body_bytes
             return _json(413, {"error": "body_too_large", "detail": f"the limit is {limit} bytes"}), "unknown"
@@ -216,6 +236,26 @@ def _guess_app(query_string: str, body: str) -> str:
     return ""
 
 
+class HeaderLimit:
+    """431 for request headers over MAX_HEADER_BYTES, whatever server runs the app.
+
+    Under the project launcher the HTTP parser already refuses them before they are buffered;
+    this catches the rest (e.g. plain `uvicorn` with httptools, which sets no header limit).
+    """
+
+    def __init__(self, app: ASGIApp, limit: int = MAX_HEADER_BYTES) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and sum(len(k) + len(v) + 4 for k, v in scope["headers"]) > self.limit:
+            detail = f"request headers over {self.limit} bytes"
+            response = _json(431, {"error": "headers_too_large", "detail": detail}, {"Connection": "close"})
+            await response(scope, receive, send)
+            return
+        await self.app(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, writer: Writer | None = None) -> Starlette:
     """The ASGI app; `writer` defaults to the real Kafka writer (tests pass a fake)."""
     settings = settings or settings_module.load()
@@ -229,6 +269,7 @@ def create_app(settings: Settings | None = None, writer: Writer | None = None) -
             Route("/metrics", ingress.metrics, methods=["GET"]),
         ],
         lifespan=ingress.lifespan,
+        middleware=[Middleware(HeaderLimit)],
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -23,9 +24,15 @@ class UnsupportedMediaType(Exception):
     pass
 
 
+class IncompleteBody(Exception):
+    """The client went away, or stopped sending, before the body it declared had arrived."""
+
+
 async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or `BodyTooLarge` / `IncompleteBody`: a partial body is never returned."""
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+    expected = int(declared) if declared is not None and declared.isdigit() else None
+    if expected is not None and expected > limit:
         raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
@@ -36,7 +43,9 @@ async def read_body(request: Request, limit: int) -> bytes:
                 raise BodyTooLarge
             chunks.append(chunk)
     except ClientDisconnect:
-        pass
+        raise IncompleteBody from None
+    if expected is not None and size != expected:
+        raise IncompleteBody
     return b"".join(chunks)
 
 
@@ -69,6 +78,7 @@ def parse_body(kind: str, body: bytes) -> dict[str, Any]:
             raise InvalidWebhook([FieldError("body", "not valid JSON")]) from None
         if not isinstance(data, dict):
             raise InvalidWebhook([FieldError("body", "must be a JSON object with the event's fields")])
+        _refuse_duplicate_keys(body)
         return data
     if kind == FORM:
         try:
@@ -77,6 +87,30 @@ def parse_body(kind: str, body: bytes) -> dict[str, Any]:
             raise InvalidWebhook([FieldError("body", "not valid UTF-8")]) from None
         return parse_pairs(text, "body")
     raise UnsupportedMediaType
+
+
+def _refuse_duplicate_keys(body: bytes) -> None:
+    """orjson keeps the last of two equal keys; a key given twice is refused instead, at any depth.
+
+    Bodies are small (MAX_BODY_BYTES), so a second parse with the standard library, which shows
+    every key, is cheap.
+    """
+    dupes: list[str] = []
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        seen: set[str] = set()
+        for key, _ in items:
+            if key in seen and key not in dupes:
+                dupes.append(key)
+            seen.add(key)
+        return dict(items)
+
+    try:
+        json.loads(body, object_pairs_hook=pairs)
+    except RecursionError:
+        raise InvalidWebhook([FieldError("body", "nested too deeply")]) from None
+    if dupes:
+        raise InvalidWebhook([FieldError(k, "given more than once in the JSON body") for k in dupes])
 
 
 def merge(query: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:

@@ -23,6 +23,11 @@ UNAVAILABLE = Counter(
     "ivr_ingress_unavailable_total", "Requests answered 503 because the write was not acknowledged in time",
     registry=REGISTRY,
 )
+INCOMPLETE = Counter(
+    "ivr_ingress_incomplete_requests_total",
+    "Requests whose body did not fully arrive (client gone or too slow); nothing was written",
+    ["why"], registry=REGISTRY,
+)
 
 EVENT_LABELS = frozenset({"IN", "TA", "TC", "TE", "H"})
 

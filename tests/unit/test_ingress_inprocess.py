@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlencode
 
 import orjson
 import pytest
@@ -206,3 +207,60 @@ def test_duration_too_large_is_422_and_dead_lettered(client: TestClient, writer:
     r = client.get(URL, params={**H, "duration": "1e308", "token": TOKEN})
     assert r.status_code == 422 and [e["field"] for e in r.json()["errors"]] == ["duration"]
     assert writer.on("u.ivr.events") == [] and len(writer.on("u.ivr.events.invalid")) == 1
+
+
+def test_duplicate_json_keys_are_refused_naming_the_field(client: TestClient, writer: FakeWriter) -> None:
+    body = b'{"app":"%s","event":"IN","uniqueid":"u1","event":"H","uniqueid":"u1"}' % APP.encode()
+    r = client.post(URL, params={"token": TOKEN}, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 422, r.text
+    assert [e["field"] for e in r.json()["errors"]] == ["event", "uniqueid"]
+    assert writer.on("u.ivr.events") == [] and writer.on("u.ivr.events.invalid")[0]["body"] == body.decode()
+    deep = b'{"app":"a","x":' + b"[" * 1020 + b"]" * 1020 + b"}"
+    r = client.post(URL, params={"token": TOKEN}, content=deep, headers={"content-type": "application/json"})
+    assert r.status_code == 422
+
+
+def test_headers_over_the_limit_are_431(client: TestClient, writer: FakeWriter) -> None:
+    r = client.get(URL, params={**IN, "token": TOKEN}, headers={"X-Pad": "a" * 20000})
+    assert r.status_code == 431 and r.json()["error"] == "headers_too_large"
+    assert client.get(URL, params={**IN, "token": TOKEN}, headers={"X-Pad": "a" * 8000}).status_code == 202
+    assert len(writer.records) == 1
+
+
+async def _call(app: Any, body_parts: list[bytes], declared: int) -> tuple[int | None, list[dict[str, Any]]]:
+    """Drive the ASGI app directly: the body arrives in `body_parts`, then the client disconnects."""
+    messages = [{"type": "http.request", "body": p, "more_body": True} for p in body_parts]
+    messages.append({"type": "http.disconnect"})
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return messages.pop(0) if messages else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+             "path": URL, "raw_path": URL.encode(), "query_string": f"token={TOKEN}".encode(), "root_path": "",
+             "headers": [(b"content-type", b"application/x-www-form-urlencoded"),
+                         (b"content-length", str(declared).encode())],
+             "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80), "state": {}}
+    await app(scope, receive, send)
+    status = next((m["status"] for m in sent if m["type"] == "http.response.start"), None)
+    return status, sent
+
+
+def test_a_body_cut_short_writes_nothing(writer: FakeWriter) -> None:
+    import asyncio
+
+    from ingress.metrics import INCOMPLETE
+
+    app = create_app(SETTINGS, writer=writer)
+    full = urlencode(IN).encode()
+    before = INCOMPLETE.labels("disconnected")._value.get()
+    status, _ = asyncio.run(_call(app, [full[:30], full[30:50]], len(full)))
+    assert status == 400 and writer.records == []
+    assert INCOMPLETE.labels("disconnected")._value.get() == before + 1
+    # the same body whole is accepted: only the cut is refused
+    with TestClient(app) as c:
+        assert c.post(URL, params={"token": TOKEN}, content=full,
+                      headers={"content-type": "application/x-www-form-urlencoded"}).status_code == 202

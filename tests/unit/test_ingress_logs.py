@@ -63,3 +63,17 @@ def test_log_caller_numbers_setting() -> None:
     assert load({"LOG_CALLER_NUMBERS": "full"}).log_caller_numbers == "full"
     with pytest.raises(SettingsError, match="LOG_CALLER_NUMBERS"):
         load({"LOG_CALLER_NUMBERS": "some"})
+
+
+def test_client_gone_mid_response_is_one_info_line_not_an_error_traceback() -> None:
+    from config.logs import QuietDisconnects
+
+    def record(exc: BaseException) -> logging.LogRecord:
+        return logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, "Exception in ASGI application\n", (),
+                                 (type(exc), exc, None))
+
+    gone = record(RuntimeError("unable to perform operation on <TCPTransport closed=True>; the handler is closed"))
+    assert QuietDisconnects().filter(gone)
+    assert gone.levelno == logging.INFO and gone.exc_info is None and "client closed" in gone.getMessage()
+    real = record(RuntimeError("a real bug"))
+    assert QuietDisconnects().filter(real) and real.levelno == logging.ERROR and real.exc_info is not None
