@@ -1,0 +1,116 @@
+"""The project's launcher for the ingress: `python -m ingress [--host H] [--port P]`.
+
+Plain `uvicorn ingress.app:app` works (the contract's entry point), but uvicorn leaves some HTTP
+edges open whatever its options: a connection that never sends a request, or sends only blank
+lines, is held forever (the keep-alive timer starts only after a first response, and any byte
+received cancels it), and with httptools there is no limit on the size of request headers. This
+launcher runs uvicorn with h11 and a protocol that closes those connections:
+
+* header timeout: a request's complete headers must arrive within HEADER_TIMEOUT_S of the
+  connection opening or of the previous response; otherwise `408` and the connection is closed;
+* header size: over MAX_HEADER_BYTES, h11 stops buffering and the client gets `431`;
+* idle keep-alive: closed KEEP_ALIVE_S after the last response (uvicorn's own timer).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+
+import h11
+import uvicorn
+from uvicorn.protocols.http.h11_impl import H11Protocol
+
+from ingress.app import MAX_HEADER_BYTES
+
+HEADER_TIMEOUT_S = 10.0
+KEEP_ALIVE_S = 5
+
+log = logging.getLogger("uvicorn.error")
+_TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+
+
+class GuardedH11Protocol(H11Protocol):
+    """uvicorn's h11 protocol with a header timeout and 431 for oversized headers."""
+
+    header_timeout_s = HEADER_TIMEOUT_S
+    _header_timer: asyncio.TimerHandle | None = None
+    _armed_for: object = None
+    _protocol_error: h11.RemoteProtocolError | None = None
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        next_event = self.conn.next_event
+
+        def remembering_next_event() -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+            try:
+                return next_event()
+            except h11.RemoteProtocolError as e:  # uvicorn answers every one with 400: keep the hint
+                self._protocol_error = e
+                raise
+
+        self.conn.next_event = remembering_next_event  # type: ignore[method-assign]
+        self._arm_header_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._arm_header_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        super().connection_lost(exc)
+
+    def _arm_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+        self._armed_for = self.cycle  # a new request replaces the cycle: its headers arrived in time
+        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
+
+    def _header_timeout(self) -> None:
+        self._header_timer = None
+        if self.transport.is_closing() or self.cycle is not self._armed_for:
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # the app is still answering the previous request
+        log.info("closed a connection that sent no complete request headers within %.0fs", self.header_timeout_s)
+        self.transport.write(_TIMEOUT_RESPONSE)
+        self.transport.close()
+
+    def send_400_response(self, msg: str) -> None:
+        error, self._protocol_error = self._protocol_error, None
+        if error is None or error.error_status_hint != 431:
+            super().send_400_response(msg)
+            return
+        log.info("refused a request with headers over %d bytes (431)", MAX_HEADER_BYTES)
+        body = f"request headers over {MAX_HEADER_BYTES} bytes".encode()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: text/plain; charset=utf-8\r\n"
+            b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.transport.close()
+
+
+def config(host: str, port: int, **overrides: object) -> uvicorn.Config:
+    """The uvicorn configuration the launcher runs (tests and other launchers reuse it)."""
+    options: dict[str, object] = {
+        "host": host,
+        "port": port,
+        "http": GuardedH11Protocol,
+        "timeout_keep_alive": KEEP_ALIVE_S,
+        "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
+        "server_header": False,
+        **overrides,
+    }
+    return uvicorn.Config("ingress.app:app", **options)  # type: ignore[arg-type]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m ingress", description="Run the webhook ingress.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=8080)
+    parser.add_argument("--no-access-log", action="store_true", help="turn off the per-request access log")
+    args = parser.parse_args(argv)
+    uvicorn.Server(config(args.host, args.port, access_log=not args.no_access_log)).run()
