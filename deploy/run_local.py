@@ -104,7 +104,7 @@ def main() -> int:
         print(f"  logs: {broker.log_path}")
         broker.start()
         print("starting the ingress ...")
-        ingress = _spawn([sys.executable, "-m", "uvicorn", "ingress.app:app", "--host", "127.0.0.1",
+        ingress = _spawn([sys.executable, "-m", "ingress", "--host", "127.0.0.1",
                           "--port", str(INGRESS_PORT)], env, VAR / "ingress.log")
         print("starting a worker ...")
         worker = _spawn([sys.executable, "-m", "faust", "-A", "processors.app", "worker", "-l", "info"],
