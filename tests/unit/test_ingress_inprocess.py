@@ -13,6 +13,7 @@ from starlette.testclient import TestClient
 from config.settings import Settings
 from ingress.app import create_app
 from ingress.writer import NotDurable
+from tests.token_forms import OLD_SECRET, leaks, token_forms
 
 TOKEN = "unit-token-0123456789"
 OTHER = "rotated-token-abcdef"
@@ -131,57 +132,7 @@ def test_unreadable_and_invalid_fields_are_one_error_type() -> None:
     assert e.value.errors[0].field == "body"
 
 
-def _pct(text: str, upper: bool = False) -> str:
-    return "".join(f"%{ord(c):02X}" if upper else f"%{ord(c):02x}" for c in text)
-
-
-# (how the request is sent) -> kwargs for client.request; each is authenticated and invalid (event XX)
-BAD = dict(IN, event="XX")
-TOKEN_FORMS: dict[str, dict[str, Any]] = {
-    "percent-encoded name": {"method": "GET",
-                             "url": f"{URL}?%74oken={TOKEN}&" + "&".join(f"{k}={v}" for k, v in BAD.items())},
-    "percent-encoded value, upper hex": {"url": f"{URL}?token={_pct(TOKEN, True)}", "data": BAD},
-    "percent-encoded value, lower hex": {"url": f"{URL}?token={_pct(TOKEN)}", "data": BAD},
-    "token field in a JSON body": {"url": URL, "json": {**BAD, "token": TOKEN},
-                                   "headers": {"X-Webhook-Token": TOKEN}},
-    "token field in a form body": {"url": URL, "data": {**BAD, "token": TOKEN}, "headers": {"X-Webhook-Token": TOKEN}},
-    "header, and the value in another field": {"url": URL, "data": {**BAD, "note": f"see {TOKEN}"},
-                                               "headers": {"X-Webhook-Token": TOKEN}},
-    "JSON unicode escapes": {"url": URL, "content": ('{"event":"XX","app":"a","x":"' + "".join(
-        f"\\u{ord(c):04x}" for c in OTHER) + '"}').encode(), "headers": {"X-Webhook-Token": TOKEN,
-                                                                          "content-type": "application/json"}},
-    "percent-encoded inside a form body, mixed case": {
-        "url": URL, "content": f"event=XX&app=a&x={_pct(OTHER[:5], True)}{_pct(OTHER[5:])}".encode(),
-        "headers": {"X-Webhook-Token": TOKEN, "content-type": "application/x-www-form-urlencoded"}},
-    "undecodable body": {"url": URL, "content": b"\xff\xfe event=XX&x=" + TOKEN.upper().encode(),
-                         "headers": {"X-Webhook-Token": TOKEN, "content-type": "application/x-www-form-urlencoded"}},
-    "unconfigured value in a token field": {"url": URL, "json": {**BAD, "token": "an-old-rotated-secret"},
-                                            "headers": {"X-Webhook-Token": TOKEN}},
-}
-
-
-def _strings(value: Any) -> list[str]:
-    if isinstance(value, str):
-        return [value]
-    if isinstance(value, dict):
-        return [s for k, v in value.items() for s in (*_strings(k), *_strings(v))]
-    if isinstance(value, list):
-        return [s for v in value for s in _strings(v)]
-    return []
-
-
-def _leaks(record: dict[str, Any], *secrets: str) -> list[str]:
-    """Every form of a secret found in any string of the record (the base64 body decoded too)."""
-    import base64
-
-    texts = _strings(record)
-    if record.get("body_base64"):
-        texts.append(base64.b64decode(record["body_base64"]).decode("latin-1"))
-    found = []
-    for secret in secrets:
-        forms = {secret.lower(), _pct(secret), "".join(f"\\u{ord(c):04x}" for c in secret)}
-        found += [f for f in forms for t in texts if f in t.lower()]
-    return found
+TOKEN_FORMS = token_forms(URL, TOKEN, OTHER, dict(IN, event="XX"))
 
 
 @pytest.mark.parametrize("form", list(TOKEN_FORMS))
@@ -191,7 +142,7 @@ def test_no_token_in_dead_letters_whatever_the_form(client: TestClient, writer: 
     r = client.request(method, kw.pop("url"), **kw)
     assert r.status_code == 422, r.text
     [dead] = writer.on("u.ivr.events.invalid")
-    assert _leaks(dead, TOKEN, OTHER, "an-old-rotated-secret") == [], dead
+    assert leaks(dead, TOKEN, OTHER, OLD_SECRET) == [], dead
     assert dead["errors"] and dead["method"] == method
 
 
@@ -199,7 +150,7 @@ def test_no_token_in_raw_of_an_accepted_event(client: TestClient, writer: FakeWr
     r = client.post(f"{URL}?%74oken={TOKEN}", data={**IN, "note": OTHER, "Token": OTHER, OTHER: "x"})
     assert r.status_code == 202, r.text
     [event] = writer.on("u.ivr.events")
-    assert _leaks(event, TOKEN, OTHER) == [], event
+    assert leaks(event, TOKEN, OTHER) == [], event
     assert event["raw"]["note"] == "***" and "Token" not in event["raw"]
 
 
