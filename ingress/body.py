@@ -109,6 +109,8 @@ def _refuse_duplicate_keys(body: bytes) -> None:
         json.loads(body, object_pairs_hook=pairs)
     except RecursionError:
         raise InvalidWebhook([FieldError("body", "nested too deeply")]) from None
+    except ValueError:  # orjson accepted what the standard library does not: refuse, never guess
+        raise InvalidWebhook([FieldError("body", "not valid JSON")]) from None
     if dupes:
         raise InvalidWebhook([FieldError(k, "given more than once in the JSON body") for k in dupes])
 
