@@ -1,4 +1,4 @@
-"""The Starlette ingress: `uvicorn ingress.app:app`.
+"""The Starlette ingress: `uvicorn ingress.app:app`, or `python -m ingress` (ingress.server) with the HTTP limits.
 
 POST/GET /webhooks/ivr -> validate -> ivr.events (or ivr.events.invalid) with acks=all -> 202.
 Status codes and bodies follow section 2 of the contract.
