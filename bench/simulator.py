@@ -224,16 +224,21 @@ async def post_events(url: str, token: str, events: list[dict[str, str]], rate: 
 
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         tasks = [asyncio.create_task(worker(client)) for _ in range(concurrency)]
-        t0 = time.monotonic()
-        for i, e in enumerate(events):
-            if rate > 0:
-                delay = t0 + i / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await queue.put(e)
-        for _ in tasks:
-            await queue.put(None)
-        await asyncio.gather(*tasks)
+        try:
+            t0 = time.monotonic()
+            for i, e in enumerate(events):
+                if rate > 0:
+                    delay = t0 + i / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await queue.put(e)
+            for _ in tasks:
+                await queue.put(None)
+            await asyncio.gather(*tasks)
+        finally:  # interrupted (Ctrl-C): the posters stop before the client closes under them
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     return statuses
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, TypeVar
@@ -43,8 +44,13 @@ def _settings() -> Settings:
         raise typer.Exit(2) from None
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _run(coro: Coroutine[Any, Any, T], settings: Settings) -> T:
-    """Run `coro`; Ctrl-C ends quietly (130), an unreachable broker with one clear line (1)."""
+    """Run `coro`; Ctrl-C or SIGTERM ends quietly (130), an unreachable broker with one clear line (1)."""
+    signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: the consumer closes
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
@@ -193,6 +199,7 @@ def simulate(ctx: typer.Context) -> None:
     try:
         code = simulator_main(args, prog="ivr simulate")
     except KeyboardInterrupt:
+        err.print("\ninterrupted")
         raise typer.Exit(130) from None
     raise typer.Exit(code)
 
