@@ -7,16 +7,18 @@ from typing import Any
 
 from rich.text import Text
 
+from config import topics
+
 # `ivr tail NAME`: short names for the topics a person reads (full names work too)
 TOPICS: dict[str, str] = {
-    "calls": "ivr.calls.completed",
-    "alerts": "ivr.alerts.missed",
-    "resolved": "ivr.alerts.resolved",
-    "agents": "ivr.metrics.agents",
-    "apps": "ivr.metrics.apps",
-    "events": "ivr.events",
-    "invalid": "ivr.events.invalid",
-    "unprocessable": "ivr.events.unprocessable",
+    "calls": topics.CALLS_COMPLETED,
+    "alerts": topics.ALERTS_MISSED,
+    "resolved": getattr(topics, "ALERTS_RESOLVED", "ivr.alerts.resolved"),
+    "agents": topics.METRICS_AGENTS,
+    "apps": topics.METRICS_APPS,
+    "events": topics.EVENTS,
+    "invalid": topics.EVENTS_INVALID,
+    "unprocessable": topics.EVENTS_UNPROCESSABLE,
 }
 KIND_OF = {base: kind for kind, base in TOPICS.items()}
 
