@@ -20,6 +20,15 @@ def client_kwargs(settings: Settings) -> dict[str, Any]:
     return {"bootstrap_servers": settings.kafka_bootstrap_servers, "client_id": "ivr-cli"}
 
 
+async def _started(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
+    try:
+        await consumer.start()
+    except BaseException:
+        await consumer.stop()  # closes what start() opened (no "Unclosed AIOKafkaConsumer")
+        raise
+    return consumer
+
+
 def _consumer(settings: Settings) -> AIOKafkaConsumer:
     return AIOKafkaConsumer(**client_kwargs(settings), group_id=None, enable_auto_commit=False,
                             isolation_level="read_committed", metadata_max_age_ms=5000)
@@ -33,8 +42,8 @@ async def partition_map(settings: Settings) -> dict[str, list[int]]:
     """Every topic on the cluster and its partitions. (Metadata for all topics: asking for one by
     name may make a broker with auto-creation on create it, with the wrong settings.)"""
     admin = _admin(settings)
-    await admin.start()
     try:
+        await admin.start()
         described = await admin.describe_topics()
     finally:
         await admin.close()
@@ -61,8 +70,7 @@ async def follow(settings: Settings, topic: str, from_beginning: bool,
                  idle_exit_s: float | None) -> AsyncIterator[ConsumerRecord]:
     """Records of `topic` as they arrive (after what is there now, or from the start), in order of
     their timestamps within each fetch; ends after `idle_exit_s` without a record (never when None)."""
-    consumer = _consumer(settings)
-    await consumer.start()
+    consumer = await _started(_consumer(settings))
     try:
         tps = await _partitions(settings, topic, idle_exit_s)
         if not tps:
@@ -92,8 +100,7 @@ async def follow(settings: Settings, topic: str, from_beginning: bool,
 
 async def read_to_end(settings: Settings, topic: str, timeout_s: float = 30.0) -> list[ConsumerRecord]:
     """Everything on `topic` now (up to the end offsets read at the start); [] if it does not exist."""
-    consumer = _consumer(settings)
-    await consumer.start()
+    consumer = await _started(_consumer(settings))
     out: list[ConsumerRecord] = []
     try:
         tps = await _partitions(settings, topic, 0)
@@ -124,15 +131,14 @@ class TopicStats:
 
 async def topic_stats(settings: Settings, topics: list[str], group: str) -> tuple[list[TopicStats], list[str]]:
     """Per topic that exists: partitions, records and the group's lag; and the names that do not exist."""
-    consumer = _consumer(settings)
     admin = _admin(settings)
-    await consumer.start()
     try:
         await admin.start()
-        try:
-            committed = await admin.list_consumer_group_offsets(group)
-        finally:
-            await admin.close()
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    consumer = await _started(_consumer(settings))
+    try:
         existing = await partition_map(settings)
         stats, missing = [], []
         for topic in topics:

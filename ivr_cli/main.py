@@ -7,6 +7,7 @@ PROCESSOR_ID, ...): with `make run`'s defaults no flag is needed.
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import sys
@@ -51,6 +52,7 @@ def _interrupt(signum: int, frame: object) -> None:
 def _run(coro: Coroutine[Any, Any, T], settings: Settings) -> T:
     """Run `coro`; Ctrl-C or SIGTERM ends quietly (130), an unreachable broker with one clear line (1)."""
     signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: the consumer closes
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # retries would bury the output; an unreachable broker is reported below
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
