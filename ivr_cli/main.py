@@ -52,7 +52,8 @@ def _interrupt(signum: int, frame: object) -> None:
 def _run(coro: Coroutine[Any, Any, T], settings: Settings) -> T:
     """Run `coro`; Ctrl-C or SIGTERM ends quietly (130), an unreachable broker with one clear line (1)."""
     signal.signal(signal.SIGTERM, _interrupt)  # as Ctrl-C: the consumer closes
-    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)  # retries would bury the output; an unreachable broker is reported below
+    # aiokafka's connection retries would bury the output; an unreachable broker is reported below
+    logging.getLogger("aiokafka").setLevel(logging.CRITICAL)
     try:
         return asyncio.run(coro)
     except KeyboardInterrupt:
