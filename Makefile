@@ -1,4 +1,6 @@
 # The two commands: `make run` (whole stack locally) and `make test` (the suite, real broker).
+# `make run` ports: KAFKA_PORT=9092 (and the next one up), INGRESS_PORT=8080, WORKER_WEB_PORT=6066,
+# e.g. `make run INGRESS_PORT=8081`. `kill -INT` or `kill -TERM` of make's pid stops the whole stack.
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -13,8 +15,9 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m deploy.local_kafka --fetch >/dev/null
 	@touch $(STAMP)
 
+# exec: no shell between make and the launcher (which stops the stack when make is told to stop)
 run: $(STAMP)
-	$(BIN)/python -m deploy.run_local
+	exec $(BIN)/python -m deploy.run_local
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -27,6 +30,10 @@ check: lint test
 
 bench: $(STAMP)
 	$(BIN)/python -m bench.run_all
+
+# the project's topics on the broker of `make run` (or KAFKA_BOOTSTRAP_SERVERS): records, worker lag
+topics: $(STAMP)
+	$(BIN)/ivr topics
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache

@@ -210,7 +210,7 @@ def raw_consumer_rate(bootstrap: str, topic: str, total: int) -> float:
 
 def bare_faust_rate(bootstrap: str, topic: str, total: int, tmp: Path) -> float:
     env = {"FLOOR_BOOTSTRAP": bootstrap, "FLOOR_TOPIC": topic, "FLOOR_TOTAL": str(total),
-           "FLOOR_WEB_PORT": str(free_port())}
+           "FLOOR_WEB_PORT": str(free_port()), "FLOOR_DATADIR": str(tmp / "floor-data")}
     p = Proc([sys.executable, "-m", "faust", "-A", "bench.faust_floor", "worker", "-l", "warn"], env,
              tmp / "floor.log")
     try:

@@ -1,7 +1,9 @@
 """Simulated IVR traffic with its ground truth.
 
-    ivr-simulate --calls 2000 --rate 300 --url http://127.0.0.1:8080/webhooks/ivr --token T --truth truth.json
-    ivr-simulate --calls 100000 --kafka 127.0.0.1:9092 --topic-prefix bench.   # straight to ivr.events
+    ivr simulate                         # 1000 calls over the last hour, posted to `make run`'s ingress
+    ivr simulate --calls 5000 --span-s 86400 --rate 500      # a day of a small call centre
+    ivr simulate --calls 2000 --rate 300 --url http://127.0.0.1:8080/webhooks/ivr --token T --truth truth.json
+    ivr simulate --calls 100000 --kafka 127.0.0.1:9092 --topic-prefix bench.   # straight to ivr.events
 
 Calls: an agent pool tried round robin; each attempt is answered, noanswer, busy or congestion
 with given probabilities (or the caller hangs up while it rings); talk times; abandonment in the
@@ -222,16 +224,21 @@ async def post_events(url: str, token: str, events: list[dict[str, str]], rate: 
 
     async with httpx.AsyncClient(limits=limits, timeout=30) as client:
         tasks = [asyncio.create_task(worker(client)) for _ in range(concurrency)]
-        t0 = time.monotonic()
-        for i, e in enumerate(events):
-            if rate > 0:
-                delay = t0 + i / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-            await queue.put(e)
-        for _ in tasks:
-            await queue.put(None)
-        await asyncio.gather(*tasks)
+        try:
+            t0 = time.monotonic()
+            for i, e in enumerate(events):
+                if rate > 0:
+                    delay = t0 + i / rate - time.monotonic()
+                    if delay > 0:
+                        await asyncio.sleep(delay)
+                await queue.put(e)
+            for _ in tasks:
+                await queue.put(None)
+            await asyncio.gather(*tasks)
+        finally:  # interrupted (Ctrl-C): the posters stop before the client closes under them
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
     return statuses
 
 
@@ -267,8 +274,8 @@ async def write_events(bootstrap: str, topic: str, events: list[dict[str, str]],
         await producer.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None, prog: str | None = None) -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=1000)
     ap.add_argument("--agents", type=int, default=5)
     ap.add_argument("--span-s", type=float, default=3600.0, help="event-time span the calls start in")

@@ -6,6 +6,8 @@
   otherwise (LOG_CALLER_NUMBERS=full).
 * aiokafka logs the same connection error thousands of times a second while a broker is down;
   identical lines are let through at most once per interval, with a count of those held back.
+* While a worker starts, aiokafka logs retries of things that are expected then as ERRORs (the
+  group's coordinator not known yet, changelog topics not created yet): see StartupNoise.
 """
 
 from __future__ import annotations
@@ -74,6 +76,36 @@ class RateLimit(logging.Filter):
         return True
 
 
+class StartupNoise(logging.Filter):
+    """aiokafka's ERRORs that are expected while a worker starts, and retried by aiokafka:
+    `Group Coordinator Request failed: GroupCoordinatorNotAvailableError` (the group's coordinator
+    is still loading) -> INFO; `Topic ... not found in cluster metadata` (the worker is creating
+    its changelog topics; dozens of lines on a first start) -> dropped. After the start-up
+    period both are WARNINGs: then they mean something."""
+
+    DURING_START = {"Group Coordinator Request failed": logging.INFO, "Topic %s not found in cluster metadata": None}
+
+    def __init__(self, startup_s: float = 120.0) -> None:
+        super().__init__()
+        self.until = time.monotonic() + startup_s
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno != logging.ERROR:
+            return True
+        msg = str(record.msg)
+        prefix = next((p for p in self.DURING_START if msg.startswith(p)), None)
+        if prefix is None:
+            return True
+        starting = time.monotonic() < self.until
+        level = self.DURING_START[prefix] if starting else logging.WARNING
+        if level is None:
+            return False
+        record.levelno, record.levelname = level, logging.getLevelName(level)
+        if starting:
+            record.msg = f"{msg} (normal while the worker starts; retrying)"
+        return True
+
+
 def _add(name: str, flt: logging.Filter) -> None:
     logger = logging.getLogger(name)
     if not any(type(f) is type(flt) for f in logger.filters):
@@ -98,6 +130,9 @@ def install_filters(tokens: Iterable[str] = (), caller_numbers: str = "masked") 
             logger.removeFilter(old)
         logger.addFilter(RedactSecrets(tokens, mask_callers=caller_numbers != "full"))
     _add("uvicorn.error", QuietDisconnects())
+    # before the rate limit, which keys on the message
+    for name in ("aiokafka.consumer.group_coordinator", "aiokafka.cluster"):
+        _add(name, StartupNoise())
     for name in ("aiokafka", "aiokafka.client", "aiokafka.conn", "aiokafka.producer.sender",
                  "aiokafka.consumer.group_coordinator", "aiokafka.consumer.fetcher"):
         _add(name, RateLimit())

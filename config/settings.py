@@ -47,6 +47,10 @@ class Settings:
     worker_batch_max: int = 1000
     worker_batch_window_s: float = 0.02
     processor_id: str = "ivr-processor"
+    # --- `make run` (the local stack) only ---
+    kafka_port: int = 9092  # the controller listens on the next port up
+    ingress_port: int = 8080
+    run_dir: str = "var"  # broker data, worker tables, logs, dev token; relative: to the checkout
 
     @property
     def tz(self) -> ZoneInfo:

@@ -1,7 +1,9 @@
 """`make run`: a local Apache Kafka broker, the ingress and one worker, in the foreground.
 
-Ctrl-C stops all three (worker, ingress, then the broker) and leaves no process behind.
-State lives under ./var (broker data, worker tables, the dev token).
+Ctrl-C stops all three (worker, ingress, then the broker) and leaves no process behind; so do
+SIGINT, SIGTERM or SIGHUP sent to this process or to the `make` that started it.
+Ports: KAFKA_PORT (and the next one up, for the controller), INGRESS_PORT, WORKER_WEB_PORT.
+State lives under RUN_DIR, ./var by default (broker data, worker tables, logs, the dev token).
 """
 
 from __future__ import annotations
@@ -12,17 +14,20 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 
-from config.settings import load
+from config.settings import Settings, load
 from deploy.local_kafka import ROOT, BrokerError, KafkaBroker
 
-VAR = ROOT / "var"
-INGRESS_PORT = 8080
-WORKER_WEB_PORT = 6066
+
+def state_dir(settings: Settings) -> Path:
+    """RUN_DIR, relative to the checkout unless absolute."""
+    return ROOT / settings.run_dir  # an absolute run_dir replaces ROOT
 
 
 def _busy(port: int) -> bool:
@@ -30,8 +35,51 @@ def _busy(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _dev_token() -> str:
-    path = VAR / "dev-token"
+def _caught_signals(pid: int) -> int | None:
+    """The signals `pid` has a handler for (Linux: SigCgt in /proc/<pid>/status), or None."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return int(line.split()[1], 16)
+    except (OSError, ValueError):
+        pass
+    return None
+
+
+def watch_make(on_stop: Callable[[], None], interval: float = 0.3) -> threading.Thread | None:
+    """Call `on_stop` once when the `make` that started us is told to stop, or exits.
+
+    GNU make passes SIGTERM on to its recipe, but on SIGINT, SIGHUP or SIGQUIT it only waits for
+    the recipe to end (it expects the terminal to have sent the signal to the whole group, as
+    Ctrl-C does). So `kill -INT <make's pid>` from a script would leave make waiting forever. What
+    can be seen from here: make's handler of a fatal signal resets itself to the default before
+    it waits, so the signal disappears from make's caught set.
+    """
+    ppid = os.getppid()
+    try:
+        if Path(f"/proc/{ppid}/comm").read_text().strip() not in {"make", "gmake"}:
+            return None
+    except OSError:
+        return None
+    fatal = [s for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT)]
+    first = _caught_signals(ppid) or 0
+    watched = [s for s in fatal if first & (1 << (s - 1))]
+
+    def run() -> None:
+        while True:
+            time.sleep(interval)
+            now = _caught_signals(ppid)
+            if os.getppid() != ppid or now is None or any(not now & (1 << (s - 1)) for s in watched):
+                on_stop()
+                return
+
+    thread = threading.Thread(target=run, name="watch-make", daemon=True)
+    thread.start()
+    return thread
+
+
+def _dev_token(var: Path) -> str:
+    path = var / "dev-token"
     if not path.exists():
         path.write_text(secrets.token_urlsafe(24))
         path.chmod(0o600)
@@ -70,65 +118,89 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
     return False
 
 
+def _ports(settings: Settings) -> list[tuple[int, str, str]]:
+    return [(settings.kafka_port, "Kafka", "KAFKA_PORT"),
+            (settings.kafka_port + 1, "Kafka's controller (KAFKA_PORT + 1)", "KAFKA_PORT"),
+            (settings.ingress_port, "the ingress", "INGRESS_PORT"),
+            (settings.worker_web_port, "the worker's web server", "WORKER_WEB_PORT")]
+
+
 def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows when piped
-    VAR.mkdir(exist_ok=True)
     settings = load()
-    for port, what in ((9092, "Kafka"), (9093, "Kafka's controller"), (INGRESS_PORT, "the ingress"),
-                       (WORKER_WEB_PORT, "the worker's web server")):
+    var = state_dir(settings)
+    var.mkdir(parents=True, exist_ok=True)
+    for port, what, variable in _ports(settings):
         if _busy(port):
-            print(f"error: port {port} (for {what}) is already in use; stop whatever holds it", file=sys.stderr)
+            print(f"error: port {port} (for {what}) is already in use; stop whatever holds it, "
+                  f"or choose another with {variable}=<port>", file=sys.stderr)
             return 1
-    token = settings.webhook_tokens[0] if settings.webhook_tokens else _dev_token()
+    token = settings.webhook_tokens[0] if settings.webhook_tokens else _dev_token(var)
+    bootstrap = f"127.0.0.1:{settings.kafka_port}"
     env = {
         **os.environ,
-        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9092",
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "WEBHOOK_TOKENS": ",".join(settings.webhook_tokens) or token,
-        "WORKER_DATA_DIR": str(VAR / "worker"),
-        "WORKER_WEB_PORT": str(WORKER_WEB_PORT),
+        "WORKER_DATA_DIR": str(var / "worker"),
+        "WORKER_WEB_PORT": str(settings.worker_web_port),
     }
-    broker = KafkaBroker(VAR / "kafka", 9092, 9093)
+    broker = KafkaBroker(var / "kafka", settings.kafka_port, settings.kafka_port + 1)
     ingress: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
         nonlocal stopping
-        stopping = True
+        if not stopping:  # as Ctrl-C, even while still starting; once stopping, let the stop finish
+            stopping = True
+            raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGHUP, on_signal)
     # Ctrl-C even when started with SIGINT ignored (a background job of a script inherits that)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    # make told to stop: stop as on Ctrl-C, whatever we are doing (even while the broker starts)
+    watch_make(lambda: None if stopping else os.kill(os.getpid(), signal.SIGINT))
     try:
         print("starting Apache Kafka (single-node KRaft) ...")
         print(f"  logs: {broker.log_path}")
         broker.start()
         print("starting the ingress ...")
         ingress = _spawn([sys.executable, "-m", "ingress", "--host", "127.0.0.1",
-                          "--port", str(INGRESS_PORT)], env, VAR / "ingress.log")
+                          "--port", str(settings.ingress_port)], env, var / "ingress.log")
         print("starting a worker ...")
         worker = _spawn([sys.executable, "-m", "faust", "-A", "processors.app", "worker", "-l", "info"],
-                        env, VAR / "worker.log")
-        if not _wait_http(f"http://127.0.0.1:{INGRESS_PORT}/readyz", ingress, 60):
-            print(f"error: the ingress did not become ready; see {VAR / 'ingress.log'}", file=sys.stderr)
+                        env, var / "worker.log")
+        if not _wait_http(f"http://127.0.0.1:{settings.ingress_port}/readyz", ingress, 60):
+            print(f"error: the ingress did not become ready; see {var / 'ingress.log'}", file=sys.stderr)
             return 1
-        _wait_http(f"http://127.0.0.1:{WORKER_WEB_PORT}/healthz", worker, 60)
-        url = f"http://127.0.0.1:{INGRESS_PORT}/webhooks/ivr"
+        _wait_http(f"http://127.0.0.1:{settings.worker_web_port}/healthz", worker, 60)
+        url = f"http://127.0.0.1:{settings.ingress_port}/webhooks/ivr"
+        # what `ivr` needs to find this stack when the ports are not the defaults
+        ivr_env = "" if bootstrap == "127.0.0.1:9092" else f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} "
+        sim_env = ivr_env + ("" if settings.ingress_port == 8080 else f"INGRESS_PORT={settings.ingress_port} ")
+        metrics = (f"http://127.0.0.1:{settings.ingress_port}/metrics (ingress)   "
+                   f"http://127.0.0.1:{settings.worker_web_port}/metrics (worker)")
         print(f"""
 ready.
   webhook URL   {url}
   dev token     {token}   (X-Webhook-Token header or ?token=)
-  ingress       http://127.0.0.1:{INGRESS_PORT}/metrics   worker http://127.0.0.1:{WORKER_WEB_PORT}/metrics
-  try:
+  kafka         {bootstrap}
+  metrics       {metrics}
+  see the outputs (in another terminal, in this directory):
+    {ivr_env}.venv/bin/ivr tail calls          # completed calls as they close (Ctrl-C stops)
+    {ivr_env}.venv/bin/ivr alerts              # callers to call back
+    {sim_env}.venv/bin/ivr simulate            # 1000 simulated calls of the last hour
+  try (the README's "Getting started" posts a whole answered call and a missed one):
     curl -i -X POST '{url}' -H 'X-Webhook-Token: {token}' \\
       -d app=4e11fe2082b044b4a3b55718c79c29d5 -d event=IN -d uniqueid=1498110438.13 \\
       -d cli=9716700271 -d 'time=2017-06-22 11:17:18'
-  Ctrl-C stops everything.
+  Ctrl-C (or SIGINT/SIGTERM to this process or to make) stops everything.
 """, flush=True)
         while not stopping:
             for proc, name in ((ingress, "ingress"), (worker, "worker"), (broker.proc, "broker")):
                 if proc is None or proc.poll() is not None:
-                    print(f"error: the {name} exited; stopping the rest (see its log under {VAR})", file=sys.stderr)
+                    print(f"error: the {name} exited; stopping the rest (see its log under {var})", file=sys.stderr)
                     return 1
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -137,6 +209,7 @@ ready.
         print(f"error: {e}", file=sys.stderr)
         return 1
     finally:
+        stopping = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean stop short
         _stop(worker, "worker")
         _stop(ingress, "ingress")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -25,6 +26,14 @@ class IvrApp(faust.App):
         super().__init__(**kwargs)
 
     async def on_first_start(self) -> None:
+        # Faust creates only the last level of its data directory: a worker started on a fresh host,
+        # or from another directory than the checkout, would crash with FileNotFoundError.
+        datadir = Path(self.conf.datadir)
+        try:
+            datadir.mkdir(parents=True, exist_ok=True)  # noqa: ASYNC240  (once, before any work)
+        except OSError as e:
+            raise SystemExit(f"WORKER_DATA_DIR={self.ivr_settings.worker_data_dir!r} cannot be created: "
+                             f"{e.strerror}") from None
         # Faust would create the changelogs itself, while its streams start: a stream reading
         # metadata that does not show the new topic's partitions yet fails (PartitionsMismatch,
         # "... has 0 partitions"). Created here, and waited for, nothing starts before they exist.

@@ -33,10 +33,10 @@ class Service:
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> Service:
+    def start(self, cwd: Path = ROOT) -> Service:
         with open(self.log_path, "ab") as log:
             self.proc = subprocess.Popen(
-                self.args, env=self.env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                self.args, env=self.env, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
         return self
 

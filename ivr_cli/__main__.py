@@ -1,0 +1,3 @@
+from ivr_cli.main import run
+
+run()
