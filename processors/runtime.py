@@ -167,7 +167,7 @@ class _Key(Generic[S]):
     changed it), its inputs applied so far (replayed when a later record of the batch fails)."""
 
     state: S | None
-    source: Any
+    source: Source
     journal: list[Any] = field(default_factory=list)
     due: float | None = None
     changed: bool = False
@@ -223,7 +223,7 @@ class Runner(Generic[S]):
 
     # --- batches --------------------------------------------------------------------------------
 
-    async def handle(self, batch: Sequence[Any], now: float) -> None:
+    async def handle(self, batch: Sequence[Source], now: float) -> None:
         """Process a batch of records; returns once its outputs are delivered (the caller then
         acknowledges the batch). A delivery that raises propagates: the caller must not acknowledge."""
         keys: dict[str, _Key[S]] = {}
@@ -256,7 +256,7 @@ class Runner(Generic[S]):
             if o.latency is not None and o.received is not None:
                 m.LATENCY.labels(o.latency).observe(max(0.0, acked - o.received))
 
-    def _record(self, record: Any, keys: dict[str, _Key[S]], now: float) -> list[Output]:
+    def _record(self, record: Source, keys: dict[str, _Key[S]], now: float) -> list[Output]:
         """One record (or tick) against the batch's keys: its outputs, or its dead letter."""
         if record.topic == self.p.ticks:
             key = (record.key or b"").decode("utf-8", "replace")
@@ -306,14 +306,14 @@ class Runner(Generic[S]):
                 if result is not None:
                     k.state, k.due, k.changed = result.state, result.due, True
 
-    def _dead_letter(self, record: Any, error: Exception) -> Output:
+    def _dead_letter(self, record: Source, error: Exception) -> Output:
         m.UNPROCESSABLE.labels(self.p.name).inc()
         log.error("%s: record %s[%s]@%s could not be processed (%s); sent to %s", self.p.name, record.topic,
                   record.partition, record.offset, type(error).__name__, self.dead_letters, exc_info=error)
         return Output(self.dead_letters, record.key or b"", dumps(unprocessable(self.p.name, record, error)))
 
 
-def unprocessable(pipeline: str, record: Any, error: Exception) -> UnprocessableEvent:
+def unprocessable(pipeline: str, record: Source, error: Exception) -> UnprocessableEvent:
     value: bytes = record.value or b""
     key: bytes = record.key or b""
     try:
