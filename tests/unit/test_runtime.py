@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -229,3 +230,25 @@ def test_a_failing_tick_is_dead_lettered_and_changes_nothing() -> None:
     assert orjson.loads(rows[b"k"])["total"] == 14
     dead = [orjson.loads(v) for _, v in delivery.records(DLQ)]
     assert [(d["topic"], d["error_type"], d["key"]) for d in dead] == [(TICKS, "ValueError", "k")]
+
+
+def test_latency_is_observed_from_the_webhooks_receipt_to_the_outputs_acknowledgement() -> None:
+    from processors.worker_metrics import REGISTRY
+
+    def count() -> float:
+        return REGISTRY.get_sample_value("ivr_worker_processing_latency_seconds_count", {"output": "completed"}) or 0
+
+    def total() -> float:
+        return REGISTRY.get_sample_value("ivr_worker_processing_latency_seconds_sum", {"output": "completed"}) or 0
+
+    r, _, delivery, _ = runner()
+    before, before_sum = count(), total()
+    now = 1_000_000.0  # the step says its webhook was received at now - 1; delivery acknowledges "now" (real time)
+    handle(r, [ev(0, "k", 1), ev(1, "j", 1)], now)
+    assert count() == before + 2
+    # measured up to the acknowledgement (wall clock after delivery), not to the batch's start
+    assert total() - before_sum >= 2 * (time.time() - 5 - (now - 1)) - 1e-6
+    delivery.fail = True
+    with pytest.raises(RuntimeError):
+        handle(r, [ev(2, "k", 1)], now)
+    assert count() == before + 2  # nothing delivered: nothing measured
