@@ -23,6 +23,9 @@ def env_for(kafka: KafkaBroker, tmp: Path, store: str = "memory://") -> dict[str
     return {
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": new_prefix(), "TOPIC_PARTITIONS": "4",
         "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": store, "WORKER_SESSION_TIMEOUT_S": "10", **STACK_TIMINGS,
+        # every call here gets its hang-up: the idle timeout must not race the test's own steps
+        # (posting the openings, waiting, killing a worker took over 6 s on a loaded machine)
+        "CALL_IDLE_TIMEOUT_S": "30",
     }
 
 
