@@ -12,7 +12,8 @@ For each batch of source records (and ticks) the runtime
     (their earlier inputs of the batch are replayed), its outputs are dropped, the batch goes on;
   * delivers every output, dead letter and changelog record of the batch together and only
     then lets the batch be acknowledged; a delivery that cannot be made stops the worker
-    (exit status 70) so that nothing is acknowledged past an undelivered output;
+    (exit status 70) so that nothing is acknowledged past an undelivered output, and a worker
+    asked to stop mid-batch first lets the batch's delivery finish (or exits the same way);
   * keeps each key's next deadline; a timer sends a tick keyed like the state, which the worker
     owning the key handles like an input; a tick for a partition not yet caught up with its
     source is parked until it is (a deadline must not fire while its events wait unread);
