@@ -47,6 +47,7 @@ class Settings:
     worker_batch_max: int = 1000
     worker_batch_window_s: float = 0.02
     processor_id: str = "ivr-processor"
+    metrics_agent_label: bool = True  # METRICS_AGENT_LABEL=off: per-agent gauges summed per app
     # --- `make run` (the local stack) only ---
     kafka_port: int = 9092  # the controller listens on the next port up
     ingress_port: int = 8080

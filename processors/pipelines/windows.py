@@ -9,6 +9,7 @@ from typing import Any
 from prometheus_client import Counter
 
 from config.settings import Settings
+from processors import worker_metrics as m
 from processors.bundles import unbundle
 from processors.core.call_metrics import named, record_key
 from processors.core.windows import Window, Windowed, WindowPolicy, add, flush, next_flush
@@ -42,8 +43,11 @@ def windowed(name: str, table: str, source: str, ticks: str, out_topic: str, s: 
         if item is TICK:
             if st is None:
                 return None
-            out = [Output(out_topic, record_key(key, start).encode(), dumps(to_record(key, start, w)))
-                   for start, w in flush(st, now, policy)]
+            out = []
+            for start, w in flush(st, now, policy):
+                record = to_record(key, start, w)
+                m.observe_window_record(record, s.metrics_agent_label)
+                out.append(Output(out_topic, record_key(key, start).encode(), dumps(record)))
             return Result(st, out, next_flush(st, policy))
         st = st or Windowed()
         if add(st, item["item"], parse_ts(item["at"]), item["values"], now, policy) == "late":

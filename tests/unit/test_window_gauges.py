@@ -1,0 +1,83 @@
+"""The worker's business gauges, fed by the window records it emits."""
+
+from __future__ import annotations
+
+import math
+
+from prometheus_client import CollectorRegistry
+
+from processors.worker_metrics import WindowGauges
+from schemas.records import AgentWindowMetrics, AppWindowMetrics
+
+APP = "a" * 32
+H = "2026-11-27T10:00:00.000Z", "2026-11-27T11:00:00.000Z"
+H2 = "2026-11-27T11:00:00.000Z", "2026-11-27T12:00:00.000Z"
+
+
+def agent_rec(agent: str, offered: int, answered: int, window: tuple[str, str] = H) -> AgentWindowMetrics:
+    return AgentWindowMetrics(
+        app=APP, agent=agent, window_start=window[0], window_end=window[1], offered=offered, answered=answered,
+        noanswer=offered - answered, busy=0, congestion=0, caller_hangup=0,
+        answer_rate=answered / offered if offered else None, answer_rate_excl_caller_hangup=None,
+        avg_ring_s=None, talk_s=0.0, final=False,
+    )
+
+
+def app_rec(offered: int, answered: int, sl: float | None, window: tuple[str, str] = H) -> AppWindowMetrics:
+    return AppWindowMetrics(
+        app=APP, window_start=window[0], window_end=window[1], offered=offered, answered=answered,
+        missed=offered - answered, abandoned_in_ivr=0, short_abandons=0, avg_speed_of_answer_s=None,
+        service_level=sl, service_level_s=20.0, final=False,
+    )
+
+
+def value(reg: CollectorRegistry, name: str, **labels: str) -> float | None:
+    return reg.get_sample_value(name, labels)
+
+
+def test_app_figures_follow_the_latest_window_and_ignore_an_older_one() -> None:
+    reg = CollectorRegistry()
+    g = WindowGauges(reg, agent_label=True)
+    g.observe(app_rec(10, 7, 0.6), now=0)
+    assert value(reg, "ivr_worker_app_window_offered", app=APP) == 10
+    assert value(reg, "ivr_worker_app_window_missed", app=APP) == 3
+    assert value(reg, "ivr_worker_app_window_service_level", app=APP) == 0.6
+    g.observe(app_rec(2, 2, None, H2), now=10)
+    assert value(reg, "ivr_worker_app_window_offered", app=APP) == 2
+    assert math.isnan(value(reg, "ivr_worker_app_window_service_level", app=APP) or 0.0)
+    g.observe(app_rec(11, 7, 0.6), now=20)  # the earlier window's late final
+    assert value(reg, "ivr_worker_app_window_offered", app=APP) == 2
+
+
+def test_agent_label_on_gives_one_series_per_agent() -> None:
+    reg = CollectorRegistry()
+    g = WindowGauges(reg, agent_label=True)
+    g.observe(agent_rec("100", 4, 3), now=0)
+    g.observe(agent_rec("200", 2, 0), now=0)
+    assert value(reg, "ivr_worker_agent_window_answer_rate", app=APP, agent="100") == 0.75
+    assert value(reg, "ivr_worker_agent_window_answer_rate", app=APP, agent="200") == 0.0
+    assert value(reg, "ivr_worker_agent_window_offered", app=APP, agent="200") == 2
+
+
+def test_agent_label_off_sums_the_apps_agents_of_the_same_window() -> None:
+    reg = CollectorRegistry()
+    g = WindowGauges(reg, agent_label=False)
+    g.observe(agent_rec("100", 4, 3), now=0)
+    g.observe(agent_rec("200", 2, 0), now=0)
+    g.observe(agent_rec("100", 5, 4), now=1)
+    assert value(reg, "ivr_worker_agent_window_offered", app=APP) == 7
+    assert value(reg, "ivr_worker_agent_window_answered", app=APP) == 4
+    assert value(reg, "ivr_worker_agent_window_answer_rate", app=APP, agent="100") is None
+    g.observe(agent_rec("100", 1, 1, H2), now=2)  # a new window: the old one's agents no longer count
+    assert value(reg, "ivr_worker_agent_window_offered", app=APP) == 1
+
+
+def test_keys_not_updated_for_two_windows_are_dropped() -> None:
+    reg = CollectorRegistry()
+    g = WindowGauges(reg, agent_label=True)
+    g.observe(agent_rec("100", 4, 3), now=0)
+    g.observe(app_rec(10, 7, 0.6), now=0)
+    g.observe(agent_rec("200", 1, 1), now=7300)  # 2 h + later: agent 100 and the app were quiet
+    assert value(reg, "ivr_worker_agent_window_offered", app=APP, agent="100") is None
+    assert value(reg, "ivr_worker_app_window_offered", app=APP) is None
+    assert value(reg, "ivr_worker_agent_window_offered", app=APP, agent="200") == 1
