@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parent.parent
-RULES = ROOT / "deploy" / "monitoring" / "rules" / "ivr-stream.rules.yml"
+from tests.monitoring_exprs import RULES, dashboard_exprs, metric_names, rule_exprs
 
 W = 'job="ivr-worker"'
 I = 'job="ivr-ingress", instance="ingress-0:8080"'  # noqa: E741
@@ -40,7 +39,8 @@ CASES: dict[str, list[Case]] = {
         [(f'up{{{W}, instance="w0:6066"}}', "1x5 0x10"),
          (f'up{{{W}, instance="w1:6066"}}', "1x15"),
          (f'up{{{W}, instance="w2:6066"}}', "1x5 0 1x9")],  # one missed scrape: no alert
-        "10m", [({"job": "ivr-worker", "instance": "w0:6066"}, "Worker w0:6066 is down (its /metrics does not answer)")],
+        "10m", [({"job": "ivr-worker", "instance": "w0:6066"},
+                 "Worker w0:6066 is down (its /metrics does not answer)")],
     )],
     "IvrWorkersAbsent": [
         ([(f"up{{{I}}}", "1x15")], "10m", [({"job": "ivr-worker"}, "No ivr-stream worker is being scraped at all")]),
@@ -176,3 +176,17 @@ def test_rules_under_promtool(tmp_path: Path) -> None:
     assert check.returncode == 0, check.stdout + check.stderr
     run = subprocess.run([tool, "test", "rules", str(test_file)], capture_output=True, text=True, cwd=tmp_path)
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_dashboard_and_rule_expressions_parse(tmp_path: Path) -> None:
+    """promtool parses every dashboard query (as a recording rule) and every rule; so does promql-parser."""
+    tool = promtool()
+    exprs = {**dashboard_exprs(), **rule_exprs()}
+    names = set().union(*(metric_names(e) for e in exprs.values()))
+    assert "ivr_worker_app_window_offered" in names and "ivr_ingress_requests_total" in names
+    rules = [{"record": f"dashboard:query_{i}", "expr": e} for i, e in enumerate(dashboard_exprs().values())]
+    path = tmp_path / "dashboard.rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
+    run = subprocess.run([tool, "check", "rules", str(path)], capture_output=True, text=True)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"{len(rules)} rules found" in run.stdout
