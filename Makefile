@@ -6,12 +6,18 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint check bench topics clean
+.PHONY: run test lint check bench topics clean lock
 
-$(STAMP): pyproject.toml
+# Dependencies come pinned (with hashes) from the lock files; `make lock` re-pins after a change
+# to pyproject.toml. requirements.lock (runtime only) is what the container image installs.
+LOCK := requirements-dev.lock
+COMPILE := pip compile pyproject.toml --universal --python-version 3.11 --generate-hashes -q
+
+$(STAMP): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	$(BIN)/python -m pip install -q -e '.[dev]'
+	$(BIN)/python -m pip install -q --require-hashes -r $(LOCK)
+	$(BIN)/python -m pip install -q --no-deps -e .
 	$(BIN)/python -m deploy.local_kafka --fetch >/dev/null
 	@touch $(STAMP)
 
@@ -34,6 +40,12 @@ bench: $(STAMP)
 # the project's topics on the broker of `make run` (or KAFKA_BOOTSTRAP_SERVERS): records, worker lag
 topics: $(STAMP)
 	$(BIN)/ivr topics
+
+lock:
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q uv
+	$(BIN)/uv $(COMPILE) -o requirements.lock
+	$(BIN)/uv $(COMPILE) --extra dev -o $(LOCK)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
