@@ -95,14 +95,10 @@ CASES: dict[str, list[Case]] = {
           (f'ivr_worker_late_calls_total{{{W}, instance="w0:6066"}}', "0 1x39")], "40m", []),
     ],
     "IvrUnprocessableEvents": [(
-        [(f'ivr_worker_unprocessable_events_total{{{W}, instance="w0:6066"}}', "0x10 10x10"),
-         (f'ivr_worker_unprocessable_events_total{{{W}, instance="w1:6066"}}', "3x20")],
-        "15m", [({"instance": "w0:6066"}, "Worker w0:6066: 10 events could not be processed")],
-    )],
-    "IvrUnreadableRecords": [(
-        [(f'ivr_worker_unreadable_events_total{{{W}, instance="w0:6066"}}', "0x10 10x10"),
-         (f'ivr_worker_unreadable_events_total{{{W}, instance="w1:6066"}}', "3x20")],
-        "15m", [({"instance": "w0:6066"}, "Worker w0:6066: 10 records could not be read and were skipped")],
+        [(f'ivr_worker_unprocessable_events_total{{{W}, instance="w0:6066", pipeline="calls"}}', "0x10 10x10"),
+         (f'ivr_worker_unprocessable_events_total{{{W}, instance="w1:6066", pipeline="calls"}}', "3x20")],
+        "15m", [({"instance": "w0:6066", "pipeline": "calls"},
+                 "Worker w0:6066, calls: 10 records could not be processed")],
     )],
     "IvrIngress503Rate": [
         ([(f'ivr_ingress_requests_total{{{I}, event="IN", status="202"}}', "0+600x20"),
