@@ -81,3 +81,11 @@ def test_keys_not_updated_for_two_windows_are_dropped() -> None:
     assert value(reg, "ivr_worker_agent_window_offered", app=APP, agent="100") is None
     assert value(reg, "ivr_worker_app_window_offered", app=APP) is None
     assert value(reg, "ivr_worker_agent_window_offered", app=APP, agent="200") == 1
+
+
+def test_metrics_agent_label_setting() -> None:
+    from config.settings import load
+
+    assert load({}).metrics_agent_label is True
+    assert load({"METRICS_AGENT_LABEL": "off"}).metrics_agent_label is False
+    assert load({"METRICS_AGENT_LABEL": "on"}).metrics_agent_label is True
