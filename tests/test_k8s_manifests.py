@@ -19,7 +19,8 @@ import pytest
 import yaml
 from cloudcoil.models.prometheus_operator import v1 as monitoring_v1
 
-from deploy import gen_k8s_monitoring
+from config.topics import CATALOGUE
+from deploy import gen_k8s
 from tests.monitoring_exprs import RULES
 
 K8S = Path(__file__).resolve().parent.parent / "deploy" / "k8s"
@@ -104,7 +105,7 @@ def test_strimzi_example_renders() -> None:
     user = by_kind(objs, "KafkaUser", "ivr-stream")
     assert user["spec"]["authentication"]["type"] == "scram-sha-512"
     topics = {o["spec"]["topicName"] for o in objs if o["kind"] == "KafkaTopic"}
-    assert {"ivr.events", "ivr.calls.completed", "ivr.alerts.missed", "ivr.metrics.agents"} <= topics
+    assert topics == {spec.base for spec in CATALOGUE}
     for o in objs:
         assert o["apiVersion"].startswith("kafka.strimzi.io/") and o["metadata"]["namespace"] == "kafka"
 
@@ -170,4 +171,4 @@ def test_example_overlay_says_what_operators_rely_on() -> None:
 
 
 def test_generated_monitoring_objects_are_current() -> None:
-    assert gen_k8s_monitoring.main(["--check"]) == 0, "run python -m deploy.gen_k8s_monitoring"
+    assert gen_k8s.main(["--check"]) == 0, "run python -m deploy.gen_k8s"
