@@ -1,0 +1,145 @@
+"""A worker frozen (SIGSTOP) past its session timeout is evicted by the broker while events keep
+arriving: on SIGCONT its /healthz says so (503, with the reason) until it has rejoined and caught
+up; or, with a short exit grace, it exits non-zero and a fresh worker finishes the work."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from bench.run_all import truth_mismatches
+from bench.simulator import Profile, Truth, generate, write_events
+from deploy.local_kafka import KafkaBroker
+from tests.conftest import TOKEN, start_worker, wait_worker_ready
+from tests.helpers import Service, new_prefix
+
+pytestmark = pytest.mark.kafka
+
+SESSION_S = 6.0
+
+
+def env_for(kafka: KafkaBroker, tmp: Path, exit_after: str) -> dict[str, str]:
+    return {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": new_prefix(), "TOPIC_PARTITIONS": "3",
+        "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": "rocksdb://", "WORKER_DATA_DIR": str(tmp / "worker"),
+        "HANGUP_GRACE_S": "2", "CALL_IDLE_TIMEOUT_S": "6", "SHORT_ABANDON_S": "5", "CONNECTED_IDLE_TIMEOUT_S": "30",
+        "WORKER_SESSION_TIMEOUT_S": str(SESSION_S), "WORKER_STALL_TIMEOUT_S": "4", "WORKER_STALL_EXIT_S": exit_after,
+    }
+
+
+def calls(n: int, seed: int, tag: str) -> tuple[list[dict[str, str]], list[Truth]]:
+    profile = Profile(agents=20, p_duplicate=0.02, p_missing_hangup=0.0)
+    return generate(n, time.time() - 7200, 600, profile, seed=seed, prefix=tag)
+
+
+def health(port: int) -> tuple[int, dict[str, Any]]:
+    r = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10)
+    return r.status_code, r.json()
+
+
+def members(bootstrap: str, group: str) -> int:
+    async def go() -> int:
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        await admin.start()
+        try:
+            (resp,) = await admin.describe_consumer_groups([group])
+            return len(resp.groups[0][5])
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
+
+
+def wait_members(bootstrap: str, group: str, want: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while members(bootstrap, group) != want:
+        assert time.monotonic() < deadline, f"the group never had {want} member(s)"
+        time.sleep(0.5)
+
+
+def freeze_until_evicted(kafka: KafkaBroker, worker: Service, group: str, more: list[dict[str, str]],
+                         topic: str) -> None:
+    """SIGSTOP the worker; events arrive; the broker drops the silent member from the group."""
+    assert worker.proc is not None
+    os.killpg(worker.proc.pid, signal.SIGSTOP)
+    try:
+        asyncio.run(write_events(kafka.bootstrap, topic, more, progress=False))
+        wait_members(kafka.bootstrap, group, 0, timeout=SESSION_S * 10)
+    except BaseException:
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+        raise
+
+
+def start(env: dict[str, str], tmp: Path, name: str, port: int | None = None) -> tuple[Service, int]:
+    worker, port = start_worker(env, tmp / f"{name}.log", web_port=port)
+    wait_worker_ready(worker)
+    return worker, port
+
+
+def test_healthz_fails_while_evicted_and_stalled_then_recovers(kafka: KafkaBroker, tmp_path: Path) -> None:
+    env = env_for(kafka, tmp_path, exit_after="0")  # never exit: watch /healthz all the way
+    prefix, group = env["TOPIC_PREFIX"], f"{env['TOPIC_PREFIX']}ivr-processor"
+    topic = f"{prefix}ivr.events"
+    first, truth1 = calls(200, 1, "a")
+    second, truth2 = calls(300, 2, "b")
+    worker, port = start(env, tmp_path, "worker")
+    try:
+        asyncio.run(write_events(kafka.bootstrap, topic, first, progress=False))
+        assert truth_mismatches(kafka.bootstrap, prefix, truth1) == 0
+        time.sleep(3)  # the monitor has seen the caught-up partitions
+        code, body = health(port)
+        assert code == 200 and body["in_group"] is True, body
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10).status_code == 200
+        freeze_until_evicted(kafka, worker, group, second, topic)
+        assert worker.proc is not None
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+        seen: list[tuple[int, dict[str, Any]]] = []
+        deadline = time.monotonic() + 120
+        while not seen or seen[-1][0] != 200 or all(code == 200 for code, _ in seen):
+            assert time.monotonic() < deadline, f"/healthz answers: {seen[-5:]}"
+            seen.append(health(port))
+            time.sleep(0.2)
+        failed = [body for code, body in seen if code == 503]
+        assert failed and {b["reason"] for b in failed} <= {"stalled", "out_of_group"}, seen
+        assert failed[0]["status"] == "unhealthy" and failed[0]["lag"] > 0
+        assert worker.alive()  # healed: it rejoined by itself
+        wait_members(kafka.bootstrap, group, 1, timeout=60)
+        assert truth_mismatches(kafka.bootstrap, prefix, truth1 + truth2) == 0
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert re.search(r"^ivr_worker_in_group 1\.0$", metrics, re.M)
+        assert re.search(r"^ivr_worker_seconds_since_progress ", metrics, re.M)
+    finally:
+        worker.stop()
+
+
+def test_a_worker_stalled_past_the_exit_grace_exits_non_zero(kafka: KafkaBroker, tmp_path: Path) -> None:
+    env = env_for(kafka, tmp_path, exit_after="1")
+    prefix, group = env["TOPIC_PREFIX"], f"{env['TOPIC_PREFIX']}ivr-processor"
+    topic = f"{prefix}ivr.events"
+    first, truth1 = calls(150, 3, "c")
+    second, truth2 = calls(150, 4, "d")
+    worker, port = start(env, tmp_path, "worker")
+    try:
+        asyncio.run(write_events(kafka.bootstrap, topic, first, progress=False))
+        assert truth_mismatches(kafka.bootstrap, prefix, truth1) == 0
+        time.sleep(3)
+        freeze_until_evicted(kafka, worker, group, second, topic)
+        assert worker.proc is not None
+        os.killpg(worker.proc.pid, signal.SIGCONT)
+        assert worker.proc.wait(timeout=60) == 3
+        assert re.search(r"CRITICAL.*worker stalled for \d+ s .*exiting with status 3", worker.log())
+        worker, port = start(env, tmp_path, "worker2", port)  # what a supervisor does
+        assert truth_mismatches(kafka.bootstrap, prefix, truth1 + truth2) == 0
+        assert health(port)[0] == 200
+    finally:
+        worker.stop()
