@@ -25,6 +25,7 @@ import os
 import time
 from typing import Any
 
+from mode import Service
 from prometheus_client import Counter, Gauge
 
 from config.settings import Settings
@@ -80,7 +81,7 @@ class LivenessMonitor:
         self.group = app.conf.id
         self._admin: Any = None
         self._probe: Any = None
-        self._started = time.monotonic()
+        self._complained_at = -1e9
 
     # --- what the web pages answer ----------------------------------------------------------
 
@@ -92,7 +93,7 @@ class LivenessMonitor:
         consumer = _kafka_consumer(self.app)
         coordinator = getattr(consumer, "_coordinator", None)
         joined = coordinator is not None and getattr(coordinator, "generation", -1) > 0
-        assigned = len(self.app.consumer.assignment()) > 0 if consumer is not None else False
+        assigned = len(self._assignment()) > 0
         rebalancing = bool(self.app.rebalancing)
         recovering = bool(self.app.in_recovery)
         ready = joined and assigned and not rebalancing and not recovering
@@ -118,6 +119,12 @@ class LivenessMonitor:
             self._probe = probe
         return self._admin, self._probe
 
+    def _assignment(self) -> set[Any]:
+        try:
+            return set(self.app.consumer.assignment())
+        except Exception:  # the consumer is not started (yet, or any more)
+            return set()
+
     def _watched(self, topic: str) -> bool:
         # the agents' sources; changelogs are restored (not committed) and the leader topic is empty
         return not topic.endswith("-changelog") and "__assignor-__leader" not in topic
@@ -134,8 +141,7 @@ class LivenessMonitor:
         committed_raw = await admin.list_consumer_group_offsets(self.group)
         committed = {(tp.topic, tp.partition): meta.offset for tp, meta in committed_raw.items()
                      if self._watched(tp.topic) and meta.offset >= 0}
-        assigned = set() if consumer is None else {(tp.topic, tp.partition) for tp in self.app.consumer.assignment()
-                                                   if self._watched(tp.topic)}
+        assigned = {(tp.topic, tp.partition) for tp in self._assignment() if self._watched(tp.topic)}
         watch = sorted(set(committed) | assigned)
         ends_raw = await probe.end_offsets([TopicPartition(t, p) for t, p in watch]) if watch else {}
         ends = {(tp.topic, tp.partition): int(end) for tp, end in ends_raw.items()}
@@ -171,7 +177,10 @@ class LivenessMonitor:
         except asyncio.CancelledError:
             raise
         except Exception as e:  # broker unreachable: no facts this round (time still passes)
-            log.debug("liveness observation failed: %r", e)
+            now = time.monotonic()
+            if now - self._complained_at > 60:
+                self._complained_at = now
+                log.warning("liveness: cannot see the consumer group from the broker (%r); retrying", e)
             await self._close_clients()
         verdict = self.verdict()
         SINCE_PROGRESS.set(verdict.since_progress_s)
@@ -186,20 +195,24 @@ class LivenessMonitor:
             os._exit(EXIT_STATUS)  # a stalled Faust may not finish a graceful stop; nothing is committed anyway
         return verdict
 
-    async def run(self) -> None:
-        while True:
-            await asyncio.sleep(self.interval)
-            if self.app.should_stop:
-                break
-            await self.step()
+class _Watch(Service):
+    """Runs the monitor from the moment the app starts: Faust starts `app.task`s and extra
+    services only after the first assignment and table restore, which a stuck worker never gets."""
+
+    def __init__(self, monitor: LivenessMonitor) -> None:
+        super().__init__()
+        self.monitor = monitor
+
+    @Service.task
+    async def _watch(self) -> None:
+        while not self.should_stop:
+            await self.sleep(self.monitor.interval)
+            if not self.should_stop:
+                await self.monitor.step()
 
 
 def install(app: Any, settings: Settings) -> LivenessMonitor:
-    """Start the monitor with the worker; returns it for the web pages."""
+    """Start the monitor with the app (a child service); returns it for the web pages."""
     monitor = LivenessMonitor(app, settings)
-
-    @app.task
-    async def liveness_monitor() -> None:
-        await monitor.run()
-
+    app.add_dependency(_Watch(monitor))
     return monitor
