@@ -8,6 +8,9 @@ import asyncio
 import os
 import re
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -17,7 +20,7 @@ import pytest
 
 from bench.run_all import truth_mismatches
 from bench.simulator import Profile, Truth, generate, write_events
-from deploy.local_kafka import KafkaBroker
+from deploy.local_kafka import ROOT, KafkaBroker
 from tests.conftest import TOKEN, start_worker, wait_worker_ready
 from tests.helpers import Service, new_prefix
 
@@ -143,3 +146,58 @@ def test_a_worker_stalled_past_the_exit_grace_exits_non_zero(kafka: KafkaBroker,
         assert health(port)[0] == 200
     finally:
         worker.stop()
+
+
+def test_a_group_error_faust_never_reads_is_read_and_the_worker_joins(kafka: KafkaBroker, tmp_path: Path) -> None:
+    """A consumer of another kind holds the worker's group: the worker's JoinGroup is refused
+    (InconsistentGroupProtocol), which aiokafka hands to its user and waits on. Faust never reads
+    it: unrepaired, the worker would never join even after the other consumer left."""
+    env = env_for(kafka, tmp_path, exit_after="0")
+    prefix, group = env["TOPIC_PREFIX"], f"{env['TOPIC_PREFIX']}ivr-processor"
+    topic = f"{prefix}ivr.events"
+    events, truth = calls(100, 5, "e")
+    subprocess.run([sys.executable, "-c", "import asyncio; from config.settings import load; "
+                    "from config.topics import ensure_topics; asyncio.run(ensure_topics(load()))"],
+                   env={**os.environ, **env}, check=True, cwd=ROOT)
+    asyncio.run(write_events(kafka.bootstrap, topic, events, progress=False))
+    squatter_joined = threading.Event()
+    leave = threading.Event()
+
+    async def squat() -> None:
+        from aiokafka import AIOKafkaConsumer
+
+        c = AIOKafkaConsumer(topic, bootstrap_servers=kafka.bootstrap, group_id=group, enable_auto_commit=False)
+        await c.start()
+        try:
+            while not leave.is_set():
+                await c.getmany(timeout_ms=200)
+                if c.assignment():
+                    squatter_joined.set()
+        finally:
+            await c.stop()  # leaves the group
+
+    squatter = threading.Thread(target=lambda: asyncio.run(squat()))
+    squatter.start()
+    worker: Service | None = None
+    try:
+        assert squatter_joined.wait(60)
+        worker, port = start_worker(env, tmp_path / "worker.log")
+        deadline = time.monotonic() + 90
+        while "consumer group error left unread by Faust: InconsistentGroupProtocolError" not in worker.log():
+            assert time.monotonic() < deadline, worker.log()[-3000:]
+            time.sleep(0.5)
+        metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+        assert re.search(r"^ivr_worker_group_errors_total [1-9]", metrics, re.M)
+        leave.set()
+        squatter.join()
+        wait_worker_ready(worker, timeout=90)
+        assert truth_mismatches(kafka.bootstrap, prefix, truth) == 0
+        deadline = time.monotonic() + 60
+        while health(port)[0] != 200:
+            assert time.monotonic() < deadline, health(port)
+            time.sleep(0.5)
+    finally:
+        leave.set()
+        squatter.join()
+        if worker is not None:
+            worker.stop()
