@@ -172,11 +172,16 @@ class LivenessMonitor:
             await asyncio.wait_for(self._repair(), timeout=10)
         except Exception as e:  # the consumer may be starting, stopping or wedged
             log.debug("liveness repair skipped: %r", e)
+        started = time.monotonic()
         try:
             self.watchdog.observe(await asyncio.wait_for(self.observe(), timeout=15))
         except asyncio.CancelledError:
             raise
-        except Exception as e:  # broker unreachable: no facts this round (time still passes)
+        except Exception as e:
+            from aiokafka.errors import KafkaError
+
+            if isinstance(e, KafkaError | OSError | TimeoutError):  # the broker did not answer: the clocks stop
+                self.watchdog.unreachable(started)
             now = time.monotonic()
             if now - self._complained_at > 60:
                 self._complained_at = now

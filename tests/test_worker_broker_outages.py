@@ -73,6 +73,8 @@ class Supervisor:
     def __init__(self, env: dict[str, str], tmp: Path) -> None:
         self.env, self.tmp = env, tmp
         self.exits: list[int | None] = []
+        self.failed_starts = 0
+        self._counted = False
         self.worker, self.port = start_worker(env, tmp / "worker.log")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
@@ -82,9 +84,15 @@ class Supervisor:
         while not self._stop.wait(0.5):
             if not self.worker.alive():
                 assert self.worker.proc is not None
-                self.exits.append(self.worker.proc.returncode)
-                self.worker, self.port = start_worker(self.env, self.tmp / f"worker{len(self.exits)}.log",
-                                                      web_port=self.port)
+                if not self._counted:
+                    self.exits.append(self.worker.proc.returncode)
+                    self._counted = True
+                try:
+                    self.worker, self.port = start_worker(self.env, self.tmp / f"worker{len(self.exits)}.log",
+                                                          web_port=self.port)
+                    self._counted = False
+                except (RuntimeError, TimeoutError):  # died while starting (no broker yet?): try again
+                    self.failed_starts += 1
 
     def stop(self) -> None:
         self._stop.set()

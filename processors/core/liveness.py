@@ -10,6 +10,9 @@ seconds (committed offsets, log end offsets, the group's members) and asks for a
 * Out of group: the broker did not list this worker's member for longer than `stall_timeout_s`
   (a rebalance takes seconds; a worker evicted and never rejoining stays out).
 * Exit: unhealthy for `exit_after_s` more (0: never exit), so a supervisor restarts the worker.
+* Broker unreachable: the clocks stop. A worker cannot progress without its broker, and a
+  restart would not bring the broker back; once it answers again the worker gets its full time.
+  (A frozen process observes nothing at all: that time counts.)
 """
 
 from __future__ import annotations
@@ -38,11 +41,13 @@ class Verdict:
     out_of_group_s: float
     in_group: bool | None
     lag: int  # records behind, summed over the watched partitions, at the last observation
+    broker_reachable: bool = True
 
     def as_json(self) -> dict[str, object]:
         return {"status": "alive" if self.healthy else "unhealthy", "reason": self.reason,
                 "seconds_since_progress": round(self.since_progress_s, 1),
-                "seconds_out_of_group": round(self.out_of_group_s, 1), "in_group": self.in_group, "lag": self.lag}
+                "seconds_out_of_group": round(self.out_of_group_s, 1), "in_group": self.in_group, "lag": self.lag,
+                "broker_reachable": self.broker_reachable}
 
 
 @dataclass(slots=True)
@@ -56,8 +61,20 @@ class Watchdog:
     _out_since: float | None = None
     _in_group: bool | None = None
     _recovery_remaining: int | None = None
+    _blind_since: float | None = None  # since when the broker has not answered
+
+    def unreachable(self, at: float) -> None:
+        """The broker did not answer at `at`: no facts, and the clocks stop until it does."""
+        if self._blind_since is None:
+            self._blind_since = at
 
     def observe(self, obs: Observation) -> None:
+        if self._blind_since is not None:  # the time without a broker does not count
+            gap = max(0.0, obs.at - self._blind_since)
+            self._blind_since = None
+            self._fine_at = {tp: min(obs.at, t + gap) for tp, t in self._fine_at.items()}
+            if self._out_since is not None:
+                self._out_since = min(obs.at, self._out_since + gap)
         restoring = obs.recovery_remaining is not None and (
             self._recovery_remaining is None or obs.recovery_remaining < self._recovery_remaining)
         self._recovery_remaining = obs.recovery_remaining
@@ -82,6 +99,8 @@ class Watchdog:
                 self._out_since = obs.at
 
     def verdict(self, now: float) -> Verdict:
+        if self._blind_since is not None:
+            now = min(now, self._blind_since)
         lagging = [self._fine_at[tp] for tp, lag in self._lag.items() if lag > 0]
         since_progress = max(0.0, now - min(lagging)) if lagging else 0.0
         out_for = 0.0 if self._out_since is None else max(0.0, now - self._out_since)
@@ -93,4 +112,5 @@ class Watchdog:
             reason, worst = "ok", max(out_for, since_progress)
         healthy = reason == "ok"
         exit_now = not healthy and self.exit_after_s > 0 and worst > self.stall_timeout_s + self.exit_after_s
-        return Verdict(healthy, reason, exit_now, since_progress, out_for, self._in_group, sum(self._lag.values()))
+        return Verdict(healthy, reason, exit_now, since_progress, out_for, self._in_group, sum(self._lag.values()),
+                       self._blind_since is None)

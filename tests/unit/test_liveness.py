@@ -117,3 +117,24 @@ def test_exit_disabled() -> None:
     v = w.verdict(10_000)
     assert v.reason == "stalled" and not v.exit
     assert v.as_json()["status"] == "unhealthy"
+
+
+def test_time_without_a_broker_does_not_count() -> None:
+    w = dog()
+    w.observe(obs(0, {P0: 10}, {P0: 10}))
+    w.observe(obs(5, {P0: 10}, {P0: 30}))  # lag, then the broker goes away
+    w.unreachable(8)
+    w.unreachable(13)  # still away: the first moment counts
+    v = w.verdict(500)
+    assert v.healthy and not v.broker_reachable and v.as_json()["broker_reachable"] is False
+    w.observe(obs(508, {P0: 10}, {P0: 30}))  # back after 500 s: the 8 s before count, none during
+    assert w.verdict(508).healthy and w.verdict(508).since_progress_s == 8
+    assert w.verdict(560).healthy and w.verdict(561).reason == "stalled"  # 8 + 53 s > 60 s
+
+
+def test_out_of_group_time_without_a_broker_does_not_count() -> None:
+    w = dog()
+    w.observe(obs(0, {}, {}, in_group=False))
+    w.unreachable(30)
+    w.observe(obs(1000, {}, {}, in_group=False))
+    assert w.verdict(1020).healthy and w.verdict(1031).reason == "out_of_group"
