@@ -22,7 +22,7 @@ from bench.run_all import truth_mismatches
 from bench.simulator import Profile, Truth, generate, write_events
 from deploy.local_kafka import ROOT, KafkaBroker
 from tests.conftest import TOKEN, start_worker, wait_worker_ready
-from tests.helpers import Service, new_prefix
+from tests.helpers import Service, new_prefix, read_all
 
 pytestmark = pytest.mark.kafka
 
@@ -41,6 +41,21 @@ def env_for(kafka: KafkaBroker, tmp: Path, exit_after: str) -> dict[str, str]:
 def calls(n: int, seed: int, tag: str) -> tuple[list[dict[str, str]], list[Truth]]:
     profile = Profile(agents=20, p_duplicate=0.02, p_missing_hangup=0.0)
     return generate(n, time.time() - 7200, 600, profile, seed=seed, prefix=tag)
+
+
+def assert_truth(kafka: KafkaBroker, prefix: str, truth: list[Truth]) -> None:
+    if truth_mismatches(kafka.bootstrap, prefix, truth) == 0:
+        return
+    latest: dict[str, Any] = {}
+    for _, v in read_all(kafka.bootstrap, f"{prefix}ivr.calls.completed", settle=1.0):
+        if v["uniqueid"] not in latest or v["revision"] > latest[v["uniqueid"]]["revision"]:
+            latest[v["uniqueid"]] = v
+    off = [(t.uniqueid, t.outcome, t.close_reason, [a.result for a in t.attempts],
+            None if (r := latest.get(t.uniqueid)) is None else
+            (r["outcome"], r["close_reason"], [a["result"] for a in r["attempts"]], r["revision"]))
+           for t in truth]
+    off = [o for o in off if o[4] is None or (o[1], o[2], o[3]) != o[4][:3]]
+    raise AssertionError(f"{len(off)} of {len(truth)} calls off (truth, then record): {off[:8]}")
 
 
 def health(port: int) -> tuple[int, dict[str, Any]]:
@@ -98,7 +113,7 @@ def test_healthz_fails_while_evicted_and_stalled_then_recovers(kafka: KafkaBroke
     worker, port = start(env, tmp_path, "worker")
     try:
         asyncio.run(write_events(kafka.bootstrap, topic, first, progress=False))
-        assert truth_mismatches(kafka.bootstrap, prefix, truth1) == 0
+        assert_truth(kafka, prefix, truth1)
         time.sleep(3)  # the monitor has seen the caught-up partitions
         code, body = health(port)
         assert code == 200 and body["in_group"] is True, body
@@ -117,7 +132,7 @@ def test_healthz_fails_while_evicted_and_stalled_then_recovers(kafka: KafkaBroke
         assert failed[0]["status"] == "unhealthy" and failed[0]["lag"] > 0
         assert worker.alive()  # healed: it rejoined by itself
         wait_members(kafka.bootstrap, group, 1, timeout=60)
-        assert truth_mismatches(kafka.bootstrap, prefix, truth1 + truth2) == 0
+        assert_truth(kafka, prefix, truth1 + truth2)
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
         assert re.search(r"^ivr_worker_in_group 1\.0$", metrics, re.M)
         assert re.search(r"^ivr_worker_seconds_since_progress ", metrics, re.M)
@@ -134,7 +149,7 @@ def test_a_worker_stalled_past_the_exit_grace_exits_non_zero(kafka: KafkaBroker,
     worker, port = start(env, tmp_path, "worker")
     try:
         asyncio.run(write_events(kafka.bootstrap, topic, first, progress=False))
-        assert truth_mismatches(kafka.bootstrap, prefix, truth1) == 0
+        assert_truth(kafka, prefix, truth1)
         time.sleep(3)
         freeze_until_evicted(kafka, worker, group, second, topic)
         assert worker.proc is not None
@@ -142,7 +157,7 @@ def test_a_worker_stalled_past_the_exit_grace_exits_non_zero(kafka: KafkaBroker,
         assert worker.proc.wait(timeout=60) == 3
         assert re.search(r"CRITICAL.*worker stalled for \d+ s .*exiting with status 3", worker.log())
         worker, port = start(env, tmp_path, "worker2", port)  # what a supervisor does
-        assert truth_mismatches(kafka.bootstrap, prefix, truth1 + truth2) == 0
+        assert_truth(kafka, prefix, truth1 + truth2)
         assert health(port)[0] == 200
     finally:
         worker.stop()
@@ -191,7 +206,7 @@ def test_a_group_error_faust_never_reads_is_read_and_the_worker_joins(kafka: Kaf
         leave.set()
         squatter.join()
         wait_worker_ready(worker, timeout=90)
-        assert truth_mismatches(kafka.bootstrap, prefix, truth) == 0
+        assert_truth(kafka, prefix, truth)
         deadline = time.monotonic() + 60
         while health(port)[0] != 200:
             assert time.monotonic() < deadline, health(port)
