@@ -5,6 +5,7 @@ up; or, with a short exit grace, it exits non-zero and a fresh worker finishes t
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import re
 import signal
@@ -105,7 +106,10 @@ def start(env: dict[str, str], tmp: Path, name: str, port: int | None = None) ->
 
 
 def test_healthz_fails_while_evicted_and_stalled_then_recovers(kafka: KafkaBroker, tmp_path: Path) -> None:
-    env = env_for(kafka, tmp_path, exit_after="0")  # never exit: watch /healthz all the way
+    """After the eviction the worker rejoins by itself; it does not always consume again (Faust
+    sometimes stays idle after such a rejoin, lag held): then it exits 3 after the grace and the
+    restarted worker finishes. Either way /healthz said so meanwhile, and no call is lost."""
+    env = env_for(kafka, tmp_path, exit_after="20")
     prefix, group = env["TOPIC_PREFIX"], f"{env['TOPIC_PREFIX']}ivr-processor"
     topic = f"{prefix}ivr.events"
     first, truth1 = calls(200, 1, "a")
@@ -123,14 +127,18 @@ def test_healthz_fails_while_evicted_and_stalled_then_recovers(kafka: KafkaBroke
         os.killpg(worker.proc.pid, signal.SIGCONT)
         seen: list[tuple[int, dict[str, Any]]] = []
         deadline = time.monotonic() + 120
-        while not seen or seen[-1][0] != 200 or all(code == 200 for code, _ in seen):
+        while worker.alive() and (not seen or seen[-1][0] != 200 or all(c == 200 for c, _ in seen)):
             assert time.monotonic() < deadline, f"/healthz answers: {seen[-5:]}"
-            seen.append(health(port))
+            with contextlib.suppress(httpx.HTTPError):  # it may be exiting
+                seen.append(health(port))
             time.sleep(0.2)
         failed = [body for code, body in seen if code == 503]
         assert failed and {b["reason"] for b in failed} <= {"stalled", "out_of_group"}, seen
         assert failed[0]["status"] == "unhealthy" and failed[0]["lag"] > 0
-        assert worker.alive()  # healed: it rejoined by itself
+        if not worker.alive():  # it could not resume: it said so and gave up, as a supervisor expects
+            assert worker.proc.wait() == 3
+            assert "exiting with status 3" in worker.log()
+            worker, port = start(env, tmp_path, "worker2", port)
         wait_members(kafka.bootstrap, group, 1, timeout=60)
         assert_truth(kafka, prefix, truth1 + truth2)
         metrics = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
