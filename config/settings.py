@@ -46,6 +46,8 @@ class Settings:
     worker_session_timeout_s: float = 30.0
     worker_batch_max: int = 1000
     worker_batch_window_s: float = 0.02
+    worker_stall_timeout_s: float = 120.0
+    worker_stall_exit_s: float = 180.0
     processor_id: str = "ivr-processor"
     metrics_agent_label: bool = True  # METRICS_AGENT_LABEL=off: per-agent gauges summed per app
     # --- `make run` (the local stack) only ---
@@ -105,6 +107,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("WORKER_BATCH_MAX must be positive")
     if settings.log_caller_numbers not in ("masked", "full"):
         raise SettingsError(f"LOG_CALLER_NUMBERS={settings.log_caller_numbers!r}: use masked or full")
+    if settings.worker_stall_timeout_s <= 0:
+        raise SettingsError("WORKER_STALL_TIMEOUT_S must be positive")
     if settings.topic_partitions <= 0 or settings.topic_replication <= 0:
         raise SettingsError("TOPIC_PARTITIONS and TOPIC_REPLICATION must be positive")
     return settings

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config import settings as settings_module
 from config.logs import install_filters
-from processors import runtime
+from processors import liveness, runtime
 from processors.faust_app import create_app
 from processors.pipelines import all_pipelines
 from processors.worker_metrics import REGISTRY
@@ -25,6 +25,7 @@ install_filters()
 app = create_app(settings)
 for pipeline in all_pipelines(settings):
     runtime.run(app, pipeline)
+monitor = liveness.install(app, settings)
 
 
 @app.page("/metrics")
@@ -35,4 +36,13 @@ async def metrics(self: Any, request: Any) -> Any:
 
 @app.page("/healthz")
 async def healthz(self: Any, request: Any) -> Any:
-    return self.json({"status": "alive"})
+    """Liveness: 503 (with the reason) when stalled with lag or out of the consumer group too long."""
+    verdict = monitor.verdict()
+    return self.json(verdict.as_json(), status=200 if verdict.healthy else 503)
+
+
+@app.page("/readyz")
+async def readyz(self: Any, request: Any) -> Any:
+    """Readiness: in the group, partitions assigned, tables restored."""
+    ready, body = monitor.readiness()
+    return self.json(body, status=200 if ready else 503)

@@ -154,7 +154,8 @@ def test_example_overlay_says_what_operators_rely_on() -> None:
     assert wenv["WORKER_STORE"] == "rocksdb://"
     port = int(wenv["WORKER_WEB_PORT"])
     assert c["ports"][0]["containerPort"] == port
-    for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "web"}
+    for probe in ("livenessProbe", "startupProbe"):
         assert c[probe]["httpGet"] == {"path": "/healthz", "port": "web"}
     assert worker["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] >= 60
     service = by_kind(objs, "Service", "ivr-worker")
