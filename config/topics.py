@@ -15,9 +15,11 @@ EVENTS_INVALID = "ivr.events.invalid"
 EVENTS_UNPROCESSABLE = "ivr.events.unprocessable"
 CALLS_COMPLETED = "ivr.calls.completed"
 ALERTS_MISSED = "ivr.alerts.missed"
+ALERTS_RESOLVED = "ivr.alerts.resolved"
 METRICS_AGENTS = "ivr.metrics.agents"
 METRICS_APPS = "ivr.metrics.apps"
-# internal: closed calls' missed-call facts, re-keyed by app:cli for repeat counting
+# internal: closed calls' caller facts (missed calls, answered calls), re-keyed by app:cli for
+# repeat counting, alerting and resolving alerts
 MISSED_BY_CALLER = "ivr.internal.missed-by-caller"
 # internal: closed calls' attempts and call facts, re-keyed by app:agent / app for the metrics
 ATTEMPTS_BY_AGENT = "ivr.internal.attempts-by-agent"
@@ -52,6 +54,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(EVENTS_UNPROCESSABLE, (("retention.ms", str(4 * WEEK_MS)),)),
     TopicSpec(CALLS_COMPLETED, (("cleanup.policy", "compact"),)),
     TopicSpec(ALERTS_MISSED, (("retention.ms", str(WEEK_MS)),)),
+    TopicSpec(ALERTS_RESOLVED, (("retention.ms", str(WEEK_MS)),)),
     TopicSpec(METRICS_AGENTS, (("cleanup.policy", "compact"),)),
     TopicSpec(METRICS_APPS, (("cleanup.policy", "compact"),)),
     TopicSpec(MISSED_BY_CALLER, (("retention.ms", str(WEEK_MS)),)),

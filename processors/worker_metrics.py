@@ -26,6 +26,8 @@ CALLS_OPEN = Gauge("ivr_worker_calls_open", "Calls open on this worker", registr
 CALLS_CLOSED = Counter("ivr_worker_calls_closed_total", "Calls closed, by reason", ["reason"], registry=REGISTRY)
 REVISIONS = Counter("ivr_worker_call_revisions_total", "Completed-call revisions after the first", registry=REGISTRY)
 ALERTS = Counter("ivr_worker_alerts_raised_total", "Missed-call alerts raised", registry=REGISTRY)
+RESOLUTIONS = Counter("ivr_worker_alerts_resolved_total", "Missed-call alerts resolved, by how", ["how"],
+                      registry=REGISTRY)
 LATENCY = Histogram(
     "ivr_worker_processing_latency_seconds",
     "Ingress receipt of the webhook that closed the call to the output's acknowledgement by the broker",

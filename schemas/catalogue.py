@@ -5,6 +5,7 @@ from __future__ import annotations
 from config import topics
 from schemas.records import (
     AgentWindowMetrics,
+    AnsweredCallFact,
     AppWindowMetrics,
     CompletedCall,
     InvalidEvent,
@@ -12,18 +13,21 @@ from schemas.records import (
     MetricContribution,
     MissedCallAlert,
     MissedCallFact,
+    ResolvedAlert,
     UnprocessableEvent,
 )
 
-TOPIC_RECORDS: dict[str, type] = {
+TOPIC_RECORDS: dict[str, type | tuple[type, ...]] = {
     topics.EVENTS: IvrEvent,
     topics.EVENTS_INVALID: InvalidEvent,
     topics.EVENTS_UNPROCESSABLE: UnprocessableEvent,
     topics.CALLS_COMPLETED: CompletedCall,
     topics.ALERTS_MISSED: MissedCallAlert,
+    topics.ALERTS_RESOLVED: ResolvedAlert,
     topics.METRICS_AGENTS: AgentWindowMetrics,
     topics.METRICS_APPS: AppWindowMetrics,
-    topics.MISSED_BY_CALLER: MissedCallFact,
+    # several kinds of caller facts share one repartition topic (one keyed stream per caller)
+    topics.MISSED_BY_CALLER: (MissedCallFact, AnsweredCallFact),
     topics.ATTEMPTS_BY_AGENT: MetricContribution,
     topics.CALLS_BY_APP: MetricContribution,
 }

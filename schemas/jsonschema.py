@@ -62,15 +62,21 @@ def _object(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def schema_for(cls: type, topic: str, bundled: bool = False) -> dict[str, Any]:
-    """The topic's record: one `cls` object, or (bundled) a JSON array of them."""
+def schema_for(cls: type | tuple[type, ...], topic: str, bundled: bool = False) -> dict[str, Any]:
+    """The topic's record: one `cls` object (or one of several, told apart by their `kind`), or
+    (bundled) a JSON array of them."""
     defs: dict[str, Any] = {}
-    body = _object(cls, defs)
+    if isinstance(cls, tuple):
+        body: dict[str, Any] = {"oneOf": [_object(c, defs) for c in cls]}
+        title = " | ".join(c.__name__ for c in cls)
+        description = "one of: " + " ".join((c.__doc__ or "").strip() for c in cls)
+    else:
+        body, title, description = _object(cls, defs), cls.__name__, (cls.__doc__ or "").strip()
     out: dict[str, Any] = {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
         "$id": f"{topic}.schema.json",
-        "title": f"{cls.__name__} bundle" if bundled else cls.__name__,
-        "description": (cls.__doc__ or "").strip(),
+        "title": f"{title} bundle" if bundled else title,
+        "description": description,
         **({"type": "array", "items": body} if bundled else body),
     }
     if defs:

@@ -16,6 +16,9 @@ ProviderResult = Literal["answered", "busy", "congestion", "noanswer"]
 AttemptResult = Literal["answered", "busy", "congestion", "noanswer", "caller_hangup"]
 MissedReason = Literal["abandoned_in_ivr", "no_answer"]
 EventOrigin = Literal["webhook", "call_log"]
+ResolutionHow = Literal["revised_answered", "called_again_answered", "call_log_answered"]
+# how an alerted call itself turned out answered: by a late webhook, or by the provider's call log
+SelfResolution = Literal["revised_answered", "call_log_answered"]
 
 
 def doc(text: str, **kw: Any) -> Any:
@@ -93,6 +96,10 @@ class CompletedCall:
     talk_s: Seconds = doc("answer to hang-up; 0 when missed")
     attempts: list[Attempt] = doc("transfer attempts in order")
     close_reason: Literal["hangup", "timeout"] = doc("hangup, or timeout when no H arrived in time")
+    wait_is_lower_bound: bool = doc(
+        "true when the real wait may be longer than wait_s: no IN seen, a missed call closed by timeout"
+        " (its hang-up unknown), or an answered call without TC (answer placed at the attempt's start)"
+    )
     revision: PositiveCount = doc("1, 2, ... when late events change a closed call")
     duplicates: Count = doc("repeated deliveries absorbed")
     closed_at: Timestamp = doc("when the processor closed the call (wall clock)")
@@ -109,9 +116,30 @@ class MissedCallAlert:
     at: Timestamp = doc("when the call was lost (its end)")
     missed_reason: MissedReason = doc("abandoned_in_ivr or no_answer")
     wait_s: Seconds = doc("how long the caller waited")
+    wait_is_lower_bound: bool = doc("true when the caller may have waited longer (e.g. closed by timeout)")
     attempts: Count = doc("transfer attempts made")
     agents_tried: list[str] = doc("distinct agents tried, in order")
-    repeat_count: PositiveCount = doc("missed calls from this cli to this app in the 24 h up to this one, included")
+    repeat_count: PositiveCount = doc(
+        "missed calls from this cli to this app known when the alert was raised, within 24 h of this one"
+        " (before or after), this one included; 1 for withheld numbers"
+    )
+    v: Literal[1] = doc("schema version", default=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedAlert:
+    """ivr.alerts.resolved: a missed-call alert that no longer needs a call-back; keyed by cli."""
+
+    uniqueid: str = doc("the alerted call's id")
+    app: str = doc("the provider's app GUID")
+    cli: str = doc("the alerted number; empty when withheld")
+    resolved_at: Timestamp = doc("when the processor resolved the alert (wall clock)")
+    how: ResolutionHow = doc(
+        "revised_answered: a later revision shows the alerted call answered; called_again_answered: the"
+        " caller called the app again within 24 h and was answered; call_log_answered: the provider's call"
+        " log shows the alerted call answered"
+    )
+    by_uniqueid: str | None = doc("the later answered call (called_again_answered), else null")
     v: Literal[1] = doc("schema version", default=1)
 
 
@@ -160,7 +188,9 @@ class AppWindowMetrics:
 
 @dataclass(frozen=True, slots=True)
 class MissedCallFact:
-    """ivr.internal.missed-by-caller: a closed missed call, re-keyed by app:cli for repeat counting."""
+    """ivr.internal.missed-by-caller, kind `missed`: a missed call decided by the calls agent,
+    re-keyed by app:cli for repeat counting and alerting. Sent once when the call is first decided
+    (a short abandon: `alert: false`) and once more if a revision makes it alert-worthy."""
 
     uniqueid: str = doc("the provider's call id")
     app: str = doc("the provider's app GUID")
@@ -174,6 +204,26 @@ class MissedCallFact:
     received_at: Timestamp | None = doc(
         "ingress receipt of the webhook that closed the call (its H for a call closed by a timer); "
         "null when none (idle timeout): the alert's latency is measured from it", default=None)
+    kind: Literal["missed"] = doc("fact kind (records written before kinds existed are `missed`)", default="missed")
+    started_at: Timestamp | None = doc("when the call began (null on records written before it existed)",
+                                       default=None)
+    wait_is_lower_bound: bool = doc("true when the caller may have waited longer", default=False)
+    v: Literal[1] = doc("schema version", default=1)
+
+
+@dataclass(frozen=True, slots=True)
+class AnsweredCallFact:
+    """ivr.internal.missed-by-caller, kind `answered`: an answered call (closed or revised), re-keyed
+    by app:cli so that the caller's open alerts can be resolved. Sent for every answered revision of
+    a call with a caller number, and for an alerted call (withheld or not) under the key it was
+    alerted with."""
+
+    uniqueid: str = doc("the provider's call id")
+    app: str = doc("the provider's app GUID")
+    cli: str = doc("caller number (for an alerted call: the number it was alerted with)")
+    started_at: Timestamp = doc("when the call began")
+    how: SelfResolution = doc("the resolution of this call's own alert, if it had one")
+    kind: Literal["answered"] = doc("fact kind", default="answered")
     v: Literal[1] = doc("schema version", default=1)
 
 

@@ -8,7 +8,8 @@ Definitions (also in the README):
     answer_rate_excl_caller_hangup = answered / (offered - caller_hangup)
     avg_ring_s  = mean(TA -> connect) over answered attempts     talk_s = sum of talk of answered attempts
   app, per call by call start (IN):
-    offered, answered, missed, abandoned_in_ivr, short_abandons (missed with wait < SHORT_ABANDON_S)
+    offered, answered, missed, abandoned_in_ivr,
+    short_abandons (missed, hang-up seen, wait < SHORT_ABANDON_S: processors.core.rules, as for alerts)
     avg_speed_of_answer_s = mean(IN -> answer) over answered calls
     service_level = answered within SERVICE_LEVEL_S / (offered - short_abandons)
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from processors.core.rules import answered_within, is_short_abandon
 from processors.core.windows import Window
 from schemas.records import AgentWindowMetrics, AppWindowMetrics, CompletedCall
 from schemas.timefmt import format_ts, parse_ts
@@ -50,15 +52,6 @@ def named(values: Any) -> dict[str, Any]:
     raise ValueError("a contribution's values are a named object (or a positional list of 3 or 5)")
 
 
-def is_short_abandon(answered: bool, wait_s: float, short_abandon_s: float) -> bool:
-    """A missed call that waited less than SHORT_ABANDON_S: counted as missed, never alerted."""
-    return not answered and wait_s < short_abandon_s
-
-
-def within_service_level(answered: bool, wait_s: float, service_level_s: float) -> bool:
-    return answered and wait_s <= service_level_s
-
-
 def agent_key(app: str, agent: str) -> str:
     return f"{app}:{agent}"
 
@@ -79,11 +72,10 @@ def agent_contributions(call: CompletedCall) -> list[Contribution]:
 
 
 def app_contribution(call: CompletedCall, short_abandon_s: float, service_level_s: float) -> Contribution:
-    answered = call.outcome == "answered"
     return Contribution(call.app, call.uniqueid, parse_ts(call.started_at), {
-        "v": CONTRIBUTION_VERSION, "outcome": call.outcome, "missed_reason": call.missed_reason,
-        "wait_s": call.wait_s, "short_abandon": is_short_abandon(answered, call.wait_s, short_abandon_s),
-        "within_service_level": within_service_level(answered, call.wait_s, service_level_s),
+        "v": CONTRIBUTION_VERSION, "outcome": call.outcome, "missed_reason": call.missed_reason, "wait_s": call.wait_s,
+        "short_abandon": is_short_abandon(call.outcome, call.close_reason, call.wait_s, short_abandon_s),
+        "within_service_level": answered_within(call.outcome, call.wait_s, service_level_s),
     })
 
 

@@ -53,6 +53,7 @@ class CallView:
     answer_time: float | None
     close_reason: Literal["hangup", "timeout"]
     cli: str
+    start_known: bool  # the IN was seen
 
     @property
     def outcome(self) -> Literal["answered", "missed"]:
@@ -68,6 +69,15 @@ class CallView:
     def wait_s(self) -> float:
         until = self.answer_time if self.answer_time is not None else self.ended
         return max(0.0, until - self.started)
+
+    @property
+    def wait_is_lower_bound(self) -> bool:
+        """The real wait may be longer: its start (IN) or its end is not known, only bounded."""
+        if not self.start_known:
+            return True
+        if self.answered_by is None:
+            return self.close_reason == "timeout"  # the caller's hang-up was never seen
+        return self.answered_by.connected is None  # no TC: answer placed at the attempt's start
 
     @property
     def talk_s(self) -> float:
@@ -124,7 +134,7 @@ def view(state: CallState) -> CallView:
                            if t is not None)
     cli = inn.cli if inn is not None and inn.cli else max((f.cli for f in facts.values()), default="")
     return CallView(started, ended, tuple(attempts), answered_by, answer_time,
-                    "hangup" if h is not None else "timeout", cli)
+                    "hangup" if h is not None else "timeout", cli, inn is not None)
 
 
 def _order_time(a: AttemptView) -> float:
@@ -157,6 +167,7 @@ def completed_record(state: CallState, v: CallView, revision: int, closed_at: fl
             for a in v.attempts
         ],
         close_reason=v.close_reason,
+        wait_is_lower_bound=v.wait_is_lower_bound,
         revision=revision,
         duplicates=state.duplicates,
         closed_at=format_ts(closed_at),

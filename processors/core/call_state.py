@@ -47,8 +47,10 @@ class CallState:
     closed_at: float | None = None  # wall clock of the first close
     revision: int = 0
     fingerprint: str | None = None  # content of the last emitted revision
-    alert: AlertState = "none"
-    alert_due: float | None = None
+    alert: AlertState = "none"  # sent: an alert-worthy missed fact went out (never twice)
+    alert_due: float | None = None  # pending: when the missed-call decision is due
+    counted: bool = False  # a missed fact went out (perhaps a short abandon, without alert)
+    alerted_cli: str | None = None  # the number the alert went out with (its caller key)
 
     @property
     def closed(self) -> bool:
@@ -63,6 +65,7 @@ class CallState:
             "f": {k: f.to_json() for k, f in self.facts.items()},
             "d": self.duplicates, "la": self.last_activity, "hs": self.hangup_seen, "ca": self.closed_at,
             "r": self.revision, "fp": self.fingerprint, "al": self.alert, "ad": self.alert_due,
+            "ct": self.counted, "ac": self.alerted_cli,
         }
 
     @classmethod
@@ -71,4 +74,6 @@ class CallState:
             uniqueid=d["u"], app=d["a"], facts={k: Fact.from_json(v) for k, v in d["f"].items()},
             duplicates=d["d"], last_activity=d["la"], hangup_seen=d["hs"], closed_at=d["ca"],
             revision=d["r"], fingerprint=d["fp"], alert=d["al"], alert_due=d["ad"],
+            # absent from states written before revisions could raise alerts; cli unknown then
+            counted=d.get("ct", d["al"] == "sent"), alerted_cli=d.get("ac"),
         )

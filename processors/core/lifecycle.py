@@ -8,9 +8,16 @@ When a call closes
 What it emits
   * revision 1 of its completed record when it closes; a further revision whenever a later event
     changes the record's content (a duplicate, or an event that changes nothing, emits nothing);
-  * for a missed call, one missed-call fact (which becomes the alert), once the hang-up grace has
-    passed, so that an answer delivered out of order within the grace cancels it. Decided once:
-    later revisions never raise or retract an alert.
+  * caller facts, re-keyed by app:cli for the callers agent (processors.core.callers):
+    - a missed fact when a missed call is decided: at its close or at the first revision that
+      makes it missed, once the hang-up grace has passed (an answer delivered out of order within
+      the grace cancels it). `alert` says whether it is worth a call-back (not a short abandon).
+      A short abandon's fact (counted, no alert) is followed by one with `alert: true` if a
+      revision makes the call alert-worthy: the alert is raised at the first alert-worthy
+      revision, and never twice (the state remembers it was alerted);
+    - an answered fact for every emitted answered revision of a call with a caller number, and of
+      an alerted call under the number it was alerted with: it resolves the call's own alert, and
+      open alerts of the same caller it answers (called again).
 A closed call is remembered for CLOSED_CALL_RETENTION_S to recognise late events, then forgotten.
 """
 
@@ -23,10 +30,10 @@ from typing import Any
 
 import orjson
 
-from processors.core.call_metrics import is_short_abandon
 from processors.core.call_record import CallView, completed_record, view
 from processors.core.call_state import CallState, Fact, fact_key
-from schemas.records import CompletedCall, MissedCallFact
+from processors.core.rules import alert_worthy
+from schemas.records import AnsweredCallFact, CompletedCall, MissedCallFact, SelfResolution
 from schemas.timefmt import format_ts, parse_ts
 
 
@@ -39,10 +46,13 @@ class LifecycleConfig:
     short_abandon_s: float = 5.0
 
 
+CallerFact = MissedCallFact | AnsweredCallFact
+
+
 @dataclass(frozen=True, slots=True)
 class Emission:
     completed: CompletedCall | None = None
-    missed: MissedCallFact | None = None
+    facts: tuple[CallerFact, ...] = ()  # for the callers agent, keyed app:cli
 
 
 NOTHING = Emission()
@@ -85,10 +95,11 @@ def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: Li
     state.last_activity = now
     if key == "H" and state.hangup_seen is None:
         state.hangup_seen = now
+    how = resolution_how(event)
     if state.closed:
-        return Applied(state, _revise(state, now, cfg), late=True)
+        return Applied(state, _revise(state, now, cfg, how), late=True)
     if _complete(state):
-        return Applied(state, _close(state, now, cfg))
+        return Applied(state, _close(state, now, cfg, how))
     return Applied(state, NOTHING)
 
 
@@ -99,7 +110,7 @@ def tick(state: CallState, now: float, cfg: LifecycleConfig) -> Applied:
             return Applied(state, _close(state, now, cfg))
         return Applied(state, NOTHING)
     if state.alert == "pending" and state.alert_due is not None and now >= state.alert_due:
-        return Applied(state, _raise_alert(state, now, cfg))
+        return Applied(state, Emission(facts=_decide(state, view(state), cfg)))
     assert state.closed_at is not None
     if now >= max(state.closed_at, state.last_activity) + cfg.retention_s:
         return Applied(None, NOTHING)
@@ -114,6 +125,12 @@ def next_due(state: CallState, cfg: LifecycleConfig) -> float:
         return state.alert_due
     assert state.closed_at is not None
     return max(state.closed_at, state.last_activity) + cfg.retention_s
+
+
+def resolution_how(event: Mapping[str, Any]) -> SelfResolution:
+    """How an alerted call's own alert is resolved when this event shows the call answered: on the
+    provider call log's word, or on a late webhook's."""
+    return "call_log_answered" if event.get("origin") == "call_log" else "revised_answered"
 
 
 def _complete(state: CallState) -> bool:
@@ -140,23 +157,17 @@ def _fingerprint(record: CompletedCall) -> str:
     return hashlib.blake2b(orjson.dumps(content), digest_size=12).hexdigest()
 
 
-def _close(state: CallState, now: float, cfg: LifecycleConfig) -> Emission:
+def _close(state: CallState, now: float, cfg: LifecycleConfig, how: SelfResolution = "revised_answered",
+           ) -> Emission:
     state.closed_at = now
     v = view(state)
     state.revision = 1
     record = completed_record(state, v, 1, now)
     state.fingerprint = _fingerprint(record)
-    missed = None
-    if v.outcome == "missed":
-        state.alert = "pending"
-        state.alert_due = now if state.hangup_seen is None else max(now, state.hangup_seen + cfg.hangup_grace_s)
-        if now >= state.alert_due:
-            missed = _missed_fact(state, v, cfg)
-            state.alert = "sent"
-    return Emission(completed=record, missed=missed)
+    return Emission(completed=record, facts=_changed(state, v, now, cfg, how))
 
 
-def _revise(state: CallState, now: float, cfg: LifecycleConfig) -> Emission:
+def _revise(state: CallState, now: float, cfg: LifecycleConfig, how: SelfResolution) -> Emission:
     v = view(state)
     record = completed_record(state, v, state.revision + 1, now)
     fingerprint = _fingerprint(record)
@@ -164,18 +175,55 @@ def _revise(state: CallState, now: float, cfg: LifecycleConfig) -> Emission:
         return NOTHING
     state.revision += 1
     state.fingerprint = fingerprint
-    if state.alert == "pending" and v.outcome == "answered":
-        state.alert, state.alert_due = "none", None  # answered within the grace: no alert
-    return Emission(completed=record)
+    return Emission(completed=record, facts=_changed(state, v, now, cfg, how))
 
 
-def _raise_alert(state: CallState, now: float, cfg: LifecycleConfig) -> Emission:
-    v = view(state)
-    state.alert = "sent"
-    return Emission(missed=_missed_fact(state, v, cfg))
+def _worthy(v: CallView, cfg: LifecycleConfig) -> bool:
+    # the record's own (rounded) figures, as the metrics see them
+    return alert_worthy(v.outcome, v.close_reason, round(v.wait_s, 3), cfg.short_abandon_s)
 
 
-def _missed_fact(state: CallState, v: CallView, cfg: LifecycleConfig) -> MissedCallFact:
+def _changed(state: CallState, v: CallView, now: float, cfg: LifecycleConfig, how: SelfResolution,
+             ) -> tuple[CallerFact, ...]:
+    """The caller facts of a close or a revision (whose view is `v`)."""
+    if v.outcome == "answered":
+        if state.alert == "pending":
+            state.alert, state.alert_due = "none", None  # answered within the grace: nothing to decide
+        return _answered_facts(state, v, how)
+    if state.alert == "sent" or (state.counted and not _worthy(v, cfg)):
+        return ()  # alerted already, or counted already and still a short abandon
+    if state.alert != "pending":
+        state.alert = "pending"
+        state.alert_due = now if state.hangup_seen is None else max(now, state.hangup_seen + cfg.hangup_grace_s)
+    assert state.alert_due is not None
+    return _decide(state, v, cfg) if now >= state.alert_due else ()
+
+
+def _decide(state: CallState, v: CallView, cfg: LifecycleConfig) -> tuple[CallerFact, ...]:
+    """The missed-call decision, once due: the missed fact (alert-worthy or a short abandon)."""
+    state.alert_due = None
+    if v.outcome == "answered":
+        state.alert = "none"
+        return ()
+    worthy = _worthy(v, cfg)
+    state.alert = "sent" if worthy else "none"
+    state.counted = True
+    if worthy:
+        state.alerted_cli = v.cli
+    return (_missed_fact(state, v, worthy),)
+
+
+def _answered_facts(state: CallState, v: CallView, how: SelfResolution) -> tuple[CallerFact, ...]:
+    clis = [v.cli] if v.cli else []
+    if state.alert == "sent":
+        alerted = state.alerted_cli if state.alerted_cli is not None else v.cli
+        if alerted not in clis:
+            clis.insert(0, alerted)
+    return tuple(AnsweredCallFact(uniqueid=state.uniqueid, app=state.app, cli=cli, started_at=format_ts(v.started),
+                                  how=how) for cli in clis)
+
+
+def _missed_fact(state: CallState, v: CallView, alert: bool) -> MissedCallFact:
     agents: list[str] = []
     for a in v.attempts:
         if a.to not in agents:
@@ -191,5 +239,7 @@ def _missed_fact(state: CallState, v: CallView, cfg: LifecycleConfig) -> MissedC
         wait_s=round(v.wait_s, 3),
         attempts=len(v.attempts),
         agents_tried=agents,
-        alert=not is_short_abandon(False, v.wait_s, cfg.short_abandon_s),
+        alert=alert,
+        started_at=format_ts(v.started),
+        wait_is_lower_bound=v.wait_is_lower_bound,
     )

@@ -1,4 +1,4 @@
-"""Calls: ivr.events (+ call ticks) -> calls table -> completed records, missed-call facts and
+"""Calls: ivr.events (+ call ticks) -> calls table -> completed records, caller facts and
 the metric contributions of each completed record. The lifecycle is `processors.core.lifecycle`."""
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ from config.settings import Settings
 from processors import worker_metrics as m
 from processors.core.call_metrics import Contribution, agent_contributions, app_contribution
 from processors.core.call_state import CallState
+from processors.core.callers import caller_key
 from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
-from processors.core.repeat_callers import caller_key
 from processors.json_store import JsonStore
 from processors.runtime import TICK, Output, Pipeline, Result
 from schemas.codec import dumps
-from schemas.records import CompletedCall, MetricContribution
+from schemas.records import CompletedCall, MetricContribution, MissedCallFact
 from schemas.timefmt import format_ts, parse_ts
 
 
@@ -73,8 +73,9 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
                 m.CALLS_CLOSED.labels(rec.close_reason).inc()
             else:
                 m.REVISIONS.inc()
-        if em.missed is not None:
-            fact = em.missed if received is None else replace(em.missed, received_at=format_ts(received))
+        for fact in em.facts:  # missed and answered calls, for the callers pipeline
+            if isinstance(fact, MissedCallFact) and received is not None:
+                fact = replace(fact, received_at=format_ts(received))
             out.append(Output(missed, caller_key(fact.app, fact.cli).encode(), dumps(fact)))
         return out
 

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from processors.core.call_state import CallState
 from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
-from schemas.records import CompletedCall, MissedCallFact
+from schemas.records import AnsweredCallFact, CompletedCall, MissedCallFact
 from schemas.timefmt import format_ts
 from tests.unit.callgen import APP, T0, attempt, ev
 
@@ -32,6 +32,7 @@ class Run:
         self.state: CallState | None = None
         self.completed: list[CompletedCall] = []
         self.missed: list[MissedCallFact] = []
+        self.answered: list[AnsweredCallFact] = []
         self.duplicates = 0
         self.late = 0
 
@@ -39,8 +40,11 @@ class Run:
         self.state = r.state
         if r.emission.completed:
             self.completed.append(r.emission.completed)
-        if r.emission.missed:
-            self.missed.append(r.emission.missed)
+        for f in r.emission.facts:
+            if isinstance(f, MissedCallFact):
+                self.missed.append(f)
+            else:
+                self.answered.append(f)
         self.duplicates += r.duplicate
         self.late += r.late
 
@@ -324,3 +328,73 @@ def test_any_order_and_duplication_give_the_same_record_and_alert(events: list[d
     assert messy.duplicates == len(dupes)
     assert [c.revision for c in messy.completed] == list(range(1, len(messy.completed) + 1))
     assert ordered.record.app == APP
+
+
+# ---- alerts converge: raised at the first alert-worthy revision, resolved when answered --------
+
+def test_timeout_closed_missed_call_always_alerts_and_says_its_wait_is_a_lower_bound() -> None:
+    from processors.core.call_metrics import app_contribution
+
+    uid = "to"
+    run = Run().feed([ev("IN", uid, T0), *attempt(uid, 1, "A1", T0 + 0.5, "noanswer", ring=0.5)])
+    run.at(NOW + CFG.idle_timeout_s)
+    r = run.record
+    assert (r.close_reason, r.outcome, r.wait_s, r.wait_is_lower_bound) == ("timeout", "missed", 1.0, True)
+    (m,) = run.missed
+    assert m.alert and m.wait_is_lower_bound and m.wait_s == 1.0  # under SHORT_ABANDON_S, yet alerted
+    assert app_contribution(r, short_abandon_s=5, service_level_s=20).values["short_abandon"] is False
+    short = Run().feed([ev("IN", "s", T0), ev("H", "s", None, duration=2)]).settle().record
+    assert short.wait_is_lower_bound is False
+    assert app_contribution(short, short_abandon_s=5, service_level_s=20).values["short_abandon"] is True
+
+
+def test_wait_is_a_lower_bound_without_in_or_without_tc() -> None:
+    no_tc = Run().feed([ev("IN", "n", T0), *attempt("n", 1, "A1", T0 + 2, "answered", ring=3, talk=9,
+                                                     with_tc=False), ev("H", "n", None, duration=20)]).record
+    assert no_tc.outcome == "answered" and no_tc.wait_is_lower_bound
+    assert Run().feed(answered_call()).record.wait_is_lower_bound is False
+
+
+def test_alert_raised_at_the_first_alert_worthy_revision() -> None:
+    uid = "rv"
+    # the H arrives, its IN is delayed (an outage): closed after the grace with no known wait
+    run = Run().feed([ev("H", uid, T0 + 40)]).settle()
+    assert run.record.outcome == "missed" and run.record.wait_s == 0
+    (counted,) = run.missed
+    assert counted.alert is False  # a short abandon as far as we know: counted, no alert
+    run.feed([ev("IN", uid, T0)], now=NOW + 60).settle(NOW + 60)
+    assert run.record.revision == 2 and run.record.wait_s == 40
+    assert [m.alert for m in run.missed] == [False, True]  # raised with this revision
+    run.feed([ev("TA", uid, T0 + 5, attempt="rv.1", to="A1")], now=NOW + 120).settle(NOW + 120)
+    assert run.record.revision == 3 and [m.alert for m in run.missed] == [False, True]  # never twice
+
+
+def test_alerted_call_revised_answered_sends_its_answer_to_the_alerted_caller() -> None:
+    uid = "ra"
+    run = Run().feed([ev("IN", uid, T0), *attempt(uid, 1, "A1", T0 + 1, "noanswer", ring=5),
+                      ev("H", uid, None, duration=60)]).settle()
+    assert [m.alert for m in run.missed] == [True] and run.answered == []
+    late = attempt(uid, 2, "A2", T0 + 7, "answered", ring=2, talk=40)
+    run.feed(late, now=NOW + 300)
+    assert run.record.outcome == "answered"
+    assert {(a.uniqueid, a.cli, a.how, a.started_at) for a in run.answered} == {
+        (uid, "9800000001", "revised_answered", format_ts(T0))}
+    assert len(run.missed) == 1  # no second alert
+    from_log = Run().feed([ev("IN", "cl", T0), ev("H", "cl", None, duration=30)]).settle()
+    from_log.feed([dict(ev("TA", "cl", T0 + 2, attempt="cl.1", to="A1"), origin="call_log"),
+                   dict(ev("TE", "cl", None, attempt="cl.1", to="A1", result="answered", duration=20),
+                        origin="call_log")], now=NOW + 400)
+    assert from_log.answered[-1].how == "call_log_answered"
+
+
+def test_answered_calls_tell_the_callers_agent_unless_withheld() -> None:
+    run = Run().feed(answered_call())
+    assert [(a.uniqueid, a.cli, a.started_at) for a in run.answered] == [("c1", "9800000001", format_ts(T0))]
+    withheld = [dict(e, cli="") for e in answered_call("w")]
+    assert Run().feed(withheld).answered == []
+    # an alerted withheld call revised answered still reports, to resolve its own alert
+    run = Run().feed([ev("IN", "wa", T0, cli=""), ev("H", "wa", None, duration=30, cli="")]).settle()
+    run.feed(attempt("wa", 1, "A1", T0 + 2, "answered", ring=2, talk=10), now=NOW + 100)
+    # (its late events carry a number: the answer also goes to that caller, who may have alerts open)
+    # (every answered revision reports: the callers agent keeps one answer per call)
+    assert {(a.uniqueid, a.cli) for a in run.answered} == {("wa", ""), ("wa", "9800000001")}

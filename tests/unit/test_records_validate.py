@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +11,7 @@ import orjson
 
 from config import topics
 from schemas.codec import dumps
+from schemas.timefmt import format_ts
 from schemas.webhook import normalise
 from tests.unit.callgen import T0, ev
 from tests.unit.test_lifecycle import Run, answered_call
@@ -23,11 +25,31 @@ def validator(topic: str) -> Any:
 
 
 def test_completed_and_missed_records_validate() -> None:
-    run = Run().feed(answered_call()).feed([ev("IN", "m", T0), ev("H", "m", None, duration=30)]).settle()
-    for rec in run.completed:
+    answered = Run().feed(answered_call())
+    missed = Run().feed([ev("IN", "m", T0), ev("H", "m", None, duration=30)]).settle()
+    for rec in [*answered.completed, *missed.completed]:
         validator(topics.CALLS_COMPLETED).validate(orjson.loads(dumps(rec)))
-    for m in run.missed:
-        validator(topics.MISSED_BY_CALLER).validate(orjson.loads(dumps(m)))
+    assert missed.missed and answered.answered
+    for f in [*missed.missed, *answered.answered]:
+        validator(topics.MISSED_BY_CALLER).validate(orjson.loads(dumps(f)))
+
+
+def test_alert_and_resolution_records_validate() -> None:
+    from processors.core.callers import CallerFact, CallerOutput, CallerState, apply_fact
+    from schemas.records import MissedCallAlert
+
+    missed = Run().feed([ev("IN", "m", T0), ev("H", "m", None, duration=30)]).settle()
+    again = Run().feed(answered_call("a"))  # the same caller again, answered (same start: shift it)
+    facts: list[CallerFact] = [*missed.missed, *(replace(a, started_at=format_ts(T0 + 60)) for a in again.answered)]
+    state: CallerState | None = None
+    out: list[CallerOutput] = []
+    for f in facts:
+        state, emitted = apply_fact(state, f, T0)
+        out += emitted
+    assert [type(o).__name__ for o in out] == ["MissedCallAlert", "ResolvedAlert"]
+    for o in out:
+        topic = topics.ALERTS_MISSED if isinstance(o, MissedCallAlert) else topics.ALERTS_RESOLVED
+        validator(topic).validate(orjson.loads(dumps(o)))
 
 
 def test_event_record_validates_and_bad_record_does_not() -> None:

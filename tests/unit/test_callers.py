@@ -1,0 +1,230 @@
+"""The callers core: repeat counts, one alert per call, and resolving alerts, without any broker."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from processors.core.callers import (
+    RETENTION_S,
+    WINDOW_S,
+    CallerOutput,
+    CallerState,
+    apply_fact,
+    expired,
+    forget_at,
+    read_fact,
+)
+from schemas.codec import dumps
+from schemas.records import AnsweredCallFact, MissedCallAlert, MissedCallFact, ResolvedAlert, SelfResolution
+from schemas.timefmt import format_ts, parse_ts
+
+T0 = 1_700_000_000.0
+NOW = 2_000_000_000.0  # processing wall clock, unrelated to event times on purpose
+H = 3600.0
+
+
+def missed(uid: str, at: float, alert: bool = True, cli: str = "98", wait: float = 30) -> MissedCallFact:
+    return MissedCallFact(uniqueid=uid, app="app", cli=cli, at=format_ts(at), missed_reason="no_answer",
+                          wait_s=wait, attempts=1, agents_tried=["A1"], alert=alert,
+                          started_at=format_ts(at - wait), wait_is_lower_bound=False)
+
+
+def answered(uid: str, started: float, cli: str = "98", how: SelfResolution = "revised_answered") -> AnsweredCallFact:
+    return AnsweredCallFact(uniqueid=uid, app="app", cli=cli, started_at=format_ts(started), how=how)
+
+
+class Caller:
+    """Feeds facts to one caller's state (through its JSON form, as the table does)."""
+
+    def __init__(self) -> None:
+        self.state: CallerState | None = None
+        self.alerts: list[MissedCallAlert] = []
+        self.resolved: list[ResolvedAlert] = []
+
+    def feed(self, *facts: MissedCallFact | AnsweredCallFact, now: float = NOW) -> list[CallerOutput]:
+        out: list[CallerOutput] = []
+        for f in facts:
+            state = None if self.state is None else CallerState.from_json(
+                orjson.loads(orjson.dumps(self.state.to_json())))
+            # the fact goes through its wire form too
+            self.state, emitted = apply_fact(state, read_fact(orjson.loads(dumps(f))), now)
+            out += emitted
+        self.alerts += [o for o in out if isinstance(o, MissedCallAlert)]
+        self.resolved += [o for o in out if isinstance(o, ResolvedAlert)]
+        return out
+
+    def counts(self) -> dict[str, int]:
+        return {a.uniqueid: a.repeat_count for a in self.alerts}
+
+
+def test_in_event_order_alerts_count_1_2_3_short_abandons_included() -> None:
+    c = Caller()
+    c.feed(missed("1", T0), missed("2", T0 + H, alert=False), missed("3", T0 + 2 * H))
+    assert c.counts() == {"1": 1, "3": 3}  # the short abandon is counted, but raises no alert
+    c.feed(missed("4", T0 + WINDOW_S + 1.5 * H))  # 1 and 2 are more than 24 h before it
+    assert c.counts()["4"] == 2
+    assert (c.alerts[0].cli, c.alerts[0].at, c.alerts[0].wait_s, c.alerts[0].agents_tried) == (
+        "98", format_ts(T0), 30, ["A1"])
+
+
+def test_late_arrival_counts_the_calls_after_it_too() -> None:
+    c = Caller()
+    c.feed(missed("late", T0 + 100), missed("later", T0 + WINDOW_S + 50))
+    c.feed(missed("early", T0))
+    # early: itself and `late` (100 s after); `later` is more than 24 h after it
+    assert c.counts() == {"late": 1, "later": 2, "early": 2}
+
+
+def test_one_alert_per_call_whatever_is_replayed() -> None:
+    c = Caller()
+    c.feed(missed("1", T0), missed("1", T0), missed("2", T0 + 10, alert=False), missed("2", T0 + 10, alert=False))
+    assert [a.uniqueid for a in c.alerts] == ["1"]
+    # a revision made the short abandon alert-worthy: its alert now, once
+    c.feed(missed("2", T0 + 10), missed("2", T0 + 10), missed("1", T0))
+    assert [a.uniqueid for a in c.alerts] == ["1", "2"] and c.counts()["2"] == 2
+
+
+def test_withheld_numbers_count_one_and_are_never_called_again() -> None:
+    c = Caller()
+    c.feed(missed("1", T0, cli=""), missed("2", T0 + 1, cli=""), answered("3", T0 + 60, cli=""))
+    assert c.counts() == {"1": 1, "2": 1} and c.resolved == []
+    c.feed(answered("2", T0 - 29, cli=""))  # but an alerted withheld call revised answered is resolved
+    assert [(r.uniqueid, r.how, r.cli) for r in c.resolved] == [("2", "revised_answered", "")]
+
+
+def test_revised_answered_resolves_once_and_leaves_the_count() -> None:
+    c = Caller()
+    c.feed(missed("1", T0))
+    (r,) = c.feed(answered("1", T0 - 30))
+    assert isinstance(r, ResolvedAlert)
+    assert (r.uniqueid, r.app, r.cli, r.how, r.by_uniqueid, r.resolved_at) == (
+        "1", "app", "98", "revised_answered", None, format_ts(NOW))
+    assert c.feed(answered("1", T0 - 30), missed("1", T0), answered("1", T0 - 30)) == []  # replays: nothing
+    c.feed(missed("2", T0 + 60))
+    assert c.counts()["2"] == 1  # the answered call is no longer a missed one
+
+
+def test_call_log_answered_is_passed_through() -> None:
+    c = Caller()
+    c.feed(missed("1", T0))
+    (r,) = c.feed(answered("1", T0 - 30, how="call_log_answered"))
+    assert isinstance(r, ResolvedAlert) and r.how == "call_log_answered"
+
+
+def test_called_again_and_answered_resolves_every_open_alert_it_follows() -> None:
+    c = Caller()
+    c.feed(missed("1", T0), missed("2", T0 + H), missed("short", T0 + 2 * H, alert=False))
+    out = c.feed(answered("3", T0 + 3 * H))
+    assert [(r.uniqueid, r.how, r.by_uniqueid) for r in out if isinstance(r, ResolvedAlert)] == [
+        ("1", "called_again_answered", "3"), ("2", "called_again_answered", "3")]
+    # at most one resolution per alert: a later answer of the call itself resolves nothing more
+    assert c.feed(answered("1", T0 - 30), answered("4", T0 + 4 * H)) == []
+
+
+@pytest.mark.parametrize(("started", "resolves"), [
+    (T0 - 30, False),  # started with the missed call: not again
+    (T0 - 31, False),  # started before it
+    (T0 - 29, True),  # started after it began (still ringing while the first was lost)
+    (T0 + WINDOW_S, True),
+    (T0 + WINDOW_S + 1, False),  # more than 24 h after the missed call ended
+])
+def test_called_again_means_started_later_within_24_hours(started: float, resolves: bool) -> None:
+    c = Caller()
+    c.feed(missed("1", T0), answered("2", started))
+    assert [r.uniqueid for r in c.resolved] == (["1"] if resolves else [])
+
+
+def test_answer_known_before_the_alert_resolves_it_at_once() -> None:
+    c = Caller()
+    out = c.feed(answered("2", T0 + H), missed("1", T0))
+    assert [type(o).__name__ for o in out] == ["MissedCallAlert", "ResolvedAlert"]
+    assert (c.resolved[0].how, c.resolved[0].by_uniqueid) == ("called_again_answered", "2")
+    c2 = Caller()
+    c2.feed(answered("1", T0 - 30), missed("1", T0))  # its own answer came first (out of order)
+    assert [(r.uniqueid, r.how) for r in c2.resolved] == [("1", "revised_answered")]
+
+
+def test_older_state_format_and_facts_without_kind_still_read() -> None:
+    state = CallerState.from_json([[T0, "old"]])
+    assert state.missed["old"].status == "closed"
+    state, out = apply_fact(state, missed("old", T0), NOW)  # replayed: alert already decided
+    assert out == [] and (state.app, state.cli) == ("app", "98")
+    legacy = {k: v for k, v in orjson.loads(dumps(missed("x", T0))).items()
+              if k not in ("kind", "started_at", "wait_is_lower_bound")}
+    fact = read_fact(legacy)
+    assert isinstance(fact, MissedCallFact) and fact.started_at is None
+    _, out = apply_fact(state, fact, NOW)
+    assert [o.uniqueid for o in out] == ["x"]
+    with pytest.raises(ValueError):
+        read_fact({**legacy, "kind": "other"})
+
+
+def test_state_round_trips_and_expires_after_retention() -> None:
+    c = Caller()
+    c.feed(missed("1", T0), answered("2", T0 + H), now=NOW)
+    assert c.state is not None
+    assert CallerState.from_json(orjson.loads(orjson.dumps(c.state.to_json()))) == c.state
+    assert forget_at(c.state) == NOW + RETENTION_S
+    assert not expired(c.state, NOW + RETENTION_S - 1) and expired(c.state, NOW + RETENTION_S)
+
+
+# ---- properties: arrival order -------------------------------------------------------------
+
+@st.composite
+def caller_calls(draw: st.DrawFn) -> list[MissedCallFact | AnsweredCallFact]:
+    """One caller's calls over up to three days: missed (alerting or short) and answered."""
+    n = draw(st.integers(1, 8))
+    facts: list[MissedCallFact | AnsweredCallFact] = []
+    for i in range(n):
+        at = T0 + draw(st.integers(0, 72)) * H + i  # distinct times
+        kind = draw(st.sampled_from(["missed", "missed", "short", "answered"]))
+        if kind == "answered":
+            facts.append(answered(f"c{i}", at))
+        else:
+            facts.append(missed(f"c{i}", at, alert=kind == "missed"))
+    return facts
+
+
+def _at(f: MissedCallFact | AnsweredCallFact) -> float:
+    return parse_ts(f.at) if isinstance(f, MissedCallFact) else parse_ts(f.started_at) + 30
+
+
+@settings(max_examples=300, deadline=None)
+@given(facts=caller_calls(), data=st.data())
+def test_repeat_count_of_the_last_alert_counts_every_missed_call_within_24_hours(
+        facts: list[MissedCallFact | AnsweredCallFact], data: st.DataObject) -> None:
+    order: list[Any] = data.draw(st.permutations(facts))
+    c = Caller()
+    c.feed(*order)
+    alerting = [f for f in facts if isinstance(f, MissedCallFact) and f.alert]
+    assert sorted(a.uniqueid for a in c.alerts) == sorted(f.uniqueid for f in alerting)  # one each
+    if c.alerts:
+        # the alert raised last counts every missed call known by then (short abandons too) within
+        # 24 h either side: all of them when no short abandon arrives after it
+        last = c.alerts[-1]
+        upto = next(i for i, f in enumerate(order) if f.uniqueid == last.uniqueid)
+        known = [f for f in order[:upto + 1] if isinstance(f, MissedCallFact)]
+        at = parse_ts(last.at)
+        assert last.repeat_count == sum(1 for f in known if abs(parse_ts(f.at) - at) <= WINDOW_S)
+    # resolutions: at most one per alert, and which alerts end resolved does not depend on the order
+    assert len({r.uniqueid for r in c.resolved}) == len(c.resolved)
+    in_order = Caller()
+    in_order.feed(*sorted(facts, key=_at))
+    assert {r.uniqueid for r in c.resolved} == {r.uniqueid for r in in_order.resolved}
+
+
+@settings(max_examples=200, deadline=None)
+@given(facts=caller_calls())
+def test_alerts_raised_in_event_order_count_the_calls_up_to_them(facts: list[MissedCallFact | AnsweredCallFact],
+                                                                 ) -> None:
+    missed_calls = sorted((f for f in facts if isinstance(f, MissedCallFact)), key=lambda f: parse_ts(f.at))
+    c = Caller()
+    c.feed(*missed_calls)
+    for a in c.alerts:
+        at = parse_ts(a.at)
+        assert a.repeat_count == sum(1 for f in missed_calls if at - WINDOW_S <= parse_ts(f.at) <= at)
