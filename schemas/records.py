@@ -227,6 +227,10 @@ class AnsweredCallFact:
     v: Literal[1] = doc("schema version", default=1)
 
 
+# what the calls agent tells the callers agent, on one repartition topic
+CallerFact = MissedCallFact | AnsweredCallFact
+
+
 @dataclass(frozen=True, slots=True)
 class MetricContribution:
     """ivr.internal.attempts-by-agent / calls-by-app: what one attempt or call adds to a window."""

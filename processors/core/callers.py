@@ -25,6 +25,7 @@ from typing import Any, Literal
 
 from schemas.records import (
     AnsweredCallFact,
+    CallerFact,
     MissedCallAlert,
     MissedCallFact,
     ResolutionHow,
@@ -42,7 +43,6 @@ RETENTION_S = 2 * WINDOW_S
 MAX_ENTRIES = 500  # a caller with more calls than this in two days is counted as 500+
 
 AlertStatus = Literal["counted", "open", "closed"]  # closed: resolved (or read from an older format)
-CallerFact = MissedCallFact | AnsweredCallFact
 CallerOutput = MissedCallAlert | ResolvedAlert
 
 

@@ -33,7 +33,7 @@ import orjson
 from processors.core.call_record import CallView, completed_record, view
 from processors.core.call_state import CallState, Fact, fact_key
 from processors.core.rules import alert_worthy
-from schemas.records import AnsweredCallFact, CompletedCall, MissedCallFact, SelfResolution
+from schemas.records import AnsweredCallFact, CallerFact, CompletedCall, MissedCallFact, SelfResolution
 from schemas.timefmt import format_ts, parse_ts
 
 
@@ -44,9 +44,6 @@ class LifecycleConfig:
     connected_idle_timeout_s: float = 14400.0
     retention_s: float = 86400.0
     short_abandon_s: float = 5.0
-
-
-CallerFact = MissedCallFact | AnsweredCallFact
 
 
 @dataclass(frozen=True, slots=True)

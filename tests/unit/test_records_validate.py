@@ -35,8 +35,8 @@ def test_completed_and_missed_records_validate() -> None:
 
 
 def test_alert_and_resolution_records_validate() -> None:
-    from processors.core.callers import CallerFact, CallerOutput, CallerState, apply_fact
-    from schemas.records import MissedCallAlert
+    from processors.core.callers import CallerOutput, CallerState, apply_fact
+    from schemas.records import CallerFact, MissedCallAlert
 
     missed = Run().feed([ev("IN", "m", T0), ev("H", "m", None, duration=30)]).settle()
     again = Run().feed(answered_call("a"))  # the same caller again, answered (same start: shift it)
