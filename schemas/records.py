@@ -223,6 +223,8 @@ class AnsweredCallFact:
     cli: str = doc("caller number (for an alerted call: the number it was alerted with)")
     started_at: Timestamp = doc("when the call began")
     how: SelfResolution = doc("the resolution of this call's own alert, if it had one")
+    start_known: bool = doc("its IN was seen: without it the call may have started earlier than"
+                            " started_at, too uncertain to say it called again after a missed call")
     kind: Literal["answered"] = doc("fact kind", default="answered")
     v: Literal[1] = doc("schema version", default=1)
 

@@ -13,8 +13,9 @@ Rules (also in the README):
   * An open alert is resolved once: `revised_answered` / `call_log_answered` when its own call
     turns out answered; `called_again_answered` when the same (non-empty) number has an answered
     call to the same app that started after the missed call started and no later than 24 h after
-    it ended. An answered call known before the alert is raised resolves it at once (the alert is
-    still raised: one per missed call).
+    it ended (its start known: its IN seen). An answered call known before the alert is raised
+    resolves it at once (the alert is still raised: one per missed call), and so does one that a
+    revision of the missed call (its start or end moved) now qualifies.
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class Answered:
     started: float
     how: SelfResolution  # resolves this call's own alert so
     seen: float
+    start_known: bool = True  # its IN was seen (else it may have started earlier)
 
 
 @dataclass(slots=True)
@@ -73,7 +75,7 @@ class CallerState:
         return {
             "a": self.app, "c": self.cli, "s": self.seen,
             "m": {u: [m.at, m.started, m.status, m.seen] for u, m in self.missed.items()},
-            "n": {u: [a.started, a.how, a.seen] for u, a in self.answered.items()},
+            "n": {u: [a.started, a.how, a.seen, a.start_known] for u, a in self.answered.items()},
         }
 
     @classmethod
@@ -85,7 +87,7 @@ class CallerState:
         return cls(
             data["a"], data["c"],
             {u: Missed(float(at), float(st), status, float(seen)) for u, (at, st, status, seen) in data["m"].items()},
-            {u: Answered(float(st), how, float(seen)) for u, (st, how, seen) in data["n"].items()},
+            {u: Answered(float(st), how, float(seen), bool(known)) for u, (st, how, seen, known) in data["n"].items()},
             float(data["s"]),
         )
 
@@ -133,28 +135,30 @@ def _missed(state: CallerState, fact: MissedCallFact, now: float) -> list[Caller
         entry = state.missed[fact.uniqueid] = Missed(at, started, "counted", now)
     else:
         entry.at, entry.started, entry.seen = at, started, now  # a revision may have moved it
+    if entry.status == "open":
+        return _resolution(state, fact.uniqueid, entry, now)  # moved: perhaps answered again now
     if not fact.alert or entry.status != "counted":
-        return []  # a short abandon (counted only), or alerted already
+        return []  # a short abandon (counted only), or alerted and resolved already
     entry.status = "open"
     alert = MissedCallAlert(
         uniqueid=fact.uniqueid, app=fact.app, cli=fact.cli, at=fact.at, missed_reason=fact.missed_reason,
         wait_s=fact.wait_s, wait_is_lower_bound=fact.wait_is_lower_bound, attempts=fact.attempts,
         agents_tried=fact.agents_tried, repeat_count=repeat_count(state, fact.uniqueid),
     )
-    out: list[CallerOutput] = [alert]
-    own = state.answered.get(fact.uniqueid)
+    return [alert, *_resolution(state, fact.uniqueid, entry, now)]
+
+
+def _resolution(state: CallerState, uid: str, entry: Missed, now: float) -> list[CallerOutput]:
+    """An open alert's resolution by an answer already known: its own, or the caller's again."""
+    own = state.answered.get(uid)
     if own is not None:
-        out.append(_resolve(state, fact.uniqueid, own.how, None, now))
-    else:
-        by = min(((a.started, u) for u, a in state.answered.items() if _again(state, entry, fact.uniqueid, u, a)),
-                 default=None)
-        if by is not None:
-            out.append(_resolve(state, fact.uniqueid, "called_again_answered", by[1], now))
-    return out
+        return [_resolve(state, uid, own.how, None, now)]
+    by = min(((a.started, u) for u, a in state.answered.items() if _again(state, entry, uid, u, a)), default=None)
+    return [] if by is None else [_resolve(state, uid, "called_again_answered", by[1], now)]
 
 
 def _answered(state: CallerState, fact: AnsweredCallFact, now: float) -> list[CallerOutput]:
-    answered = state.answered[fact.uniqueid] = Answered(parse_ts(fact.started_at), fact.how, now)
+    answered = state.answered[fact.uniqueid] = Answered(parse_ts(fact.started_at), fact.how, now, fact.start_known)
     out: list[CallerOutput] = []
     own = state.missed.get(fact.uniqueid)
     if own is not None and own.status == "open":
@@ -166,8 +170,9 @@ def _answered(state: CallerState, fact: AnsweredCallFact, now: float) -> list[Ca
 
 
 def _again(state: CallerState, missed: Missed, missed_uid: str, answered_uid: str, answered: Answered) -> bool:
-    """The caller called again and was answered: a later call (by start) within 24 h of the miss."""
-    return (bool(state.cli) and answered_uid != missed_uid
+    """The caller called again and was answered: a later call (by start) within 24 h of the miss.
+    An answered call whose IN is unknown may have started earlier: not evidence enough (yet)."""
+    return (bool(state.cli) and answered_uid != missed_uid and answered.start_known
             and missed.started < answered.started <= missed.at + WINDOW_S)
 
 

@@ -14,7 +14,8 @@ What it emits
       the grace cancels it). `alert` says whether it is worth a call-back (not a short abandon).
       A short abandon's fact (counted, no alert) is followed by one with `alert: true` if a
       revision makes the call alert-worthy: the alert is raised at the first alert-worthy
-      revision, and never twice (the state remembers it was alerted);
+      revision, and never twice (the state remembers it was alerted). Later missed revisions send
+      the fact again (the call's start or end may have moved), under the alerted number;
     - an answered fact for every emitted answered revision of a call with a caller number, and of
       an alerted call under the number it was alerted with: it resolves the call's own alert, and
       open alerts of the same caller it answers (called again).
@@ -188,7 +189,9 @@ def _changed(state: CallState, v: CallView, now: float, cfg: LifecycleConfig, ho
             state.alert, state.alert_due = "none", None  # answered within the grace: nothing to decide
         return _answered_facts(state, v, how)
     if state.alert == "sent" or (state.counted and not _worthy(v, cfg)):
-        return ()  # alerted already, or counted already and still a short abandon
+        # decided already (alerted, or counted and still a short abandon): the revision may have
+        # moved the call's start or end, which the callers agent counts and resolves by
+        return (_missed_fact(state, v, state.alert == "sent"),)
     if state.alert != "pending":
         state.alert = "pending"
         state.alert_due = now if state.hangup_seen is None else max(now, state.hangup_seen + cfg.hangup_grace_s)
@@ -217,7 +220,7 @@ def _answered_facts(state: CallState, v: CallView, how: SelfResolution) -> tuple
         if alerted not in clis:
             clis.insert(0, alerted)
     return tuple(AnsweredCallFact(uniqueid=state.uniqueid, app=state.app, cli=cli, started_at=format_ts(v.started),
-                                  how=how) for cli in clis)
+                                  how=how, start_known=v.start_known) for cli in clis)
 
 
 def _missed_fact(state: CallState, v: CallView, alert: bool) -> MissedCallFact:
@@ -230,7 +233,7 @@ def _missed_fact(state: CallState, v: CallView, alert: bool) -> MissedCallFact:
     return MissedCallFact(
         uniqueid=state.uniqueid,
         app=state.app,
-        cli=v.cli,
+        cli=state.alerted_cli if state.alerted_cli is not None else v.cli,  # its alert's caller key
         at=format_ts(v.ended),
         missed_reason=reason,
         wait_s=round(v.wait_s, 3),

@@ -34,8 +34,10 @@ def missed(uid: str, at: float, alert: bool = True, cli: str = "98", wait: float
                           started_at=format_ts(at - wait), wait_is_lower_bound=False)
 
 
-def answered(uid: str, started: float, cli: str = "98", how: SelfResolution = "revised_answered") -> AnsweredCallFact:
-    return AnsweredCallFact(uniqueid=uid, app="app", cli=cli, started_at=format_ts(started), how=how)
+def answered(uid: str, started: float, cli: str = "98", how: SelfResolution = "revised_answered",
+             start_known: bool = True) -> AnsweredCallFact:
+    return AnsweredCallFact(uniqueid=uid, app="app", cli=cli, started_at=format_ts(started), how=how,
+                            start_known=start_known)
 
 
 class Caller:
@@ -137,6 +139,20 @@ def test_called_again_means_started_later_within_24_hours(started: float, resolv
     c = Caller()
     c.feed(missed("1", T0), answered("2", started))
     assert [r.uniqueid for r in c.resolved] == (["1"] if resolves else [])
+
+
+def test_an_answer_without_its_in_waits_for_it_and_a_moved_miss_is_checked_again() -> None:
+    c = Caller()
+    c.feed(missed("1", T0), answered("2", T0 + 60, start_known=False))
+    assert c.resolved == []  # it may have started before the missed call: not evidence yet
+    c.feed(answered("2", T0 + 50))  # its revision with the IN
+    assert [(r.uniqueid, r.by_uniqueid) for r in c.resolved] == [("1", "2")]
+    c2 = Caller()
+    c2.feed(answered("2", T0 + 60), missed("1", T0 + 100))  # missed call's IN not known yet: its start later
+    assert c2.resolved == []
+    c2.feed(missed("1", T0 + 40, wait=60))  # the revision that moved its start before the answered call
+    assert [(r.uniqueid, r.how, r.by_uniqueid) for r in c2.resolved] == [("1", "called_again_answered", "2")]
+    assert len(c2.alerts) == 1
 
 
 def test_answer_known_before_the_alert_resolves_it_at_once() -> None:

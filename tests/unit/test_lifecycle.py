@@ -33,10 +33,12 @@ class Run:
         self.completed: list[CompletedCall] = []
         self.missed: list[MissedCallFact] = []
         self.answered: list[AnsweredCallFact] = []
+        self.raised = 0  # times the call became alerted (an alert-worthy missed fact went out)
         self.duplicates = 0
         self.late = 0
 
-    def _take(self, r: Applied) -> None:
+    def _take(self, r: Applied, was_alerted: bool) -> None:
+        self.raised += r.state is not None and r.state.alert == "sent" and not was_alerted
         self.state = r.state
         if r.emission.completed:
             self.completed.append(r.emission.completed)
@@ -48,16 +50,21 @@ class Run:
         self.duplicates += r.duplicate
         self.late += r.late
 
+    def _alerted(self) -> bool:
+        return self.state is not None and self.state.alert == "sent"
+
     def feed(self, events: list[dict[str, Any]], now: float = NOW) -> Run:
         for e in events:
             # state goes through its JSON form each time, as it does through the table
             state = None if self.state is None else roundtrip(self.state)
-            self._take(apply(state, e, now, CFG))
+            was = self._alerted()
+            self._take(apply(state, e, now, CFG), was)
         return self
 
     def at(self, now: float) -> Run:
         if self.state is not None:
-            self._take(tick(self.state, now, CFG))
+            was = self._alerted()
+            self._take(tick(self.state, now, CFG), was)
         return self
 
     def settle(self, now: float = NOW) -> Run:
@@ -223,7 +230,9 @@ def test_late_event_after_close_makes_a_revision_not_an_alert() -> None:
     assert [c.revision for c in run.completed] == [1, 2, 3]
     assert run.completed[1].attempts[0].result == "caller_hangup"
     assert run.record.missed_reason == "no_answer" and run.record.attempts[0].result == "noanswer"
-    assert len(run.missed) == 1
+    # each revision refreshes the callers agent's copy of the missed call; the alert was raised once
+    assert run.raised == 1 and [m.alert for m in run.missed] == [True, True, True]
+    assert run.missed[-1].missed_reason == "no_answer"
 
 
 def test_revision_only_when_content_changes() -> None:
@@ -366,7 +375,8 @@ def test_alert_raised_at_the_first_alert_worthy_revision() -> None:
     assert run.record.revision == 2 and run.record.wait_s == 40
     assert [m.alert for m in run.missed] == [False, True]  # raised with this revision
     run.feed([ev("TA", uid, T0 + 5, attempt="rv.1", to="A1")], now=NOW + 120).settle(NOW + 120)
-    assert run.record.revision == 3 and [m.alert for m in run.missed] == [False, True]  # never twice
+    assert run.record.revision == 3 and run.raised == 1  # never twice
+    assert [m.alert for m in run.missed] == [False, True, True]  # the last one refreshes the copy
 
 
 def test_alerted_call_revised_answered_sends_its_answer_to_the_alerted_caller() -> None:
@@ -379,7 +389,7 @@ def test_alerted_call_revised_answered_sends_its_answer_to_the_alerted_caller() 
     assert run.record.outcome == "answered"
     assert {(a.uniqueid, a.cli, a.how, a.started_at) for a in run.answered} == {
         (uid, "9800000001", "revised_answered", format_ts(T0))}
-    assert len(run.missed) == 1  # no second alert
+    assert run.raised == 1  # no second alert (the late TA alone made a missed revision: a refresh)
     from_log = Run().feed([ev("IN", "cl", T0), ev("H", "cl", None, duration=30)]).settle()
     from_log.feed([dict(ev("TA", "cl", T0 + 2, attempt="cl.1", to="A1"), origin="call_log"),
                    dict(ev("TE", "cl", None, attempt="cl.1", to="A1", result="answered", duration=20),
