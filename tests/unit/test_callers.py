@@ -244,3 +244,42 @@ def test_alerts_raised_in_event_order_count_the_calls_up_to_them(facts: list[Mis
     for a in c.alerts:
         at = parse_ts(a.at)
         assert a.repeat_count == sum(1 for f in missed_calls if at - WINDOW_S <= parse_ts(f.at) <= at)
+
+
+# ---- the callers pipeline's wiring, without Kafka -----------------------------------------------
+
+def test_pipeline_decodes_every_fact_kind_and_routes_alerts_and_resolutions() -> None:
+    from config import topics
+    from config.settings import Settings
+    from processors.pipelines.callers import decode, pipeline
+    from processors.runtime import Result
+
+    s = Settings(topic_prefix="p.")
+    p = pipeline(s)
+    first = dumps(replace_received(missed("1", T0), T0 + 2))
+    legacy = orjson.dumps({k: v for k, v in orjson.loads(dumps(missed("0", T0 - 60))).items()
+                           if k not in ("kind", "started_at", "wait_is_lower_bound", "received_at")})
+    again = dumps(answered("2", T0 + 60))
+    items = [decode(b"app:98", raw)[0] for raw in (legacy, first, again)]
+    assert [k for k, _ in items] == ["app:98"] * 3
+    state: CallerState | None = None
+    outputs = []
+    for key, item in items:
+        r = p.step(key, state, item, NOW)
+        assert isinstance(r, Result) and r.due == NOW + RETENTION_S
+        state = r.state
+        outputs += list(r.outputs)
+    assert [(o.topic, o.key) for o in outputs] == [
+        ("p." + topics.ALERTS_MISSED, b"98"), ("p." + topics.ALERTS_MISSED, b"98"),
+        ("p." + topics.ALERTS_RESOLVED, b"98"), ("p." + topics.ALERTS_RESOLVED, b"98")]
+    assert outputs[1].received == T0 + 2 and outputs[1].latency == "alert"
+    assert [orjson.loads(o.value)["repeat_count"] for o in outputs[:2]] == [1, 2]
+    from processors.runtime import TICK
+
+    assert p.step("app:98", state, TICK, NOW + RETENTION_S) == Result(None)  # forgotten
+
+
+def replace_received(fact: MissedCallFact, received: float) -> MissedCallFact:
+    from dataclasses import replace
+
+    return replace(fact, received_at=format_ts(received))
