@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from processors.core.call_state import CallState
-from processors.core.lifecycle import LifecycleConfig, apply, next_due, tick
+from processors.core.callers import CallerState, apply_fact, caller_key, read_fact
+from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
 from schemas.codec import dumps
 from schemas.records import IvrEvent
 from schemas.webhook import MAX_DURATION_S, InvalidWebhook, normalise
@@ -78,6 +79,7 @@ def test_whatever_the_ingress_accepts_the_core_processes(
     events: list[dict[str, Any]], gaps: list[float], clock: float
 ) -> None:
     state: CallState | None = None
+    callers: dict[str, CallerState] = {}
     now = clock
     for fields, gap in zip(events, gaps, strict=False):
         event = _accepted(fields, RECEIVED + gap)
@@ -87,19 +89,28 @@ def test_whatever_the_ingress_accepts_the_core_processes(
         now += gap
         state = None if state is None else CallState.from_json(orjson.loads(orjson.dumps(state.to_json())))
         result = apply(state, decoded, now, CFG)
-        for record in (result.emission.completed, result.emission.missed):
-            if record is not None:
-                dumps(record)
+        callers = _through(result, callers, now)
         state = result.state
     for _ in range(6):  # close, alert, forget
         if state is None:
             break
         now = max(now, next_due(state, CFG))
         result = tick(state, now, CFG)
-        for record in (result.emission.completed, result.emission.missed):
-            if record is not None:
-                dumps(record)
+        callers = _through(result, callers, now)
         state = result.state
+
+
+def _through(result: Applied, callers: dict[str, CallerState], now: float) -> dict[str, CallerState]:
+    """Every record the emission makes is encoded, and its caller facts go through the callers
+    core as the worker would send them (encoded, decoded)."""
+    if result.emission.completed is not None:
+        dumps(result.emission.completed)
+    for fact in result.emission.facts:
+        key = caller_key(fact.app, fact.cli)
+        callers[key], outputs = apply_fact(callers.get(key), read_fact(orjson.loads(dumps(fact))), now)
+        for o in outputs:
+            dumps(o)
+    return callers
 
 
 @pytest.mark.parametrize("value", ["1e308", 1e308, "172800.5", 10**30, "nan", "inf", "-1", -0.5, "1_000", "0x10"])
