@@ -18,7 +18,7 @@ import asyncio
 import random
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -242,8 +242,8 @@ async def post_events(url: str, token: str, events: list[dict[str, str]], rate: 
     return statuses
 
 
-async def write_events(bootstrap: str, topic: str, events: list[dict[str, str]], tz: str = "Asia/Kolkata",
-                       progress: bool = True) -> None:
+async def write_events(bootstrap: str | Mapping[str, Any], topic: str, events: list[dict[str, str]],
+                       tz: str = "Asia/Kolkata", progress: bool = True) -> None:
     """Normalise like the ingress does and produce straight to ivr.events (acks=all)."""
     from zoneinfo import ZoneInfo
 
@@ -254,7 +254,9 @@ async def write_events(bootstrap: str, topic: str, events: list[dict[str, str]],
 
     zone = ZoneInfo(tz)
     bar = Progress(len(events), "writing") if progress else None
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True, linger_ms=5,
+    from deploy.topic_reader import client_kwargs
+
+    producer = AIOKafkaProducer(**client_kwargs(bootstrap), acks="all", enable_idempotence=True, linger_ms=5,
                                 max_batch_size=256 * 1024)
     await producer.start()
     try:
@@ -304,7 +306,12 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         print(f"HTTP statuses: {statuses}", file=sys.stderr)
         return 0 if set(statuses) == {202} else 1
     if args.kafka:
-        asyncio.run(write_events(args.kafka, f"{args.topic_prefix}ivr.events", events))
+        from config.kafka_client import aiokafka_kwargs
+        from config.settings import load
+
+        # the security settings (KAFKA_SECURITY_PROTOCOL, ...) from the environment, like every client
+        kafka = aiokafka_kwargs(load(), bootstrap=args.kafka)
+        asyncio.run(write_events(kafka, f"{args.topic_prefix}ivr.events", events))
     return 0
 
 

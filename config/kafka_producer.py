@@ -16,6 +16,9 @@ from aiokafka.errors import (
 )
 from aiokafka.partitioner import murmur2
 
+from config.kafka_client import check_connection
+from config.settings import Settings
+
 # After these the idempotent producer's sequence state is broken for good (typically batches that
 # expired during a broker outage leave a gap). aiokafka does not reset the producer id the way the
 # Java client does, so the owner replaces the producer.
@@ -28,16 +31,22 @@ def partition_for(key: bytes, partitions: int) -> int:
     return int(murmur2(key) & 0x7FFFFFFF) % partitions
 
 
-async def start_producer(new: Callable[[], AIOKafkaProducer], log: logging.Logger) -> AIOKafkaProducer:
-    """A started producer; while the broker cannot be reached, retry with a growing delay."""
+async def start_producer(new: Callable[[], AIOKafkaProducer], log: logging.Logger,
+                         settings: Settings | None = None) -> AIOKafkaProducer:
+    """A started producer; while the broker cannot be reached, retry with a growing delay.
+
+    With `settings`, a failed start is looked into: a broker that refuses the credentials or
+    certificates raises KafkaSetupError (retrying cannot help) instead of retrying for ever."""
     delay = 0.2
     while True:
         producer = new()
         try:
             await producer.start()
         except (KafkaError, OSError) as e:
-            log.warning("Kafka producer could not start (%s); retrying in %.1fs", type(e).__name__, delay)
             await producer.stop()
+            if settings is not None and settings.kafka_security_protocol != "PLAINTEXT":
+                await check_connection(settings)  # raises KafkaSetupError on a refusal
+            log.warning("Kafka producer could not start (%s); retrying in %.1fs", type(e).__name__, delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
             continue

@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
 class SettingsError(ValueError):
     """An environment variable holds a value that cannot be used."""
+
+
+SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
+SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
+SSL_PROTOCOLS = ("SSL", "SASL_SSL")
+SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,7 +34,16 @@ class Settings:
     short_abandon_s: float = 5.0
     agent_window_s: int = 3600
     topic_prefix: str = ""
+    # Kafka security, the same for every client (empty: not set)
+    kafka_security_protocol: str = "PLAINTEXT"
+    kafka_sasl_mechanism: str = ""  # PLAIN when SASL is on and this is empty
+    kafka_sasl_username: str = ""
+    kafka_sasl_password: str = field(default="", repr=False)  # never in a repr, hence never in a log
+    kafka_ssl_cafile: str = ""  # empty: the system trust store
+    kafka_ssl_certfile: str = ""
+    kafka_ssl_keyfile: str = ""
     # --- our own ---
+    kafka_nodes: int = 1  # brokers `make run` starts locally (1 or 3)
     connected_idle_timeout_s: float = 14400.0
     closed_call_retention_s: float = 86400.0
     metrics_grace_s: float = 1800.0
@@ -54,6 +70,14 @@ class Settings:
     kafka_port: int = 9092  # the controller listens on the next port up
     ingress_port: int = 8080
     run_dir: str = "var"  # broker data, worker tables, logs, dev token; relative: to the checkout
+
+    @property
+    def kafka_uses_sasl(self) -> bool:
+        return self.kafka_security_protocol in SASL_PROTOCOLS
+
+    @property
+    def kafka_uses_ssl(self) -> bool:
+        return self.kafka_security_protocol in SSL_PROTOCOLS
 
     @property
     def tz(self) -> ZoneInfo:
@@ -111,4 +135,42 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("WORKER_STALL_TIMEOUT_S must be positive")
     if settings.topic_partitions <= 0 or settings.topic_replication <= 0:
         raise SettingsError("TOPIC_PARTITIONS and TOPIC_REPLICATION must be positive")
-    return settings
+    if settings.kafka_nodes not in (1, 3):
+        raise SettingsError(f"KAFKA_NODES={settings.kafka_nodes} must be 1 or 3")
+    return _kafka_security(settings)
+
+
+def _kafka_security(settings: Settings) -> Settings:
+    """Validate the Kafka security variables together; normalise case and the SASL default.
+    A set variable that the chosen protocol would ignore is an error, not a silent no-op."""
+    protocol = settings.kafka_security_protocol.strip().upper()
+    if protocol not in SECURITY_PROTOCOLS:
+        raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={settings.kafka_security_protocol!r} must be one of "
+                            f"{', '.join(SECURITY_PROTOCOLS)}")
+    mechanism = settings.kafka_sasl_mechanism.strip().upper()
+    if protocol in SASL_PROTOCOLS:
+        mechanism = mechanism or "PLAIN"
+        if mechanism not in SASL_MECHANISMS:
+            raise SettingsError(f"KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism!r} must be one of "
+                                f"{', '.join(SASL_MECHANISMS)}")
+        missing = [name for name, value in (("KAFKA_SASL_USERNAME", settings.kafka_sasl_username),
+                                            ("KAFKA_SASL_PASSWORD", settings.kafka_sasl_password)) if not value]
+        if missing:
+            raise SettingsError(f"KAFKA_SECURITY_PROTOCOL={protocol} needs {' and '.join(missing)}")
+    else:
+        for name, value in (("KAFKA_SASL_MECHANISM", mechanism), ("KAFKA_SASL_USERNAME", settings.kafka_sasl_username),
+                            ("KAFKA_SASL_PASSWORD", settings.kafka_sasl_password)):
+            if value:
+                raise SettingsError(f"{name} is set but KAFKA_SECURITY_PROTOCOL={protocol} does not use SASL "
+                                    f"(use SASL_SSL or SASL_PLAINTEXT)")
+    files = (("KAFKA_SSL_CAFILE", settings.kafka_ssl_cafile), ("KAFKA_SSL_CERTFILE", settings.kafka_ssl_certfile),
+             ("KAFKA_SSL_KEYFILE", settings.kafka_ssl_keyfile))
+    for name, value in files:
+        if value and protocol not in SSL_PROTOCOLS:
+            raise SettingsError(f"{name} is set but KAFKA_SECURITY_PROTOCOL={protocol} does not use TLS "
+                                f"(use SSL or SASL_SSL)")
+        if value and not Path(value).is_file():
+            raise SettingsError(f"{name}={value!r}: no such file")
+    if settings.kafka_ssl_keyfile and not settings.kafka_ssl_certfile:
+        raise SettingsError("KAFKA_SSL_KEYFILE is set without KAFKA_SSL_CERTFILE")
+    return replace(settings, kafka_security_protocol=protocol, kafka_sasl_mechanism=mechanism)

@@ -7,6 +7,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+from config.kafka_client import aiokafka_kwargs, check_connection
 from config.settings import Settings
 
 EVENTS = "ivr.events"
@@ -77,7 +78,8 @@ async def ensure_topics(settings: Settings, bases: tuple[str, ...] | None = None
 
     wanted = [s for s in CATALOGUE if bases is None or s.base in bases] + list(extra)
     min_isr = "2" if settings.topic_replication >= 3 else "1"
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+    await check_connection(settings)  # refused credentials or certificates: KafkaSetupError, not a retry
+    admin = AIOKafkaAdminClient(**aiokafka_kwargs(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())

@@ -1,15 +1,19 @@
 """A real Apache Kafka broker for local runs, tests and benchmarks, without Docker.
 
 The broker jars come from Maven Central (see `deploy/kafka/pom.xml`), fetched once into a
-cache folder. The broker runs single-node KRaft (broker and controller in one JVM) on loopback.
+cache folder. Each node runs KRaft with broker and controller in one JVM, on loopback; one node, or
+three that vote together (replication 3, min.insync.replicas 2).
 
     python -m deploy.local_kafka            # run in the foreground until Ctrl-C
+    python -m deploy.local_kafka --nodes 3  # three KRaft nodes (9092, 9094, 9096), all voters
+    python -m deploy.local_kafka --secure   # also SASL_SSL and SSL listeners, certificates under var/
     python -m deploy.local_kafka --fetch    # only fetch the jars
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
@@ -18,6 +22,7 @@ import subprocess
 import sys
 import time
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -84,8 +89,21 @@ def _port_open(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
+@dataclass(frozen=True, slots=True)
+class BrokerSecurity:
+    """Secured listeners beside the plaintext one: SASL_SSL (SCRAM-SHA-512 and -256 users created
+    when the data directory is formatted) and SSL that requires a client certificate signed by
+    the CA. Certificates are PEM files (`deploy.tls.make_pki` makes a set)."""
+
+    ca_file: Path
+    keystore: Path  # the broker's key and certificate chain, PEM
+    scram_users: tuple[tuple[str, str], ...] = ()  # (name, password)
+
+
 class KafkaBroker:
-    """One single-node KRaft broker process on loopback, owning a data directory."""
+    """One KRaft node (broker and controller in one JVM) on loopback, owning a data directory.
+
+    Alone it is a single-node cluster; `KafkaCluster` starts three that vote together."""
 
     def __init__(
         self,
@@ -94,12 +112,25 @@ class KafkaBroker:
         controller_port: int | None = None,
         heap: str = "768m",
         partitions: int = 6,
+        *,
+        node_id: int = 1,
+        voters: str | None = None,
+        cluster_id: str | None = None,
+        replication: int = 1,
+        security: BrokerSecurity | None = None,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
         self.controller_port = controller_port or free_port()
         self.heap = heap
         self.partitions = partitions
+        self.node_id = node_id
+        self.voters = voters or f"{node_id}@127.0.0.1:{self.controller_port}"
+        self.cluster_id = cluster_id
+        self.replication = replication
+        self.security = security
+        self.sasl_ssl_port = free_port() if security else 0
+        self.ssl_port = free_port() if security else 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self.log_path = self.data_dir / "broker.log"
@@ -108,30 +139,72 @@ class KafkaBroker:
     def bootstrap(self) -> str:
         return f"127.0.0.1:{self.port}"
 
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        return f"localhost:{self.sasl_ssl_port}"
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        return f"localhost:{self.ssl_port}"
+
+    def _listeners(self) -> tuple[dict[str, str], str, str]:
+        """Extra properties, the listeners and the advertised listeners."""
+        listeners = [f"PLAINTEXT://127.0.0.1:{self.port}"]
+        advertised = list(listeners)
+        props: dict[str, str] = {}
+        sec = self.security
+        if sec is not None:
+            # advertised as localhost: the name the broker certificate carries
+            listeners += [f"SASL_SSL://127.0.0.1:{self.sasl_ssl_port}", f"SSL://127.0.0.1:{self.ssl_port}"]
+            advertised += [f"SASL_SSL://localhost:{self.sasl_ssl_port}", f"SSL://localhost:{self.ssl_port}"]
+            props.update({
+                "ssl.keystore.type": "PEM",
+                "ssl.keystore.location": str(sec.keystore),
+                "ssl.truststore.type": "PEM",
+                "ssl.truststore.location": str(sec.ca_file),
+                "sasl.enabled.mechanisms": "SCRAM-SHA-512,SCRAM-SHA-256",
+                "listener.name.ssl.ssl.client.auth": "required",
+            })
+            for mech in ("scram-sha-512", "scram-sha-256"):
+                props[f"listener.name.sasl_ssl.{mech}.sasl.jaas.config"] = (
+                    "org.apache.kafka.common.security.scram.ScramLoginModule required;")
+        listeners.append(f"CONTROLLER://127.0.0.1:{self.controller_port}")
+        return props, ",".join(listeners), ",".join(advertised)
+
     def _write_config(self) -> Path:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         logs = self.data_dir / "logs"
+        rf = str(self.replication)
+        min_isr = "2" if self.replication >= 3 else "1"
+        extra, listeners, advertised = self._listeners()
         props = {
             "process.roles": "broker,controller",
-            "node.id": "1",
-            "controller.quorum.voters": f"1@127.0.0.1:{self.controller_port}",
-            "listeners": f"PLAINTEXT://127.0.0.1:{self.port},CONTROLLER://127.0.0.1:{self.controller_port}",
-            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{self.port}",
+            "node.id": str(self.node_id),
+            "controller.quorum.voters": self.voters,
+            "listeners": listeners,
+            "advertised.listeners": advertised,
             "controller.listener.names": "CONTROLLER",
             "inter.broker.listener.name": "PLAINTEXT",
-            "listener.security.protocol.map": "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT",
+            "listener.security.protocol.map":
+                "PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT,SASL_SSL:SASL_SSL,SSL:SSL",
             "log.dirs": str(logs),
             "num.partitions": str(self.partitions),
-            "offsets.topic.replication.factor": "1",
+            # with three nodes every internal topic (group offsets, transactions) and every
+            # topic created without its own settings (Faust's changelogs) survives one node down
+            "default.replication.factor": rf,
+            "min.insync.replicas": min_isr,
+            "offsets.topic.replication.factor": rf,
             "offsets.topic.num.partitions": "6",
-            "transaction.state.log.replication.factor": "1",
-            "transaction.state.log.min.isr": "1",
+            "transaction.state.log.replication.factor": rf,
+            "transaction.state.log.min.isr": min_isr,
             "transaction.state.log.num.partitions": "6",
-            "share.coordinator.state.topic.replication.factor": "1",
-            "share.coordinator.state.topic.min.isr": "1",
+            "share.coordinator.state.topic.replication.factor": rf,
+            "share.coordinator.state.topic.min.isr": min_isr,
             "group.initial.rebalance.delay.ms": "0",
             "auto.create.topics.enable": "true",
             "log.segment.bytes": str(64 * 1024 * 1024),
             "log.cleaner.dedupe.buffer.size": str(16 * 1024 * 1024),
+            **extra,
         }
         path = self.data_dir / "server.properties"
         path.write_text("".join(f"{k}={v}\n" for k, v in props.items()))
@@ -150,7 +223,8 @@ class KafkaBroker:
             "-cp", f"{libs}/*", *args,
         ]
 
-    def start(self, timeout: float = 90.0) -> None:
+    def launch(self) -> None:
+        """Format the data directory (once) and start the JVM; `wait_ready` waits for it."""
         if self.proc is not None and self.proc.poll() is None:
             return
         libs = fetch_jars()
@@ -158,11 +232,15 @@ class KafkaBroker:
         config = self._write_config()
         cluster_id_file = self.data_dir / "cluster.id"
         if not cluster_id_file.exists():
-            cluster_id_file.write_text(uuid.uuid4().hex[:22])
+            cluster_id_file.write_text(self.cluster_id or uuid.uuid4().hex[:22])
         cluster_id = cluster_id_file.read_text().strip()
+        scram = []
+        for name, password in self.security.scram_users if self.security else ():
+            for mech in ("SCRAM-SHA-512", "SCRAM-SHA-256"):
+                scram += ["--add-scram", f"{mech}=[name={name},password={password}]"]
         fmt = subprocess.run(
             self._java_cmd(libs, "kafka.tools.StorageTool", "format", "-t", cluster_id,
-                           "-c", str(config), "--ignore-formatted"),
+                           "-c", str(config), "--ignore-formatted", *scram),
             capture_output=True, text=True,
         )
         if fmt.returncode != 0:
@@ -173,6 +251,9 @@ class KafkaBroker:
                 self._java_cmd(libs, "kafka.Kafka", str(config)),
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
+
+    def wait_ready(self, timeout: float = 90.0) -> None:
+        assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
@@ -183,11 +264,28 @@ class KafkaBroker:
         self.stop()
         raise BrokerError(f"the broker did not become ready in {timeout:.0f}s; see {self.log_path}")
 
+    def start(self, timeout: float = 90.0) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            return
+        self.launch()
+        self.wait_ready(timeout)
+
     def _ready(self) -> bool:
         # The broker logs this line once it serves requests (after the controller elected itself).
         with open(self.log_path, "rb") as f:
             f.seek(self._log_offset)
             return b"Kafka Server started" in f.read()
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self) -> None:
+        """SIGKILL: a crash, nothing flushed."""
+        proc, self.proc = self.proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful shutdown (SIGTERM), then SIGKILL if it takes too long."""
@@ -215,30 +313,134 @@ class KafkaBroker:
         self.stop()
 
 
+class KafkaCluster:
+    """`nodes` KRaft nodes on loopback, each broker and controller, all of them voters.
+
+    With three, internal topics and topics created without explicit settings get replication 3
+    and min.insync.replicas 2: one node may be lost (or restarted) without losing a write."""
+
+    def __init__(self, data_dir: Path, nodes: int = 3, heap: str = "512m", partitions: int = 6,
+                 ports: list[int] | None = None, controller_ports: list[int] | None = None,
+                 security: BrokerSecurity | None = None) -> None:
+        if nodes < 1:
+            raise ValueError("a cluster needs at least one node")
+        self.data_dir = Path(data_dir)
+        ports = ports or [free_port() for _ in range(nodes)]
+        cports = controller_ports or [free_port() for _ in range(nodes)]
+        voters = ",".join(f"{i + 1}@127.0.0.1:{cports[i]}" for i in range(nodes))
+        cluster_id = uuid.uuid4().hex[:22]
+        self.nodes = [
+            KafkaBroker(self.data_dir / f"node{i + 1}", ports[i], cports[i], heap, partitions, node_id=i + 1,
+                        voters=voters, cluster_id=cluster_id, replication=min(nodes, 3), security=security)
+            for i in range(nodes)
+        ]
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(n.bootstrap for n in self.nodes)
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        return ",".join(n.sasl_ssl_bootstrap for n in self.nodes)
+
+    @property
+    def ssl_bootstrap(self) -> str:
+        return ",".join(n.ssl_bootstrap for n in self.nodes)
+
+    def node(self, node_id: int) -> KafkaBroker:
+        return self.nodes[node_id - 1]
+
+    def start(self, timeout: float = 120.0) -> None:
+        # all at once: no node serves before a majority of voters has elected a controller
+        try:
+            for n in self.nodes:
+                n.launch()
+            for n in self.nodes:
+                n.wait_ready(timeout)
+        except BaseException:
+            self.stop()
+            raise
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
+
+    def __enter__(self) -> KafkaCluster:
+        self.start()
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None) -> None:
+        self.stop()
+
+
+def cluster_ports(nodes: int, port: int = 9092) -> tuple[list[int], list[int]]:
+    """Fixed local ports: node i listens on port + 2i, its controller on port + 2i + 1."""
+    return [port + 2 * i for i in range(nodes)], [port + 2 * i + 1 for i in range(nodes)]
+
+
+def local_cluster(data_dir: Path, nodes: int, port: int = 9092,
+                  security: BrokerSecurity | None = None) -> KafkaBroker | KafkaCluster:
+    """What `make run` and `python -m deploy.local_kafka` start: one node, or three voters."""
+    if nodes == 1:
+        return KafkaBroker(data_dir, port, port + 1, security=security)
+    ports, cports = cluster_ports(nodes, port)
+    return KafkaCluster(data_dir / f"cluster{nodes}", nodes, ports=ports, controller_ports=cports, security=security)
+
+
+def _secure(data_dir: Path) -> tuple[BrokerSecurity, str]:
+    """Certificates and a SCRAM user for --secure, made once under the data directory."""
+    import secrets
+
+    from deploy.tls import make_pki
+
+    folder = data_dir / "tls"
+    password_file = folder / "scram-password"
+    if not password_file.exists():
+        make_pki(folder)
+        password_file.write_text(secrets.token_urlsafe(18))
+        password_file.chmod(0o600)
+    password = password_file.read_text().strip()
+    security = BrokerSecurity(folder / "ca.pem", folder / "broker-keystore.pem", (("ivr", password),))
+    pki_env = (f"  KAFKA_SECURITY_PROTOCOL=SASL_SSL KAFKA_SASL_MECHANISM=SCRAM-SHA-512 KAFKA_SASL_USERNAME=ivr\n"
+               f"  KAFKA_SASL_PASSWORD=$(cat {password_file}) KAFKA_SSL_CAFILE={folder / 'ca.pem'}\n"
+               f"  (mutual TLS instead: KAFKA_SECURITY_PROTOCOL=SSL KAFKA_SSL_CERTFILE={folder / 'client.pem'} "
+               f"KAFKA_SSL_KEYFILE={folder / 'client-key.pem'})")
+    return security, pki_env
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--fetch", action="store_true", help="only fetch the broker jars")
-    parser.add_argument("--port", type=int, default=9092)
-    parser.add_argument("--controller-port", type=int, default=9093)
+    parser.add_argument("--nodes", type=int, choices=(1, 3), default=1,
+                        help="KRaft nodes (each broker and controller); 3: ports 9092, 9094, 9096")
+    parser.add_argument("--port", type=int, default=9092, help="first node's port (its controller: +1)")
+    parser.add_argument("--secure", action="store_true",
+                        help="also SASL_SSL (SCRAM user `ivr`) and SSL (client certificate) listeners")
     parser.add_argument("--data-dir", type=Path, default=ROOT / "var" / "kafka")
     args = parser.parse_args(argv)
     try:
         if args.fetch:
             print(fetch_jars())
             return 0
-        broker = KafkaBroker(args.data_dir, args.port, args.controller_port)
-        broker.start()
+        security, secure_env = _secure(args.data_dir) if args.secure else (None, "")
+        kafka = local_cluster(args.data_dir, args.nodes, args.port, security)
+        kafka.start()
     except BrokerError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"Kafka {KAFKA_VERSION} ready at {broker.bootstrap} (data: {args.data_dir}); Ctrl-C stops it")
+    print(f"Kafka {KAFKA_VERSION} ({args.nodes} node(s)) ready at {kafka.bootstrap} (data: {args.data_dir}); "
+          "Ctrl-C stops it")
+    if security is not None:
+        print(f"SASL_SSL at {kafka.sasl_ssl_bootstrap}, SSL (client certificate) at {kafka.ssl_bootstrap}:\n"
+              f"{secure_env}")
+    nodes = kafka.nodes if isinstance(kafka, KafkaCluster) else [kafka]
     try:
-        while broker.proc is not None and broker.proc.poll() is None:
+        while all(n.alive() for n in nodes):
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass
     finally:
-        broker.stop()
+        kafka.stop()
     return 0
 
 

@@ -4,19 +4,26 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
+Kafka = str | Mapping[str, Any]  # a bootstrap list, or a client's settings (config.kafka_client.aiokafka_kwargs)
+
+
+def client_kwargs(kafka: Kafka) -> dict[str, Any]:
+    return {"bootstrap_servers": kafka} if isinstance(kafka, str) else dict(kafka)
+
 
 async def _read(
-    bootstrap: str, topic: str, count: int, wait_s: float, isolation: str
+    bootstrap: Kafka, topic: str, count: int, wait_s: float, isolation: str
 ) -> list[tuple[bytes | None, Any]]:
     from aiokafka import AIOKafkaConsumer
 
     consumer = AIOKafkaConsumer(
         topic,
-        bootstrap_servers=bootstrap,
+        **client_kwargs(bootstrap),
         auto_offset_reset="earliest",
         enable_auto_commit=False,
         group_id=None,
@@ -37,12 +44,12 @@ async def _read(
 
 
 def read_topic(
-    bootstrap: str, topic: str, count: int, timeout: float = 20.0, isolation: str = "read_committed"
+    bootstrap: Kafka, topic: str, count: int, timeout: float = 20.0, isolation: str = "read_committed"
 ) -> list[tuple[bytes | None, Any]]:
     """Read a topic from the start until `count` records (or `timeout`): key and decoded JSON value."""
     return asyncio.run(_read(bootstrap, topic, count, timeout, isolation))
 
 
-def read_all(bootstrap: str, topic: str, settle: float = 2.0) -> list[tuple[bytes | None, Any]]:
+def read_all(bootstrap: Kafka, topic: str, settle: float = 2.0) -> list[tuple[bytes | None, Any]]:
     """Everything on a topic, reading until nothing new arrives for `settle` seconds."""
     return asyncio.run(_read(bootstrap, topic, 10**9, settle, "read_committed"))

@@ -16,7 +16,7 @@ from typing import Protocol
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
-from config import topics
+from config import kafka_client, topics
 from config.kafka_producer import FATAL_PRODUCER_ERRORS, start_producer
 from config.settings import Settings
 from ingress.metrics import PRODUCE_SECONDS
@@ -56,7 +56,7 @@ class KafkaWriter:
     def _new_producer(self) -> AIOKafkaProducer:
         """The only place the producer is configured."""
         return AIOKafkaProducer(
-            bootstrap_servers=self._bootstrap,
+            **kafka_client.aiokafka_kwargs(self._settings),  # brokers and security, as every client
             acks="all",
             enable_idempotence=True,
             linger_ms=1,
@@ -69,12 +69,15 @@ class KafkaWriter:
         """Start in the background: the ingress serves (and answers 503) while the broker is away."""
         try:
             await topics.ensure_topics(self._settings, (topics.EVENTS, topics.EVENTS_INVALID))
+        except kafka_client.KafkaSetupError:
+            raise  # refused credentials or certificates: stop at start (the line saying why is logged)
         except Exception as e:  # the broker may be down at start: the producer keeps trying
             log.warning("could not ensure topics at start (%s); continuing", type(e).__name__)
         self._starting = asyncio.create_task(self._start_loop())
 
     async def _start_loop(self) -> None:
-        self._producer = await start_producer(self._new_producer, log)
+        # a refusal found later (the broker was down at start) is logged once; writes then get 503
+        self._producer = await start_producer(self._new_producer, log, self._settings)
         log.info("Kafka producer connected to %s", self._bootstrap)
 
     def _reset(self, reason: str) -> None:

@@ -7,6 +7,7 @@ from typing import Any
 
 import faust
 
+from config import kafka_client
 from config.settings import Settings
 from config.topics import TopicSpec, ensure_topics
 from processors.batched_table import BatchedTable
@@ -22,7 +23,7 @@ class IvrApp(faust.App):
 
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.ivr_settings = settings
-        self.outputs = OutputProducer(settings.kafka_bootstrap_servers, f"{settings.processor_id}-outputs")
+        self.outputs = OutputProducer(settings, f"{settings.processor_id}-outputs")
         super().__init__(**kwargs)
 
     async def on_first_start(self) -> None:
@@ -72,11 +73,11 @@ def table_options(settings: Settings) -> dict[str, Any] | None:
 
 
 def create_app(settings: Settings) -> IvrApp:
-    brokers = ";".join(f"kafka://{h.strip()}" for h in settings.kafka_bootstrap_servers.split(",") if h.strip())
     return IvrApp(
         settings,
         id=f"{settings.topic_prefix}{settings.processor_id}",
-        broker=brokers,
+        broker=kafka_client.faust_broker_url(settings),
+        broker_credentials=kafka_client.faust_credentials(settings),  # consumer, producer and admin alike
         store=settings.worker_store,
         datadir=settings.worker_data_dir,
         topic_partitions=settings.topic_partitions,

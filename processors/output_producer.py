@@ -18,7 +18,9 @@ from collections.abc import Sequence
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
+from config.kafka_client import aiokafka_kwargs
 from config.kafka_producer import FATAL_PRODUCER_ERRORS, partition_for, start_producer
+from config.settings import Settings
 
 log = logging.getLogger("processors.output")
 
@@ -29,15 +31,17 @@ Offsets = dict[tuple[str, int], int]  # topic, partition -> offset of the last r
 
 
 class OutputProducer:
-    def __init__(self, bootstrap: str, client_id: str) -> None:
-        self._bootstrap = bootstrap
+    def __init__(self, kafka: str | Settings, client_id: str) -> None:
+        # the settings (every client connects alike: config.kafka_client), or a bare bootstrap list
+        self._settings = kafka if isinstance(kafka, Settings) else None
+        self._client = aiokafka_kwargs(kafka) if isinstance(kafka, Settings) else {"bootstrap_servers": kafka}
         self._client_id = client_id
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
         self._starting = asyncio.Lock()  # several pipelines share the producer: start one, not one each
 
     def _new(self) -> AIOKafkaProducer:
-        return AIOKafkaProducer(bootstrap_servers=self._bootstrap, client_id=self._client_id, acks="all",
+        return AIOKafkaProducer(**self._client, client_id=self._client_id, acks="all",
                                 enable_idempotence=True,
                                 linger_ms=0,  # a batch handed to send_all is complete: nothing to wait for
                                 retry_backoff_ms=200)
@@ -47,7 +51,7 @@ class OutputProducer:
             return self._producer
         async with self._starting:
             if self._producer is None:
-                self._producer = await start_producer(self._new, log)
+                self._producer = await start_producer(self._new, log, self._settings)
             return self._producer
 
     async def stop(self) -> None:
