@@ -106,6 +106,8 @@ def describe_refusal(settings: Settings, host: str, error: BaseException) -> str
         return (f"KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD ({settings.kafka_sasl_mechanism}) rejected by {where}: "
                 f"{said}")
     if isinstance(error, _MECHANISM_ERRORS):
+        if "AIOKafkaConnection" in said:  # the handshake's error carries no message of its own
+            said = f"{type(error).__name__}: the broker does not enable this mechanism on this listener"
         return f"KAFKA_SASL_MECHANISM={settings.kafka_sasl_mechanism} refused by {where}: {said}"
     if isinstance(error, ssl.SSLCertVerificationError):
         ca = settings.kafka_ssl_cafile or "the system trust store"
