@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,7 +116,8 @@ def _exits_with_one_line(service: Service, expected: list[str], timeout: float =
     return lines[0]
 
 
-REFUSALS = {
+EnvFor = Callable[[KafkaBroker, Pki, Path], dict[str, str]]
+REFUSALS: dict[str, tuple[EnvFor, list[str]]] = {
     "wrong_password": (lambda b, p, o: sasl_env(b, p, password="not-the-password"),
                        ["KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD", "invalid credentials"]),
     "untrusted_broker_certificate": (lambda b, p, o: {**sasl_env(b, p), "KAFKA_SSL_CAFILE": str(o)},
