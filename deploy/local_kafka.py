@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -30,6 +31,9 @@ ROOT = Path(__file__).resolve().parent.parent
 POM = ROOT / "deploy" / "kafka" / "pom.xml"
 KAFKA_VERSION = "4.1.1"
 CACHE = Path.home() / ".cache" / "ivr-stream" / f"kafka-{KAFKA_VERSION}"
+
+
+_ACTIVE_CONTROLLER = re.compile(rb"\[QuorumController id=(\d+)\] Becoming the active controller at epoch (\d+)")
 
 
 class BrokerError(RuntimeError):
@@ -349,6 +353,16 @@ class KafkaCluster:
 
     def node(self, node_id: int) -> KafkaBroker:
         return self.nodes[node_id - 1]
+
+    def active_controller(self) -> int | None:
+        """The node id of the active KRaft controller: the latest epoch a node's log says it became
+        active at (a node takes over with a higher epoch)."""
+        best: tuple[int, int | None] = (-1, None)
+        for n in self.nodes:
+            if n.log_path.exists():
+                for m in _ACTIVE_CONTROLLER.finditer(n.log_path.read_bytes()):
+                    best = max(best, (int(m.group(2)), int(m.group(1))), key=lambda b: b[0])
+        return best[1]
 
     def start(self, timeout: float = 120.0) -> None:
         # all at once: no node serves before a majority of voters has elected a controller

@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 
 from config.settings import Settings, load
-from deploy.local_kafka import ROOT, BrokerError, KafkaBroker
+from deploy.local_kafka import ROOT, BrokerError, KafkaCluster, cluster_ports, local_cluster
 
 
 def state_dir(settings: Settings) -> Path:
@@ -119,8 +119,10 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
 
 
 def _ports(settings: Settings) -> list[tuple[int, str, str]]:
-    return [(settings.kafka_port, "Kafka", "KAFKA_PORT"),
-            (settings.kafka_port + 1, "Kafka's controller (KAFKA_PORT + 1)", "KAFKA_PORT"),
+    # node i of KAFKA_NODES listens on KAFKA_PORT + 2i, its controller on KAFKA_PORT + 2i + 1
+    kafka, controllers = cluster_ports(settings.kafka_nodes, settings.kafka_port)
+    return [*((p, "Kafka", "KAFKA_PORT") for p in kafka),
+            *((p, "Kafka's controller (KAFKA_PORT + 1)", "KAFKA_PORT") for p in controllers),
             (settings.ingress_port, "the ingress", "INGRESS_PORT"),
             (settings.worker_web_port, "the worker's web server", "WORKER_WEB_PORT")]
 
@@ -136,15 +138,18 @@ def main() -> int:
                   f"or choose another with {variable}=<port>", file=sys.stderr)
             return 1
     token = settings.webhook_tokens[0] if settings.webhook_tokens else _dev_token(var)
-    bootstrap = f"127.0.0.1:{settings.kafka_port}"
+    broker = local_cluster(var / "kafka", settings.kafka_nodes, settings.kafka_port)  # KAFKA_NODES: 1 or 3
+    bootstrap = broker.bootstrap
     env = {
         **os.environ,
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        # three nodes: replicated topics unless TOPIC_REPLICATION says otherwise
+        "TOPIC_REPLICATION": str(settings.topic_replication if settings.topic_replication > 1
+                                 else min(3, settings.kafka_nodes)),
         "WEBHOOK_TOKENS": ",".join(settings.webhook_tokens) or token,
         "WORKER_DATA_DIR": str(var / "worker"),
         "WORKER_WEB_PORT": str(settings.worker_web_port),
     }
-    broker = KafkaBroker(var / "kafka", settings.kafka_port, settings.kafka_port + 1)
     ingress: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None
     stopping = False
@@ -162,8 +167,10 @@ def main() -> int:
     # make told to stop: stop as on Ctrl-C, whatever we are doing (even while the broker starts)
     watch_make(lambda: None if stopping else os.kill(os.getpid(), signal.SIGINT))
     try:
-        print("starting Apache Kafka (single-node KRaft) ...")
-        print(f"  logs: {broker.log_path}")
+        nodes = broker.nodes if isinstance(broker, KafkaCluster) else [broker]
+        print(f"starting Apache Kafka (KRaft, {len(nodes)} node(s)) ...")
+        for node in nodes:
+            print(f"  logs: {node.log_path}")
         broker.start()
         print("starting the ingress ...")
         ingress = _spawn([sys.executable, "-m", "ingress", "--host", "127.0.0.1",
@@ -198,7 +205,8 @@ ready.
   Ctrl-C (or SIGINT/SIGTERM to this process or to make) stops everything.
 """, flush=True)
         while not stopping:
-            for proc, name in ((ingress, "ingress"), (worker, "worker"), (broker.proc, "broker")):
+            for proc, name in ((ingress, "ingress"), (worker, "worker"),
+                               *((n.proc, f"broker {n.node_id}") for n in nodes)):
                 if proc is None or proc.poll() is not None:
                     print(f"error: the {name} exited; stopping the rest (see its log under {var})", file=sys.stderr)
                     return 1
