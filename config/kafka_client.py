@@ -138,6 +138,8 @@ async def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
     yet: the caller's own retries deal with that)."""
     from aiokafka.conn import create_conn
 
+    if settings.kafka_security_protocol == "PLAINTEXT":
+        return  # nothing a plaintext broker could refuse
     kwargs = aiokafka_kwargs(settings)
     hosts = [h.strip() for h in settings.kafka_bootstrap_servers.split(",") if h.strip()]
     for hostport in hosts:

@@ -44,7 +44,7 @@ async def start_producer(new: Callable[[], AIOKafkaProducer], log: logging.Logge
             await producer.start()
         except (KafkaError, OSError) as e:
             await producer.stop()
-            if settings is not None and settings.kafka_security_protocol != "PLAINTEXT":
+            if settings is not None:
                 await check_connection(settings)  # raises KafkaSetupError on a refusal
             log.warning("Kafka producer could not start (%s); retrying in %.1fs", type(e).__name__, delay)
             await asyncio.sleep(delay)

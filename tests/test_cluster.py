@@ -124,7 +124,8 @@ class Load:
 
     async def _run(self) -> None:
         queue: asyncio.Queue[dict[str, str] | None] = asyncio.Queue(maxsize=256)
-        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64)
+        # idle connections dropped before uvicorn's 5 s keep-alive timeout closes them under a request
+        limits = httpx.Limits(max_connections=64, max_keepalive_connections=64, keepalive_expiry=1.0)
 
         async def poster(client: httpx.AsyncClient) -> None:
             while (e := await queue.get()) is not None:
@@ -250,8 +251,12 @@ def test_losing_a_broker_and_the_controller_under_load_loses_nothing(cluster: Ka
     print(f"FIGURES load: {sent} webhooks in {took:.0f}s ({sent / took:.0f}/s; {RATE:.0f}/s offered), "
           f"responses {dict(statuses)}, {len(load_run.accepted_ids)} distinct events accepted")
     # every answer was a 202 or a 503 with Retry-After, none slower than the produce bound allows
-    assert set(statuses) <= {202, 503}, [(r.error, round(r.ended - r.started, 1)) for r in load_run.requests
-                                         if r.status not in (202, 503)]
+    # A connection the server closed is retried like a 503 (a client's keep-alive race, not an
+    # answer); a client timeout would be a hang and fails here, as would any other status.
+    closed = [r for r in load_run.requests if r.status == 0 and r.error in ("ReadError", "RemoteProtocolError")]
+    print(f"FIGURES connections closed without an answer (retried): {len(closed)}")
+    assert set(statuses) <= {0, 202, 503}, statuses
+    assert len(closed) == statuses[0], [r.error for r in load_run.requests if r.status == 0]
     assert all(r.retry_after for r in load_run.requests if r.status == 503)
     # No hang: the HTTP client gives up after PRODUCE_TIMEOUT_S + 30 s (status 0, failing the line
     # above); the slowest answer is printed. Client-side times include this shared machine's
@@ -282,3 +287,51 @@ def test_losing_a_broker_and_the_controller_under_load_loses_nothing(cluster: Ka
     assert mismatches == 0
     assert not differing
     assert any(f["accepted"] for f in faults)
+
+
+def test_rolling_restart_of_two_workers_under_load_loses_nothing(cluster_stack: Stack) -> None:
+    """(d) Two workers; SIGTERM one, restart it, then the other, while webhooks keep coming."""
+    stack = cluster_stack
+    profile = Profile(agents=10, p_duplicate=0.02, p_reorder=0.02, p_missing_hangup=0.02, mean_talk_s=60)
+    events, truth = generate(CALLS, time.time() - 7200, 3600, profile, seed=29, prefix="rr")
+    events = [{k: str(v) for k, v in e.items()} for e in events]
+    load_run = Load(f"{stack.base}/webhooks/ivr", events, RATE / 2)
+    b_env = {**stack.env, "WORKER_DATA_DIR": str(stack.tmp / "worker-b")}
+    b, _ = start_worker(b_env, stack.tmp / "worker-b.log")
+    try:
+        wait_worker_ready(b, timeout=180)
+        thread = load_run.start()
+        try:
+            time.sleep(5)
+            for name in ("a", "b"):
+                old = stack.worker if name == "a" else b
+                env = stack.env if name == "a" else b_env
+                old.stop(timeout=60)  # SIGTERM: a clean leave of the group
+                time.sleep(5)
+                new, _ = start_worker(env, stack.tmp / f"worker-{name}-2.log")
+                if name == "a":
+                    stack.worker = new
+                else:
+                    b = new
+                wait_worker_ready(new, timeout=180)
+                time.sleep(5)
+        finally:
+            load_run.stop.set()
+            thread.join(timeout=600)
+        statuses = collections.Counter(r.status for r in load_run.requests)
+        per_call = collections.Counter(e["uniqueid"] for e in events)
+        whole = [t for t in truth if load_run.posted[t.uniqueid] == per_call[t.uniqueid]]
+        mismatches = truth_mismatches(stack.bootstrap, stack.prefix, whole, timeout=180)
+        completed = _completed(stack.bootstrap, stack.topic("ivr.calls.completed"))
+        mine = {k: v for k, v in completed.items() if k[0] in load_run.posted}
+        differing = [k for k, v in mine.items() if any(r != v[0] for r in v[1:])]
+        without = set(load_run.posted) - {u for u, _ in mine}
+        print(f"FIGURES rolling restart: {sum(load_run.posted.values())} webhooks, responses {dict(statuses)}; "
+              f"{len(load_run.posted) - len(without)}/{len(load_run.posted)} calls have a record; {mismatches} of "
+              f"{len(whole)} whole calls differ from the truth; "
+              f"{sum(len(v) > 1 for v in mine.values())} revisions written more than once, {len(differing)} not "
+              f"identical")
+        assert set(statuses) <= {202, 503}, statuses  # brokers up: a 503 only when this machine is starved
+        assert not without and mismatches == 0 and not differing
+    finally:
+        b.stop()
