@@ -6,7 +6,7 @@ three that vote together (replication 3, min.insync.replicas 2).
 
     python -m deploy.local_kafka            # run in the foreground until Ctrl-C
     python -m deploy.local_kafka --nodes 3  # three KRaft nodes (9092, 9094, 9096), all voters
-    python -m deploy.local_kafka --secure   # also SASL_SSL and SSL listeners, certificates under var/
+    python -m deploy.local_kafka --secure   # also SASL_SSL (9192) and SSL (9193) listeners, certificates under var/
     python -m deploy.local_kafka --fetch    # only fetch the jars
 """
 
@@ -122,6 +122,7 @@ class KafkaBroker:
         cluster_id: str | None = None,
         replication: int = 1,
         security: BrokerSecurity | None = None,
+        secure_ports: tuple[int, int] | None = None,  # SASL_SSL, SSL (with security; default: free ports)
     ) -> None:
         self.data_dir = Path(data_dir)
         self.port = port or free_port()
@@ -133,8 +134,7 @@ class KafkaBroker:
         self.cluster_id = cluster_id
         self.replication = replication
         self.security = security
-        self.sasl_ssl_port = free_port() if security else 0
-        self.ssl_port = free_port() if security else 0
+        self.sasl_ssl_port, self.ssl_port = secure_ports or ((free_port(), free_port()) if security else (0, 0))
         self.proc: subprocess.Popen[bytes] | None = None
         self._log_offset = 0
         self.log_path = self.data_dir / "broker.log"
@@ -325,7 +325,7 @@ class KafkaCluster:
 
     def __init__(self, data_dir: Path, nodes: int = 3, heap: str = "512m", partitions: int = 6,
                  ports: list[int] | None = None, controller_ports: list[int] | None = None,
-                 security: BrokerSecurity | None = None) -> None:
+                 security: BrokerSecurity | None = None, secure_ports: list[tuple[int, int]] | None = None) -> None:
         if nodes < 1:
             raise ValueError("a cluster needs at least one node")
         self.data_dir = Path(data_dir)
@@ -335,7 +335,8 @@ class KafkaCluster:
         cluster_id = uuid.uuid4().hex[:22]
         self.nodes = [
             KafkaBroker(self.data_dir / f"node{i + 1}", ports[i], cports[i], heap, partitions, node_id=i + 1,
-                        voters=voters, cluster_id=cluster_id, replication=min(nodes, 3), security=security)
+                        voters=voters, cluster_id=cluster_id, replication=min(nodes, 3), security=security,
+                        secure_ports=secure_ports[i] if secure_ports else None)
             for i in range(nodes)
         ]
 
@@ -394,11 +395,14 @@ def cluster_ports(nodes: int, port: int = 9092) -> tuple[list[int], list[int]]:
 
 def local_cluster(data_dir: Path, nodes: int, port: int = 9092,
                   security: BrokerSecurity | None = None) -> KafkaBroker | KafkaCluster:
-    """What `make run` and `python -m deploy.local_kafka` start: one node, or three voters."""
+    """What `make run` and `python -m deploy.local_kafka` start: one node, or three voters.
+    With `security`, node i also serves SASL_SSL on port + 100 + 2i and SSL on port + 101 + 2i."""
+    secure = [(port + 100 + 2 * i, port + 101 + 2 * i) for i in range(nodes)] if security else None
     if nodes == 1:
-        return KafkaBroker(data_dir, port, port + 1, security=security)
+        return KafkaBroker(data_dir, port, port + 1, security=security, secure_ports=secure[0] if secure else None)
     ports, cports = cluster_ports(nodes, port)
-    return KafkaCluster(data_dir / f"cluster{nodes}", nodes, ports=ports, controller_ports=cports, security=security)
+    return KafkaCluster(data_dir / f"cluster{nodes}", nodes, ports=ports, controller_ports=cports, security=security,
+                        secure_ports=secure)
 
 
 def _secure(data_dir: Path) -> tuple[BrokerSecurity, str]:
@@ -445,9 +449,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Kafka {KAFKA_VERSION} ({args.nodes} node(s)) ready at {kafka.bootstrap} (data: {args.data_dir}); "
           "Ctrl-C stops it")
     if security is not None:
-        print(f"SASL_SSL at {kafka.sasl_ssl_bootstrap}, SSL (client certificate) at {kafka.ssl_bootstrap}:\n"
-              f"{secure_env}")
+        print(f"SASL_SSL:\n  KAFKA_BOOTSTRAP_SERVERS={kafka.sasl_ssl_bootstrap}\n{secure_env}\n"
+              f"  (and KAFKA_BOOTSTRAP_SERVERS={kafka.ssl_bootstrap})")
     nodes = kafka.nodes if isinstance(kafka, KafkaCluster) else [kafka]
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    # SIGTERM, and Ctrl-C even when started with SIGINT ignored (a background job), stop the nodes
+    signal.signal(signal.SIGTERM, interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         while all(n.alive() for n in nodes):
             time.sleep(0.5)
