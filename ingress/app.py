@@ -24,8 +24,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from config import topics
 from config import settings as settings_module
+from config import topics
 from config.logs import install_filters
 from config.redact import Scrubber, drop_token_params
 from config.settings import Settings
