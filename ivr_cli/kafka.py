@@ -12,12 +12,13 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from config.kafka_client import aiokafka_kwargs
 from config.settings import Settings
 
 
 def client_kwargs(settings: Settings) -> dict[str, Any]:
-    """What every Kafka client of `ivr` is built with (the one place for connection settings)."""
-    return {"bootstrap_servers": settings.kafka_bootstrap_servers, "client_id": "ivr-cli"}
+    """What every Kafka client of `ivr` is built with: brokers and security as every client's."""
+    return {**aiokafka_kwargs(settings), "client_id": "ivr-cli"}
 
 
 async def _started(consumer: AIOKafkaConsumer) -> AIOKafkaConsumer:
