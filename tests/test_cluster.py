@@ -5,7 +5,7 @@ fault test drives the ingress at a steady rate while it SIGKILLs the broker lead
 `ivr.events` partitions, restarts it, then SIGKILLs the active KRaft controller and restarts it.
 It prints the figures the README's reliability section quotes.
 
-Long: marked `cluster` (`pytest -m "not cluster"` skips them).
+Long: marked `cluster` and `long` (`pytest -m "not long"` skips them).
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from deploy.local_kafka import KafkaCluster
 from tests.conftest import STACK_TIMINGS, TOKEN, Stack, start_ingress, start_worker, wait_ready, wait_worker_ready
 from tests.helpers import new_prefix, read_all
 
-pytestmark = [pytest.mark.kafka, pytest.mark.cluster]
+pytestmark = [pytest.mark.kafka, pytest.mark.cluster, pytest.mark.long]
 
 PRODUCE_TIMEOUT_S = 5.0
 RATE = 150.0  # webhooks/s offered (what a 2-core machine shared with 3 brokers and the worker can serve)
