@@ -57,8 +57,9 @@ def cluster_stack(cluster: KafkaCluster, tmp_path_factory: pytest.TempPathFactor
     worker, _ = start_worker(env, tmp / "worker.log")
     wait_ready(base)
     wait_worker_ready(worker, timeout=120)
-    yield Stack(env, base, ingress, worker, tmp)
-    worker.stop()
+    stack = Stack(env, base, ingress, worker, tmp)
+    yield stack
+    stack.worker.stop()  # the rolling-restart test replaces the first worker
     ingress.stop()
 
 
