@@ -44,6 +44,8 @@ class IvrEvent:
     received_at: Timestamp = doc("when the ingress received the webhook")
     raw: dict[str, Any] = doc("the fields exactly as the provider sent them (token removed)")
     origin: EventOrigin = doc("webhook: delivered to the ingress; call_log: derived from the provider's call log")
+    agent_name: str | None = doc("agent's name from the call log (TA, TE); null from webhooks", default=None)
+    group: str | None = doc("agent group from the call log (TA, TE); null from webhooks", default=None)
     v: Literal[1] = doc("schema version", default=1)
 
 
@@ -77,6 +79,8 @@ class Attempt:
     ended_at: Timestamp | None = doc("TE time, the hang-up for attempts still open at the end")
     result: AttemptResult = doc("provider result, or caller_hangup when the caller hung up while it rang")
     ring_s: Seconds | None = doc("start to connect (answered) or start to end (not answered)")
+    agent_name: str | None = doc("the agent's name from the provider's call log; null when unknown", default=None)
+    group: str | None = doc("the agent group from the provider's call log; null when unknown", default=None)
 
 
 @dataclass(frozen=True, slots=True)
