@@ -9,6 +9,9 @@ Calls: an agent pool tried round robin; each attempt is answered, noanswer, busy
 with given probabilities (or the caller hangs up while it rings); talk times; abandonment in the
 IVR. Delivery: optional duplicates, reordering within a call and missing hang-ups. The ground
 truth (what each call's completed record must say) comes from the generator's own decisions.
+Loss (`Loss`, `lose`): webhooks the provider sent that never arrive, at random (single events,
+hang-ups, whole calls) and all of them during an outage; the provider's call log
+(`bench.fake_provider`) still has every call.
 """
 
 from __future__ import annotations
@@ -52,6 +55,9 @@ class TruthAttempt:
     start: float
     result: str
     ring_s: float
+    du: int | None = None  # the TE's duration (the call log's `du`); None: no TE (caller hung up)
+    agent_name: str | None = None  # as the call log names the agent
+    group: str | None = None
 
 
 @dataclass
@@ -65,6 +71,7 @@ class Truth:
     answered_by: str | None
     close_reason: str
     attempts: list[TruthAttempt] = field(default_factory=list)
+    duration: int = 0  # the H's duration (the call log's `duration`)
 
 
 def _fmt_time(t: float, rng: random.Random) -> str:
@@ -80,9 +87,22 @@ def _fmt_time(t: float, rng: random.Random) -> str:
     return str(int(t) * 1000)
 
 
+def agent_label(agent: str) -> tuple[str, str]:
+    """The agent's name and group, as the provider's call log gives them."""
+    n = int(agent[-3:])
+    return f"Agent {n}", "sales" if n % 2 == 0 else "support"
+
+
 def generate(calls: int, start: float, span_s: float, profile: Profile, seed: int = 1,
              app: str = APP, prefix: str = "") -> tuple[list[dict[str, str]], list[Truth]]:
     """Events in delivery order (each the provider's fields) and the ground truth per call."""
+    timed, truth = generate_timed(calls, start, span_s, profile, seed, app, prefix)
+    return [e for _, e in timed], truth
+
+
+def generate_timed(calls: int, start: float, span_s: float, profile: Profile, seed: int = 1,
+                   app: str = APP, prefix: str = "") -> tuple[list[tuple[float, dict[str, str]]], list[Truth]]:
+    """Events in delivery order with the time each is sent, and the ground truth per call."""
     rng = random.Random(seed)
     agents = [f"9000000{i:03d}" for i in range(profile.agents)]
     next_agent = 0
@@ -110,7 +130,7 @@ def generate(calls: int, start: float, span_s: float, profile: Profile, seed: in
                 roll = rng.random()
                 if rng.random() < profile.p_caller_hangup:
                     ring = rng.uniform(1, profile.ring_s)
-                    tr.attempts.append(TruthAttempt(aid, agent, t, "caller_hangup", ring))
+                    tr.attempts.append(TruthAttempt(aid, agent, t, "caller_hangup", ring, None, *agent_label(agent)))
                     t += ring
                     break
                 if roll < profile.p_answer:
@@ -121,7 +141,8 @@ def generate(calls: int, start: float, span_s: float, profile: Profile, seed: in
                     events.append((t + ring + talk, {"app": app, "event": "TE", "uniqueid": uid, "cli": cli,
                                                      "attemptid": aid, "to": agent, "result": "answered",
                                                      "duration": str(ring + talk)}))
-                    tr.attempts.append(TruthAttempt(aid, agent, t, "answered", ring))
+                    tr.attempts.append(TruthAttempt(aid, agent, t, "answered", ring, int(ring + talk),
+                                                    *agent_label(agent)))
                     answer_at = t + ring
                     t += ring + talk
                     break
@@ -130,7 +151,7 @@ def generate(calls: int, start: float, span_s: float, profile: Profile, seed: in
                                 else ("noanswer", profile.ring_s))
                 events.append((t + ring, {"app": app, "event": "TE", "uniqueid": uid, "cli": cli, "attemptid": aid,
                                           "to": agent, "result": result, "duration": str(int(ring))}))
-                tr.attempts.append(TruthAttempt(aid, agent, t, result, ring))
+                tr.attempts.append(TruthAttempt(aid, agent, t, result, ring, int(ring), *agent_label(agent)))
                 t += ring + 1
             if answer_at is not None:
                 tr.outcome, tr.answered_by = "answered", next(a.agent for a in tr.attempts if a.result == "answered")
@@ -138,6 +159,7 @@ def generate(calls: int, start: float, span_s: float, profile: Profile, seed: in
                 tr.missed_reason = "no_answer"
         t = float(int(t) + 1)
         tr.end = t
+        tr.duration = int(t - t0)
         if rng.random() < profile.p_missing_hangup:
             tr.close_reason = "timeout"
             tr.end = max(et for et, _ in events)  # the call ends with the last thing known of it
@@ -155,7 +177,34 @@ def generate(calls: int, start: float, span_s: float, profile: Profile, seed: in
                 seq += 1
         truth.append(tr)
     timed.sort(key=lambda x: (x[0], x[1]))
-    return [e for _, _, e in timed], truth
+    return [(t, e) for t, _, e in timed], truth
+
+
+@dataclass(frozen=True)
+class Loss:
+    """Webhooks lost on their way: each at random, the hang-up, every event of a call, and every
+    event sent within the outage interval (epoch seconds, start inclusive)."""
+
+    p_event: float = 0.0
+    p_hangup: float = 0.0
+    p_call: float = 0.0
+    outage: tuple[float, float] | None = None
+
+
+def lose(timed: list[tuple[float, dict[str, str]]], loss: Loss, seed: int = 1) -> list[dict[str, str]]:
+    """The events that arrive (in delivery order)."""
+    rng = random.Random(seed)
+    lost_calls = {uid for uid in dict.fromkeys(e["uniqueid"] for _, e in timed) if rng.random() < loss.p_call}
+    kept = []
+    for t, e in timed:
+        if e["uniqueid"] in lost_calls or rng.random() < loss.p_event:
+            continue
+        if e["event"] == "H" and rng.random() < loss.p_hangup:
+            continue
+        if loss.outage is not None and loss.outage[0] <= t < loss.outage[1]:
+            continue
+        kept.append(e)
+    return kept
 
 
 def expected_agent_windows(events: Iterable[dict[str, str]], window_s: int,
