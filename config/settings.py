@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 
@@ -27,7 +27,16 @@ class Settings:
     short_abandon_s: float = 5.0
     agent_window_s: int = 3600
     topic_prefix: str = ""
+    # call-log reconciliation (names fixed by the contract); no API key: reconciliation is off
+    provider_api_url: str = "https://mycalls.sukamapps.com/api/v1"
+    provider_api_key: str = field(default="", repr=False)  # never in a log, not even via repr()
+    provider_apps: tuple[str, ...] = ()
+    reconcile_interval_s: float = 300.0
+    reconcile_lookback_s: float = 3600.0
+    provider_max_rps: float = 2.0
     # --- our own ---
+    provider_timeout_s: float = 10.0
+    provider_max_attempts: int = 6
     connected_idle_timeout_s: float = 14400.0
     closed_call_retention_s: float = 86400.0
     metrics_grace_s: float = 1800.0
@@ -109,6 +118,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"LOG_CALLER_NUMBERS={settings.log_caller_numbers!r}: use masked or full")
     if settings.worker_stall_timeout_s <= 0:
         raise SettingsError("WORKER_STALL_TIMEOUT_S must be positive")
+    if settings.reconcile_interval_s <= 0 or settings.provider_max_rps <= 0 or settings.provider_timeout_s <= 0:
+        raise SettingsError("RECONCILE_INTERVAL_S, PROVIDER_MAX_RPS and PROVIDER_TIMEOUT_S must be positive")
+    if settings.provider_max_attempts <= 0:
+        raise SettingsError("PROVIDER_MAX_ATTEMPTS must be positive")
     if settings.topic_partitions <= 0 or settings.topic_replication <= 0:
         raise SettingsError("TOPIC_PARTITIONS and TOPIC_REPLICATION must be positive")
     return settings

@@ -268,3 +268,13 @@ class UnprocessableEvent:
     pipeline: str = doc("the worker pipeline that failed: calls, callers, agent_metrics or app_metrics")
     at: Timestamp = doc("when the worker gave up on it (wall clock)")
     v: Literal[1] = doc("schema version", default=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileCursor:
+    """ivr.internal.reconcile-cursor: how far the call log of one app has been read; keyed by app."""
+
+    app: str = doc("the provider's app GUID")
+    cursor: Timestamp = doc("calls that started before this (less the look-back) need not be read again")
+    updated_at: Timestamp = doc("when the reconciler wrote it")
+    v: Literal[1] = doc("schema version", default=1)

@@ -93,8 +93,8 @@ def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: Li
         merged, repeated = merge_fact(seen, fact, state.closed)
         if repeated:
             state.duplicates += 1
-        if merged == seen:
-            return Applied(state, NOTHING, duplicate=True)
+        if merged == seen:  # a repeated delivery, or the call log confirming what is known
+            return Applied(state, NOTHING, duplicate=repeated)
         state.facts[key] = merged
         if not state.closed:
             return Applied(state, NOTHING, duplicate=repeated)
