@@ -126,16 +126,7 @@ def test_lossy_day_is_healed_from_the_call_log(kafka: KafkaBroker, tmp_path: Pat
         wait_worker_ready(worker)
 
         # every call's record says what the ground truth says
-        deadline = time.monotonic() + 300
-        wrong: dict[str, Any] = {}
-        while time.monotonic() < deadline:
-            records = latest(read_all(kafka.bootstrap, f"{prefix}ivr.calls.completed", settle=1.0))
-            wrong = {u: (actual(records[u]) if u in records else None, expected(tr))
-                     for u, tr in by_uid.items() if u not in records or actual(records[u]) != expected(tr)}
-            if not wrong:
-                break
-            time.sleep(2)
-        assert not wrong, f"{len(wrong)} calls differ from the truth, e.g. {next(iter(wrong.items()))}"
+        wait_for_truth(kafka, prefix, by_uid)
 
         # every missed call worth a call-back has its alert, exactly one
         def alerts() -> list[dict[str, Any]]:
@@ -194,3 +185,64 @@ def test_lossy_day_is_healed_from_the_call_log(kafka: KafkaBroker, tmp_path: Pat
     finally:
         if worker is not None:
             worker.stop()
+
+
+def wait_for_truth(kafka: KafkaBroker, prefix: str, by_uid: dict[str, Truth], timeout: float = 300,
+                   ) -> list[tuple[bytes | None, Any]]:
+    deadline = time.monotonic() + timeout
+    wrong: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        completed = read_all(kafka.bootstrap, f"{prefix}ivr.calls.completed", settle=1.0)
+        records = latest(completed)
+        wrong = {u: (actual(records[u]) if u in records else None, expected(tr))
+                 for u, tr in by_uid.items() if u not in records or actual(records[u]) != expected(tr)}
+        if not wrong:
+            return completed
+        time.sleep(2)
+    raise AssertionError(f"{len(wrong)} calls differ from the truth, e.g. {next(iter(wrong.items()))}")
+
+
+def test_leader_change_mid_pass(kafka: KafkaBroker, tmp_path: Path, provider: tuple[FakeProvider, str]) -> None:
+    """Two workers: the one reconciling (the leader) is killed in the middle of a pass; the other
+    takes over the leadership and the pass, from the durable cursor."""
+    fake, url = provider
+    prefix = new_prefix()
+    start = time.time() - 1800 - 3600
+    timed, truth = generate_timed(120, start, 1800, Profile(), seed=21, prefix=prefix)
+    kept = lose(timed, Loss(p_event=0.1, p_call=0.05), seed=7)
+    fake.calls = {APP: sorted(truth, key=lambda t: (t.start, t.uniqueid))}
+    fake.faults.slow_s = 0.5  # 6 pages of 20: a pass takes a few seconds
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix, "TOPIC_PARTITIONS": "3",
+        "WORKER_STORE": "memory://", **STACK_TIMINGS, "WORKER_SESSION_TIMEOUT_S": "6",
+        "PROVIDER_API_URL": url, "PROVIDER_API_KEY": KEY, "PROVIDER_APPS": APP, "RECONCILE_INTERVAL_S": "3",
+        "RECONCILE_LOOKBACK_S": str(3 * 3600), "PROVIDER_MAX_RPS": "20",
+    }
+    workers: dict[int, Service] = {}
+    try:
+        for n in (1, 2):
+            w, port = start_worker({**env, "WORKER_DATA_DIR": str(tmp_path / f"w{n}")}, tmp_path / f"w{n}.log")
+            workers[port] = w
+        for w in workers.values():
+            wait_worker_ready(w)
+        asyncio.run(write_events(kafka.bootstrap, f"{prefix}ivr.events", kept, progress=False))
+        deadline = time.monotonic() + 120
+        leader = None
+        while leader is None:
+            assert time.monotonic() < deadline, "no worker reconciled"
+            leader = next((p for p in workers if metric(p, "ivr_reconcile_calls_read_total") > 0), None)
+            time.sleep(0.2)
+        (other,) = set(workers) - {leader}
+        assert metric(other, "ivr_reconcile_calls_read_total") == 0  # exactly one reconciles
+        workers.pop(leader).kill()
+        fake.faults.slow_s = 0.0
+        completed = wait_for_truth(kafka, prefix, {t.uniqueid: t for t in truth})
+        assert metric(other, "ivr_reconcile_calls_read_total") > 0  # the survivor took over
+        per_revision: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        for _, v in completed:
+            per_revision.setdefault((v["uniqueid"], v["revision"]), []).append(v)
+        assert not [k for k, vs in per_revision.items()
+                    if any({**v, "closed_at": ""} != {**vs[0], "closed_at": ""} for v in vs)]
+    finally:
+        for w in workers.values():
+            w.stop()
