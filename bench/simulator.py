@@ -4,6 +4,7 @@
     ivr simulate --calls 5000 --span-s 86400 --rate 500      # a day of a small call centre
     ivr simulate --calls 2000 --rate 300 --url http://127.0.0.1:8080/webhooks/ivr --token T --truth truth.json
     ivr simulate --calls 100000 --kafka 127.0.0.1:9092 --topic-prefix bench.   # straight to ivr.events
+    ivr simulate --calls 300 --lose 0.1 --outage 900:120 --truth t.json   # a lossy half hour
 
 Calls: an agent pool tried round robin; each attempt is answered, noanswer, busy or congestion
 with given probabilities (or the caller hangs up while it rings); talk times; abandonment in the
@@ -339,12 +340,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--kafka", help="bootstrap servers: write straight to ivr.events instead")
     ap.add_argument("--topic-prefix", default="")
     ap.add_argument("--truth", help="write the ground truth (JSON) here")
+    ap.add_argument("--lose", type=float, default=0.0, help="share of webhooks lost at random")
+    ap.add_argument("--lose-hangups", type=float, default=0.0, help="share of hang-ups lost")
+    ap.add_argument("--lose-calls", type=float, default=0.0, help="share of calls whose webhooks are all lost")
+    ap.add_argument("--outage", default=None, metavar="FROM:SECONDS",
+                    help="every webhook lost from FROM seconds after --start, for SECONDS")
     args = ap.parse_args(argv)
     profile = Profile(agents=args.agents, p_duplicate=args.duplicates, p_reorder=args.reorder,
                       p_missing_hangup=args.missing_hangups)
     start = args.start if args.start is not None else time.time() - args.span_s
-    events, truth = generate(args.calls, start, args.span_s, profile, args.seed)
-    print(f"{len(truth)} calls, {len(events)} webhooks", file=sys.stderr)
+    timed, truth = generate_timed(args.calls, start, args.span_s, profile, args.seed)
+    outage = None
+    if args.outage:
+        begin, _, length = args.outage.partition(":")
+        outage = (start + float(begin), start + float(begin) + float(length))
+    events = lose(timed, Loss(args.lose, args.lose_hangups, args.lose_calls, outage), args.seed)
+    print(f"{len(truth)} calls, {len(events)} webhooks ({len(timed) - len(events)} lost)", file=sys.stderr)
     if args.truth:
         with open(args.truth, "wb") as f:
             f.write(orjson.dumps([asdict(t) for t in truth], option=orjson.OPT_INDENT_2))

@@ -80,6 +80,7 @@ def register(app: IvrApp, s: Settings) -> None:
             log.info("call-log reconciliation is off: PROVIDER_API_KEY is not set")
         return
 
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # our own lines say what failed; not one per request
     state: dict[str, Any] = {}
 
     def reconciler() -> Reconciler:
