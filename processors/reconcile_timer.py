@@ -9,12 +9,13 @@ leader, or the same worker restarted, resumes where the last acknowledged write 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any
 
 import orjson
-from aiokafka import AIOKafkaConsumer, TopicPartition
+from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from config import topics
@@ -38,20 +39,21 @@ class KafkaCursorStore:
         self.read_timeout_s = read_timeout_s
 
     async def load(self) -> dict[str, float]:
-        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
-                                    auto_offset_reset="earliest", isolation_level="read_committed")
+        # subscribed without a group: every partition is assigned, nothing is committed
+        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, group_id=None,
+                                    enable_auto_commit=False, auto_offset_reset="earliest",
+                                    isolation_level="read_committed")
         await consumer.start()
         out: dict[str, float] = {}
         try:
-            await consumer.topics()  # metadata, so that the topic's partitions are known
-            parts = consumer.partitions_for_topic(self.topic) or set()
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
-            if not tps:
-                return out
-            consumer.assign(tps)
+            deadline = time.monotonic() + self.read_timeout_s
+            while not consumer.assignment():
+                if time.monotonic() > deadline:  # no partitions known: better no pass than a wrong cursor
+                    raise TimeoutError(f"no partitions of {self.topic} in {self.read_timeout_s}s")
+                await asyncio.sleep(0.1)
+            tps = sorted(consumer.assignment())
             end = await consumer.end_offsets(tps)
             await consumer.seek_to_beginning(*tps)
-            deadline = time.monotonic() + self.read_timeout_s
             while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
                 if time.monotonic() > deadline:
                     raise TimeoutError(f"{self.topic} not read to its end in {self.read_timeout_s}s")
