@@ -211,7 +211,7 @@ def test_leader_change_mid_pass(kafka: KafkaBroker, tmp_path: Path, provider: tu
     timed, truth = generate_timed(120, start, 1800, Profile(), seed=21, prefix=prefix)
     kept = lose(timed, Loss(p_event=0.1, p_call=0.05), seed=7)
     fake.calls = {APP: sorted(truth, key=lambda t: (t.start, t.uniqueid))}
-    fake.faults.slow_s = 0.5  # 6 pages of 20: a pass takes a few seconds
+    fake.faults.slow_s = 1.0  # 6 pages of 20: a pass takes several seconds
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix, "TOPIC_PARTITIONS": "3",
         "WORKER_STORE": "memory://", **STACK_TIMINGS, "WORKER_SESSION_TIMEOUT_S": "6",
@@ -220,24 +220,30 @@ def test_leader_change_mid_pass(kafka: KafkaBroker, tmp_path: Path, provider: tu
     }
     workers: dict[int, Service] = {}
     try:
-        for n in (1, 2):
+        for n in (1, 2):  # one after the other: the second joins a group that has created its topics
             w, port = start_worker({**env, "WORKER_DATA_DIR": str(tmp_path / f"w{n}")}, tmp_path / f"w{n}.log")
             workers[port] = w
-        for w in workers.values():
             wait_worker_ready(w)
         asyncio.run(write_events(kafka.bootstrap, f"{prefix}ivr.events", kept, progress=False))
+        # the leader: the worker whose reconciler reads from now on (the first worker may have led,
+        # and read, before the second joined and the group rebalanced)
+        read = {p: metric(p, "ivr_reconcile_calls_read_total") for p in workers}
         deadline = time.monotonic() + 120
         leader = None
         while leader is None:
             assert time.monotonic() < deadline, "no worker reconciled"
-            leader = next((p for p in workers if metric(p, "ivr_reconcile_calls_read_total") > 0), None)
+            leader = next((p for p in workers if metric(p, "ivr_reconcile_calls_read_total") > read[p]), None)
             time.sleep(0.2)
         (other,) = set(workers) - {leader}
-        assert metric(other, "ivr_reconcile_calls_read_total") == 0  # exactly one reconciles
+        assert metric(other, "ivr_reconcile_calls_read_total") == read[other]  # exactly one reconciles
+        read_before = read[other]
         workers.pop(leader).kill()
         fake.faults.slow_s = 0.0
+        deadline = time.monotonic() + 120
+        while metric(other, "ivr_reconcile_calls_read_total") <= read_before:  # the survivor takes over
+            assert time.monotonic() < deadline, "the surviving worker never reconciled"
+            time.sleep(0.5)
         completed = wait_for_truth(kafka, prefix, {t.uniqueid: t for t in truth})
-        assert metric(other, "ivr_reconcile_calls_read_total") > 0  # the survivor took over
         per_revision: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for _, v in completed:
             per_revision.setdefault((v["uniqueid"], v["revision"]), []).append(v)
