@@ -209,21 +209,21 @@ def test_timeout_closed_call_gets_a_revision_with_the_truth() -> None:
     lost = [h for h in hooks if h["event"] in ("IN", "TA")]  # every TE and the hang-up lost
     run = Run().feed(webhook_records(lost)).settle()
     first = run.record
-    assert first.close_reason == "timeout" and first.outcome == "missed" and len(run.missed) == 1
+    assert first.close_reason == "timeout" and first.outcome == "missed" and run.raised == 1
     run.feed(log_records(log), now=NOW + 5000)
     revisions = [c.revision for c in run.completed]
     assert revisions == list(range(1, len(revisions) + 1)) and len(revisions) > 1  # revised, numbered in turn
     final = run.record
     assert final.close_reason == "hangup" and final.outcome == "answered" and final.answered_by == "A3"
     assert content(final) == content(Run().feed(log_records(log)).settle().record)
-    assert len(run.missed) == 1  # the alert already raised stays decided (its resolution is another step)
+    assert run.raised == 1  # the alert already raised stays decided (its resolution is another step)
 
 
 def test_whole_call_lost_then_healed_raises_its_alert() -> None:
     _, log = described("u5", [("A1", "noanswer", 10, 15), ("A2", "noanswer", 26, 15)], 45)
     run = Run().feed(log_records(log)).settle()
     assert run.record.outcome == "missed" and run.record.close_reason == "hangup"
-    assert len(run.missed) == 1 and run.missed[0].alert and run.missed[0].missed_reason == "no_answer"
+    assert run.raised == 1 and run.missed[-1].alert and run.missed[-1].missed_reason == "no_answer"
 
 
 def test_healed_flag_marks_only_facts_the_webhooks_missed() -> None:
@@ -282,5 +282,5 @@ def test_any_loss_order_and_repeat_of_webhooks_and_log_give_one_record(
     assert content(run.record) == content(expected)
     assert run.record.duplicates == 0
     assert [c.revision for c in run.completed] == list(range(1, len(run.completed) + 1))
-    assert len(run.missed) <= 1
+    assert run.raised <= 1
 
