@@ -4,11 +4,15 @@
     ivr simulate --calls 5000 --span-s 86400 --rate 500      # a day of a small call centre
     ivr simulate --calls 2000 --rate 300 --url http://127.0.0.1:8080/webhooks/ivr --token T --truth truth.json
     ivr simulate --calls 100000 --kafka 127.0.0.1:9092 --topic-prefix bench.   # straight to ivr.events
+    ivr simulate --calls 300 --lose 0.1 --outage 900:120 --truth t.json   # a lossy half hour
 
 Calls: an agent pool tried round robin; each attempt is answered, noanswer, busy or congestion
 with given probabilities (or the caller hangs up while it rings); talk times; abandonment in the
 IVR. Delivery: optional duplicates, reordering within a call and missing hang-ups. The ground
 truth (what each call's completed record must say) comes from the generator's own decisions.
+Loss (`Loss`, `lose`): webhooks the provider sent that never arrive, at random (single events,
+hang-ups, whole calls) and all of them during an outage; the provider's call log
+(`bench.fake_provider`) still has every call.
 """
 
 from __future__ import annotations
@@ -52,6 +56,9 @@ class TruthAttempt:
     start: float
     result: str
     ring_s: float
+    du: int | None = None  # the TE's duration (the call log's `du`); None: no TE (caller hung up)
+    agent_name: str | None = None  # as the call log names the agent
+    group: str | None = None
 
 
 @dataclass
@@ -65,6 +72,7 @@ class Truth:
     answered_by: str | None
     close_reason: str
     attempts: list[TruthAttempt] = field(default_factory=list)
+    duration: int = 0  # the H's duration (the call log's `duration`)
 
 
 def _fmt_time(t: float, rng: random.Random) -> str:
@@ -80,9 +88,22 @@ def _fmt_time(t: float, rng: random.Random) -> str:
     return str(int(t) * 1000)
 
 
+def agent_label(agent: str) -> tuple[str, str]:
+    """The agent's name and group, as the provider's call log gives them."""
+    n = int(agent[-3:])
+    return f"Agent {n}", "sales" if n % 2 == 0 else "support"
+
+
 def generate(calls: int, start: float, span_s: float, profile: Profile, seed: int = 1,
              app: str = APP, prefix: str = "") -> tuple[list[dict[str, str]], list[Truth]]:
     """Events in delivery order (each the provider's fields) and the ground truth per call."""
+    timed, truth = generate_timed(calls, start, span_s, profile, seed, app, prefix)
+    return [e for _, e in timed], truth
+
+
+def generate_timed(calls: int, start: float, span_s: float, profile: Profile, seed: int = 1,
+                   app: str = APP, prefix: str = "") -> tuple[list[tuple[float, dict[str, str]]], list[Truth]]:
+    """Events in delivery order with the time each is sent, and the ground truth per call."""
     rng = random.Random(seed)
     agents = [f"9000000{i:03d}" for i in range(profile.agents)]
     next_agent = 0
@@ -110,7 +131,7 @@ def generate(calls: int, start: float, span_s: float, profile: Profile, seed: in
                 roll = rng.random()
                 if rng.random() < profile.p_caller_hangup:
                     ring = rng.uniform(1, profile.ring_s)
-                    tr.attempts.append(TruthAttempt(aid, agent, t, "caller_hangup", ring))
+                    tr.attempts.append(TruthAttempt(aid, agent, t, "caller_hangup", ring, None, *agent_label(agent)))
                     t += ring
                     break
                 if roll < profile.p_answer:
@@ -121,7 +142,8 @@ def generate(calls: int, start: float, span_s: float, profile: Profile, seed: in
                     events.append((t + ring + talk, {"app": app, "event": "TE", "uniqueid": uid, "cli": cli,
                                                      "attemptid": aid, "to": agent, "result": "answered",
                                                      "duration": str(ring + talk)}))
-                    tr.attempts.append(TruthAttempt(aid, agent, t, "answered", ring))
+                    tr.attempts.append(TruthAttempt(aid, agent, t, "answered", ring, int(ring + talk),
+                                                    *agent_label(agent)))
                     answer_at = t + ring
                     t += ring + talk
                     break
@@ -130,7 +152,7 @@ def generate(calls: int, start: float, span_s: float, profile: Profile, seed: in
                                 else ("noanswer", profile.ring_s))
                 events.append((t + ring, {"app": app, "event": "TE", "uniqueid": uid, "cli": cli, "attemptid": aid,
                                           "to": agent, "result": result, "duration": str(int(ring))}))
-                tr.attempts.append(TruthAttempt(aid, agent, t, result, ring))
+                tr.attempts.append(TruthAttempt(aid, agent, t, result, ring, int(ring), *agent_label(agent)))
                 t += ring + 1
             if answer_at is not None:
                 tr.outcome, tr.answered_by = "answered", next(a.agent for a in tr.attempts if a.result == "answered")
@@ -138,6 +160,7 @@ def generate(calls: int, start: float, span_s: float, profile: Profile, seed: in
                 tr.missed_reason = "no_answer"
         t = float(int(t) + 1)
         tr.end = t
+        tr.duration = int(t - t0)
         if rng.random() < profile.p_missing_hangup:
             tr.close_reason = "timeout"
             tr.end = max(et for et, _ in events)  # the call ends with the last thing known of it
@@ -155,7 +178,34 @@ def generate(calls: int, start: float, span_s: float, profile: Profile, seed: in
                 seq += 1
         truth.append(tr)
     timed.sort(key=lambda x: (x[0], x[1]))
-    return [e for _, _, e in timed], truth
+    return [(t, e) for t, _, e in timed], truth
+
+
+@dataclass(frozen=True)
+class Loss:
+    """Webhooks lost on their way: each at random, the hang-up, every event of a call, and every
+    event sent within the outage interval (epoch seconds, start inclusive)."""
+
+    p_event: float = 0.0
+    p_hangup: float = 0.0
+    p_call: float = 0.0
+    outage: tuple[float, float] | None = None
+
+
+def lose(timed: list[tuple[float, dict[str, str]]], loss: Loss, seed: int = 1) -> list[dict[str, str]]:
+    """The events that arrive (in delivery order)."""
+    rng = random.Random(seed)
+    lost_calls = {uid for uid in dict.fromkeys(e["uniqueid"] for _, e in timed) if rng.random() < loss.p_call}
+    kept = []
+    for t, e in timed:
+        if e["uniqueid"] in lost_calls or rng.random() < loss.p_event:
+            continue
+        if e["event"] == "H" and rng.random() < loss.p_hangup:
+            continue
+        if loss.outage is not None and loss.outage[0] <= t < loss.outage[1]:
+            continue
+        kept.append(e)
+    return kept
 
 
 def expected_agent_windows(events: Iterable[dict[str, str]], window_s: int,
@@ -292,12 +342,22 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--kafka", help="bootstrap servers: write straight to ivr.events instead")
     ap.add_argument("--topic-prefix", default="")
     ap.add_argument("--truth", help="write the ground truth (JSON) here")
+    ap.add_argument("--lose", type=float, default=0.0, help="share of webhooks lost at random")
+    ap.add_argument("--lose-hangups", type=float, default=0.0, help="share of hang-ups lost")
+    ap.add_argument("--lose-calls", type=float, default=0.0, help="share of calls whose webhooks are all lost")
+    ap.add_argument("--outage", default=None, metavar="FROM:SECONDS",
+                    help="every webhook lost from FROM seconds after --start, for SECONDS")
     args = ap.parse_args(argv)
     profile = Profile(agents=args.agents, p_duplicate=args.duplicates, p_reorder=args.reorder,
                       p_missing_hangup=args.missing_hangups)
     start = args.start if args.start is not None else time.time() - args.span_s
-    events, truth = generate(args.calls, start, args.span_s, profile, args.seed)
-    print(f"{len(truth)} calls, {len(events)} webhooks", file=sys.stderr)
+    timed, truth = generate_timed(args.calls, start, args.span_s, profile, args.seed)
+    outage = None
+    if args.outage:
+        begin, _, length = args.outage.partition(":")
+        outage = (start + float(begin), start + float(begin) + float(length))
+    events = lose(timed, Loss(args.lose, args.lose_hangups, args.lose_calls, outage), args.seed)
+    print(f"{len(truth)} calls, {len(events)} webhooks ({len(timed) - len(events)} lost)", file=sys.stderr)
     if args.truth:
         with open(args.truth, "wb") as f:
             f.write(orjson.dumps([asdict(t) for t in truth], option=orjson.OPT_INDENT_2))

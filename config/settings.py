@@ -42,8 +42,17 @@ class Settings:
     kafka_ssl_cafile: str = ""  # empty: the system trust store
     kafka_ssl_certfile: str = ""
     kafka_ssl_keyfile: str = ""
+    # call-log reconciliation (names fixed by the contract); no API key: reconciliation is off
+    provider_api_url: str = "https://mycalls.sukamapps.com/api/v1"
+    provider_api_key: str = field(default="", repr=False)  # never in a log, not even via repr()
+    provider_apps: tuple[str, ...] = ()
+    reconcile_interval_s: float = 300.0
+    reconcile_lookback_s: float = 3600.0
+    provider_max_rps: float = 2.0
     # --- our own ---
     kafka_nodes: int = 1  # brokers `make run` starts locally (1 or 3)
+    provider_timeout_s: float = 10.0
+    provider_max_attempts: int = 6
     connected_idle_timeout_s: float = 14400.0
     closed_call_retention_s: float = 86400.0
     metrics_grace_s: float = 1800.0
@@ -133,6 +142,10 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"LOG_CALLER_NUMBERS={settings.log_caller_numbers!r}: use masked or full")
     if settings.worker_stall_timeout_s <= 0:
         raise SettingsError("WORKER_STALL_TIMEOUT_S must be positive")
+    if settings.reconcile_interval_s <= 0 or settings.provider_max_rps <= 0 or settings.provider_timeout_s <= 0:
+        raise SettingsError("RECONCILE_INTERVAL_S, PROVIDER_MAX_RPS and PROVIDER_TIMEOUT_S must be positive")
+    if settings.provider_max_attempts <= 0:
+        raise SettingsError("PROVIDER_MAX_ATTEMPTS must be positive")
     if settings.topic_partitions <= 0 or settings.topic_replication <= 0:
         raise SettingsError("TOPIC_PARTITIONS and TOPIC_REPLICATION must be positive")
     if settings.kafka_nodes not in (1, 3):

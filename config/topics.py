@@ -31,6 +31,8 @@ CALL_TICKS = "ivr.internal.call-ticks"
 AGENT_WINDOW_TICKS = "ivr.internal.agent-window-ticks"
 APP_WINDOW_TICKS = "ivr.internal.app-window-ticks"
 CALLER_TICKS = "ivr.internal.caller-ticks"
+# internal: the call-log reconciler's cursor per app (compacted: the latest per app is all it reads)
+RECONCILE_CURSOR = "ivr.internal.reconcile-cursor"
 DAY_MS = 24 * 3600 * 1000
 
 WEEK_MS = 7 * 24 * 3600 * 1000
@@ -65,6 +67,7 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(AGENT_WINDOW_TICKS, (("retention.ms", str(DAY_MS)),)),
     TopicSpec(APP_WINDOW_TICKS, (("retention.ms", str(DAY_MS)),)),
     TopicSpec(CALLER_TICKS, (("retention.ms", str(DAY_MS)),)),
+    TopicSpec(RECONCILE_CURSOR, (("cleanup.policy", "compact"),), partitions=1),  # a few records: one partition
 )
 
 

@@ -15,7 +15,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config import settings as settings_module
 from config.logs import install_filters
-from processors import liveness, runtime
+from processors import liveness, reconcile_timer, runtime
 from processors.faust_app import create_app
 from processors.pipelines import all_pipelines
 from processors.worker_metrics import REGISTRY
@@ -26,6 +26,7 @@ app = create_app(settings)
 for pipeline in all_pipelines(settings):
     runtime.run(app, pipeline)
 monitor = liveness.install(app, settings)
+reconcile_timer.register(app, settings)  # only when PROVIDER_API_KEY is set
 
 
 @app.page("/metrics")

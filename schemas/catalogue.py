@@ -13,6 +13,7 @@ from schemas.records import (
     MetricContribution,
     MissedCallAlert,
     MissedCallFact,
+    ReconcileCursor,
     ResolvedAlert,
     UnprocessableEvent,
 )
@@ -30,6 +31,7 @@ TOPIC_RECORDS: dict[str, type | tuple[type, ...]] = {
     topics.MISSED_BY_CALLER: (MissedCallFact, AnsweredCallFact),
     topics.ATTEMPTS_BY_AGENT: MetricContribution,
     topics.CALLS_BY_APP: MetricContribution,
+    topics.RECONCILE_CURSOR: ReconcileCursor,
 }
 
 # Repartition topics carry bundles: one record per partition and input batch, a JSON array of

@@ -44,6 +44,8 @@ class IvrEvent:
     received_at: Timestamp = doc("when the ingress received the webhook")
     raw: dict[str, Any] = doc("the fields exactly as the provider sent them (token removed)")
     origin: EventOrigin = doc("webhook: delivered to the ingress; call_log: derived from the provider's call log")
+    agent_name: str | None = doc("agent's name from the call log (TA, TE); null from webhooks", default=None)
+    group: str | None = doc("agent group from the call log (TA, TE); null from webhooks", default=None)
     v: Literal[1] = doc("schema version", default=1)
 
 
@@ -77,6 +79,8 @@ class Attempt:
     ended_at: Timestamp | None = doc("TE time, the hang-up for attempts still open at the end")
     result: AttemptResult = doc("provider result, or caller_hangup when the caller hung up while it rang")
     ring_s: Seconds | None = doc("start to connect (answered) or start to end (not answered)")
+    agent_name: str | None = doc("the agent's name from the provider's call log; null when unknown", default=None)
+    group: str | None = doc("the agent group from the provider's call log; null when unknown", default=None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -263,4 +267,14 @@ class UnprocessableEvent:
     error: str = doc("the exception's message (at most 1000 characters)")
     pipeline: str = doc("the worker pipeline that failed: calls, callers, agent_metrics or app_metrics")
     at: Timestamp = doc("when the worker gave up on it (wall clock)")
+    v: Literal[1] = doc("schema version", default=1)
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileCursor:
+    """ivr.internal.reconcile-cursor: how far the call log of one app has been read; keyed by app."""
+
+    app: str = doc("the provider's app GUID")
+    cursor: Timestamp = doc("calls that started before this (less the look-back) need not be read again")
+    updated_at: Timestamp = doc("when the reconciler wrote it")
     v: Literal[1] = doc("schema version", default=1)

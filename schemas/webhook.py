@@ -133,7 +133,8 @@ def normalise(
     assert app is not None and uniqueid is not None and event is not None
     is_attempt = event in ATTEMPT_EVENTS
     return IvrEvent(
-        id=event_id(raw),
+        # a call-log event never shares an id with a webhook delivery of the same fields
+        id=event_id(raw) if origin == "webhook" else event_id({**raw, "\x00origin": origin}),
         app=app,
         event=cast(EventType, event),
         uniqueid=uniqueid,

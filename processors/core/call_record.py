@@ -33,6 +33,8 @@ class AttemptView:
     ended: float | None
     result: str
     answered: bool
+    agent_name: str | None = None
+    group: str | None = None
 
     @property
     def ring_s(self) -> float | None:
@@ -119,11 +121,15 @@ def view(state: CallState) -> CallView:
         to = next((f.to for f in (ta, tc, te) if f is not None and f.to is not None), "")
         answered = tc is not None or (te is not None and te.result == "answered")
         result = te.result if te is not None and te.result else ("answered" if answered else "caller_hangup")
+        present = [f for f in (ta, tc, te) if f is not None]
         attempts.append(AttemptView(
             aid, to, ta.t if ta else None, tc.t if tc else None,
             # no TE: a connected attempt ends with the call, a ringing one too (caller_hangup)
             placed[f"TE|{aid}"] if te is not None else ended,
             result, answered,
+            # from the call log, on its TA and TE
+            next((f.agent_name for f in present if f.agent_name is not None), None),
+            next((f.group for f in present if f.group is not None), None),
         ))
     attempts.sort(key=lambda a: (_order_time(a), natural_key(a.attemptid)))
     answered_by = next((a for a in attempts if a.answered), None)
@@ -163,6 +169,8 @@ def completed_record(state: CallState, v: CallView, revision: int, closed_at: fl
                 ended_at=format_ts(a.ended) if a.ended is not None else None,
                 result=a.result,  # type: ignore[arg-type]
                 ring_s=round(a.ring_s, 3) if a.ring_s is not None else None,
+                agent_name=a.agent_name,
+                group=a.group,
             )
             for a in v.attempts
         ],

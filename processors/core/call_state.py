@@ -6,7 +6,7 @@ order events arrive in cannot matter: everything derived is computed from the se
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 AlertState = Literal["none", "pending", "sent"]
@@ -23,13 +23,33 @@ class Fact:
     to: str | None = None
     result: str | None = None
     duration: float | None = None
+    from_log: bool = False  # the fields above came from the provider's call log, not a webhook
+    agent_name: str | None = None  # from the call log (TA, TE)
+    group: str | None = None
 
     def to_json(self) -> list[Any]:
-        return [self.t, self.provider_time, self.received, self.cli, self.to, self.result, self.duration]
+        return [self.t, self.provider_time, self.received, self.cli, self.to, self.result, self.duration,
+                self.from_log, self.agent_name, self.group]
 
     @classmethod
     def from_json(cls, data: list[Any]) -> Fact:
-        return cls(*data)
+        return cls(*data)  # states written before the call-log fields existed have 7 items: defaults
+
+
+def merge_fact(seen: Fact, new: Fact, closed: bool) -> tuple[Fact, bool]:
+    """Two reports of one event (same key): the fact to keep, and whether `new` is a repeated
+    webhook delivery (what `duplicates` counts).
+
+    The result does not depend on which came first: a webhook's fields win over the call log's
+    (the log only adds what was missing); of two webhook deliveries the earliest received is kept
+    (while the call is open: once closed, a repeat must not revise it); the agent's name and group
+    come from the call log whenever it has them."""
+    webhook_wins = seen.from_log and not new.from_log
+    earlier_delivery = not seen.from_log and not new.from_log and not closed and new.received < seen.received
+    core = new if webhook_wins or earlier_delivery else seen
+    merged = replace(core, agent_name=seen.agent_name if seen.agent_name is not None else new.agent_name,
+                     group=seen.group if seen.group is not None else new.group)
+    return merged, not seen.from_log and not new.from_log
 
 
 def fact_key(event: str, attemptid: str | None) -> str:

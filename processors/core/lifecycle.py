@@ -19,6 +19,8 @@ What it emits
     - an answered fact for every emitted answered revision of a call with a caller number, and of
       an alerted call under the number it was alerted with: it resolves the call's own alert, and
       open alerts of the same caller it answers (called again).
+Two reports of one event (a repeated webhook, or the same event from the provider's call log) are
+one fact: `call_state.merge_fact` keeps what each adds, whatever the order they came in.
 A closed call is remembered for CLOSED_CALL_RETENTION_S to recognise late events, then forgotten.
 """
 
@@ -32,7 +34,7 @@ from typing import Any
 import orjson
 
 from processors.core.call_record import CallView, completed_record, view
-from processors.core.call_state import CallState, Fact, fact_key
+from processors.core.call_state import CallState, Fact, fact_key, merge_fact
 from processors.core.rules import alert_worthy
 from schemas.records import AnsweredCallFact, CallerFact, CompletedCall, MissedCallFact, SelfResolution
 from schemas.timefmt import format_ts, parse_ts
@@ -62,6 +64,7 @@ class Applied:
     emission: Emission
     duplicate: bool = False
     late: bool = False  # the event arrived after the call was closed
+    healed: bool = False  # a call-log event the webhooks had not delivered
 
 
 def fact_from_event(event: Mapping[str, Any]) -> tuple[str, Fact]:
@@ -74,6 +77,9 @@ def fact_from_event(event: Mapping[str, Any]) -> tuple[str, Fact]:
         to=event.get("to"),
         result=event.get("result"),
         duration=event.get("duration"),
+        from_log=event.get("origin") == "call_log",
+        agent_name=event.get("agent_name"),
+        group=event.get("group"),
     )
     return fact_key(event["event"], event.get("attemptid")), fact
 
@@ -84,21 +90,27 @@ def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: Li
         state = CallState(uniqueid=event["uniqueid"], app=event["app"])
     seen = state.facts.get(key)
     if seen is not None:
-        state.duplicates += 1
-        # Of two deliveries of one event, the earliest received is kept whatever the arrival order.
-        if not state.closed and fact.received < seen.received:
-            state.facts[key] = fact
-        return Applied(state, NOTHING, duplicate=True)
+        merged, repeated = merge_fact(seen, fact, state.closed)
+        if repeated:
+            state.duplicates += 1
+        if merged == seen:  # a repeated delivery, or the call log confirming what is known
+            return Applied(state, NOTHING, duplicate=repeated)
+        state.facts[key] = merged
+        if not state.closed:
+            return Applied(state, NOTHING, duplicate=repeated)
+        # a closed call: agent name/group filled in, or the call log's fields replaced by a webhook's
+        return Applied(state, _revise(state, now, cfg, resolution_how(event)), late=True)
     state.facts[key] = fact
     state.last_activity = now
+    healed = fact.from_log
     if key == "H" and state.hangup_seen is None:
         state.hangup_seen = now
     how = resolution_how(event)
     if state.closed:
-        return Applied(state, _revise(state, now, cfg, how), late=True)
+        return Applied(state, _revise(state, now, cfg, how), late=True, healed=healed)
     if _complete(state):
-        return Applied(state, _close(state, now, cfg, how))
-    return Applied(state, NOTHING)
+        return Applied(state, _close(state, now, cfg, how), healed=healed)
+    return Applied(state, NOTHING, healed=healed)
 
 
 def tick(state: CallState, now: float, cfg: LifecycleConfig) -> Applied:

@@ -11,6 +11,7 @@ import orjson
 
 from config import topics
 from config.settings import Settings
+from processors import reconcile_metrics
 from processors import worker_metrics as m
 from processors.core.call_metrics import Contribution, agent_contributions, app_contribution
 from processors.core.call_state import CallState
@@ -93,6 +94,8 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
                 m.LATE_EVENTS.inc()
             if applied.duplicate:
                 m.DUPLICATES.inc()
+            if applied.healed:
+                reconcile_metrics.EVENTS_HEALED.inc()
         st = applied.state
         return Result(st, outputs(applied, received), None if st is None else next_due(st, cfg))
 
