@@ -19,6 +19,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from processors.core.call_record import CallView
 from processors.core.rules import answered_within, is_short_abandon
 from processors.core.windows import Window
 from schemas.records import AgentWindowMetrics, AppWindowMetrics, CompletedCall
@@ -77,6 +78,13 @@ def app_contribution(call: CompletedCall, short_abandon_s: float, service_level_
         "short_abandon": is_short_abandon(call.outcome, call.close_reason, call.wait_s, short_abandon_s),
         "within_service_level": answered_within(call.outcome, call.wait_s, service_level_s),
     })
+
+
+def receive_timed(uniqueid: str, v: CallView) -> frozenset[str]:
+    """The items (as in `Contribution.item_id`) whose window time is a receive-time stand-in, not
+    the provider's clock: they are counted in their window but must not advance its watermark."""
+    out = {f"{uniqueid}|{a.attemptid}" for a in v.attempts if not a.started_clocked}
+    return frozenset(out | {uniqueid} if not v.start_clocked else out)
 
 
 def _rate(num: int, den: int) -> float | None:

@@ -4,6 +4,11 @@ Where an event carries no provider `time` (TE and H usually do not), its time is
 the provider's own durations when the anchor is known, which is more faithful than our
 receive time:  TE end = TA time + TE duration;  H = IN time + H duration.
 Otherwise the receive time stands in.
+
+A call closed without its IN (it came after the hang-up grace, or never) has an unknown start:
+the earliest provider time known of it stands in (an attempt's TA, or H's time less its duration
+when H has a provider time), else H's receive time less its duration. Whether a start is on the
+provider's clock is kept (`start_clocked`): a receive-time start must not move metric watermarks.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class AttemptView:
     answered: bool
     agent_name: str | None = None
     group: str | None = None
+    started_clocked: bool = True  # `started` is a provider time (not our receive time)
 
     @property
     def ring_s(self) -> float | None:
@@ -56,6 +62,7 @@ class CallView:
     close_reason: Literal["hangup", "timeout"]
     cli: str
     start_known: bool  # the IN was seen
+    start_clocked: bool = True  # `started` is the provider's clock, not a receive-time stand-in
 
     @property
     def outcome(self) -> Literal["answered", "missed"]:
@@ -108,11 +115,29 @@ def _placed(state: CallState) -> dict[str, float]:
     return out
 
 
+def _start(state: CallState, placed: dict[str, float]) -> tuple[float, bool]:
+    """When the call began, and whether that is on the provider's clock."""
+    facts = state.facts
+    inn, h = facts.get("IN"), facts.get("H")
+    if inn is not None:
+        return inn.t, inn.provider_time
+    # no IN: H's duration runs from IN, and every provider time is at or after the start
+    clocked = [f.t for f in facts.values() if f.provider_time]
+    if h is not None and h.duration is not None:
+        if h.provider_time:
+            clocked.append(h.t - h.duration)
+        elif not clocked:
+            return h.t - h.duration, False
+    if clocked:
+        return min(clocked), True
+    return min(placed.values()), False
+
+
 def view(state: CallState) -> CallView:
     facts = state.facts
     inn, h = facts.get("IN"), facts.get("H")
     placed = _placed(state)
-    started = placed["IN"] if inn is not None else min(placed.values())
+    started, start_clocked = _start(state, placed)
     # without H (closed by timeout) the call ends with the last thing we know of it
     ended = max(started, placed["H"] if h is not None else max(placed.values()))
     attempts: list[AttemptView] = []
@@ -130,6 +155,7 @@ def view(state: CallState) -> CallView:
             # from the call log, on its TA and TE
             next((f.agent_name for f in present if f.agent_name is not None), None),
             next((f.group for f in present if f.group is not None), None),
+            ta.provider_time if ta else start_clocked,
         ))
     attempts.sort(key=lambda a: (_order_time(a), natural_key(a.attemptid)))
     answered_by = next((a for a in attempts if a.answered), None)
@@ -140,7 +166,7 @@ def view(state: CallState) -> CallView:
                            if t is not None)
     cli = inn.cli if inn is not None and inn.cli else max((f.cli for f in facts.values()), default="")
     return CallView(started, ended, tuple(attempts), answered_by, answer_time,
-                    "hangup" if h is not None else "timeout", cli, inn is not None)
+                    "hangup" if h is not None else "timeout", cli, inn is not None, start_clocked)
 
 
 def _order_time(a: AttemptView) -> float:

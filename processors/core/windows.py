@@ -5,7 +5,8 @@ keyed by item id (an attempt, a call), so a revised call replaces what it contri
 a replay changes nothing: counts are derived from the items, never incremented blindly.
 
 A window [start, start + size) becomes final, exactly once, when either
-  * event time: the key's watermark (the latest item time seen) reaches end + grace, or
+  * event time: the key's watermark (the latest provider-clocked item time seen: an item whose
+    time is a receive-time stand-in is counted but does not advance it) reaches end + grace, or
   * wall clock: now >= end + grace and the window has not changed for `idle_close_s` — so a
     quiet key, or a replay of old data, still closes its windows.
 Items for a final window are late: counted in `late` and reported, never added.
@@ -54,8 +55,12 @@ def window_start(t: float, size: float) -> int:
 AddResult = Literal["counted", "unchanged", "late"]
 
 
-def add(state: Windowed, item_id: str, t: float, contribution: Any, now: float, p: WindowPolicy) -> AddResult:
-    """Put (or replace) an item's contribution in the window of its event time `t`."""
+def add(state: Windowed, item_id: str, t: float, contribution: Any, now: float, p: WindowPolicy,
+        advance: bool = True) -> AddResult:
+    """Put (or replace) an item's contribution in the window of its event time `t`.
+
+    `advance`: `t` is the provider's clock, so it may advance the watermark (a receive-time
+    stand-in may be "now" for old data, and would close every open window at once)."""
     start = window_start(t, p.size_s)
     # an item that moved (its time was revised) leaves the window it was in, unless that one is final
     for s, w in state.windows.items():
@@ -72,7 +77,8 @@ def add(state: Windowed, item_id: str, t: float, contribution: Any, now: float, 
             return "unchanged"  # a replay of what the final already counted
         w.late += 1
         return "late"
-    state.watermark = max(state.watermark, t)
+    if advance:
+        state.watermark = max(state.watermark, t)
     if w.items.get(item_id) == contribution:
         return "unchanged"
     w.items[item_id] = contribution
