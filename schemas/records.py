@@ -249,6 +249,10 @@ class MetricContribution:
         "the figures the window sums, named, with their version `v` (1): attempts {result, ring_s, talk_s}, "
         "calls {outcome, missed_reason, wait_s, short_abandon, within_service_level}; a positional list "
         "(before version 1) is still read")
+    at_received: bool = doc(
+        "true when `at` is estimated from our receive time (the provider's time of the start is unknown, "
+        "e.g. a call closed without its IN): counted in its window, but it does not advance the key's "
+        "event-time watermark", default=False)
     v: Literal[1] = doc("schema version", default=1)
 
 

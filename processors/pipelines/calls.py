@@ -13,7 +13,8 @@ from config import topics
 from config.settings import Settings
 from processors import reconcile_metrics
 from processors import worker_metrics as m
-from processors.core.call_metrics import Contribution, agent_contributions, app_contribution
+from processors.core.call_metrics import Contribution, agent_contributions, app_contribution, receive_timed
+from processors.core.call_record import view
 from processors.core.call_state import CallState
 from processors.core.callers import caller_key
 from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
@@ -34,17 +35,20 @@ def lifecycle_config(s: Settings) -> LifecycleConfig:
     )
 
 
-def contribution(app_id: str, c: Contribution) -> bytes:
-    return dumps(MetricContribution(app=app_id, key=c.key, item=c.item_id, at=format_ts(c.t), values=c.values))
+def contribution(app_id: str, c: Contribution, at_received: bool = False) -> bytes:
+    return dumps(MetricContribution(app=app_id, key=c.key, item=c.item_id, at=format_ts(c.t), values=c.values,
+                                    at_received=at_received))
 
 
-def metric_contributions(rec: CompletedCall, s: Settings) -> list[Output]:
+def metric_contributions(rec: CompletedCall, s: Settings, state: CallState) -> list[Output]:
     """What a completed record adds to the metric windows, re-keyed by agent and by app (sent
     from here: the record is in hand, and a stateless re-keying step needs no topic of its own)."""
-    out = [Output(s.topic(topics.ATTEMPTS_BY_AGENT), c.key.encode(), contribution(rec.app, c))
+    unclocked = receive_timed(rec.uniqueid, view(state))
+    out = [Output(s.topic(topics.ATTEMPTS_BY_AGENT), c.key.encode(),
+                  contribution(rec.app, c, c.item_id in unclocked))
            for c in agent_contributions(rec)]
     c = app_contribution(rec, s.short_abandon_s, s.service_level_s)
-    out.append(Output(s.topic(topics.CALLS_BY_APP), c.key.encode(), contribution(rec.app, c)))
+    out.append(Output(s.topic(topics.CALLS_BY_APP), c.key.encode(), contribution(rec.app, c, c.item_id in unclocked)))
     return out
 
 
@@ -69,7 +73,8 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
         if em.completed is not None:
             rec = em.completed
             out.append(Output(completed, rec.uniqueid.encode(), dumps(rec), received, "completed"))
-            out.extend(metric_contributions(rec, s))
+            assert state is not None  # a call that emits a record is kept
+            out.extend(metric_contributions(rec, s, state))
             if rec.revision == 1:
                 m.CALLS_CLOSED.labels(rec.close_reason).inc()
             else:

@@ -50,7 +50,8 @@ def windowed(name: str, table: str, source: str, ticks: str, out_topic: str, s: 
                 out.append(Output(out_topic, record_key(key, start).encode(), dumps(record)))
             return Result(st, out, next_flush(st, policy))
         st = st or Windowed()
-        if add(st, item["item"], parse_ts(item["at"]), item["values"], now, policy) == "late":
+        if add(st, item["item"], parse_ts(item["at"]), item["values"], now, policy,
+               advance=not item.get("at_received", False)) == "late":
             late.inc()
             log.warning("late contribution for %s at %s: its window's final is out; not counted", key, item["at"])
         return Result(st, (), next_flush(st, policy))
