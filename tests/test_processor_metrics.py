@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import httpx
 import pytest
 
-from bench.simulator import Profile, Truth, expected_agent_windows, generate, post_events
+from bench.simulator import APP, Profile, Truth, expected_agent_windows, generate, post_events
 from deploy.local_kafka import KafkaBroker
 from schemas.timefmt import format_ts, parse_provider_time
 from tests.conftest import TOKEN, Stack, start_ingress, start_worker, wait_ready, wait_worker_ready
@@ -173,3 +173,31 @@ def test_worker_metrics_endpoint(metrics_stack: Stack) -> None:
     # bounded labels: no call id or caller number anywhere
     # (a caller number as a whole token: float values such as a histogram's sum hold any digits)
     assert not re.search(r"uniqueid|cli=|(?<![\d.e+-])98\d{8}(?![\d.])", text)
+
+
+def test_a_hangup_long_before_its_in_does_not_close_old_windows_early(metrics_stack: Stack) -> None:
+    """H delivered more than HANGUP_GRACE_S before its IN closes the call without its start: that
+    must not move the app's watermark to the wall clock (closing the day's windows early and
+    making the IN's revision late), and the revision lands in the hour the call began."""
+    hour = (time.time() // WINDOW) * WINDOW - 72 * 3600
+    url = f"{metrics_stack.base}/webhooks/ivr"
+
+    def call(uid: str, at: float, wait: int) -> list[dict[str, str]]:
+        return [{"app": APP, "event": "IN", "uniqueid": uid, "cli": "9812345678", "time": str(int(at))},
+                {"app": APP, "event": "H", "uniqueid": uid, "cli": "9812345678", "duration": str(wait)}]
+
+    late_in, late_h = call("early-h", hour + 600, 12)
+    asyncio.run(post_events(url, TOKEN, [late_h], rate=0, progress=False))
+    deadline = time.monotonic() + 60
+    while not any(v["uniqueid"] == "early-h" for _, v in read_all(
+            metrics_stack.bootstrap, metrics_stack.topic("ivr.calls.completed"), settle=0.5)):
+        assert time.monotonic() < deadline, "the call never closed on its hang-up grace"
+    others = [*call("on-time-1", hour + 100, 20), *call("on-time-2", hour + 3000, 30)]
+    asyncio.run(post_events(url, TOKEN, [*others, late_in], rate=0, progress=False))
+    got = finals(metrics_stack, "ivr.metrics.apps", 1)
+    assert [(r["window_start"], r["offered"], r["abandoned_in_ivr"]) for r in got] == [(format_ts(hour), 3, 3)]
+    revised = [v for _, v in read_all(metrics_stack.bootstrap, metrics_stack.topic("ivr.calls.completed"))
+               if v["uniqueid"] == "early-h"]
+    assert [(v["revision"], v["duration"]) for v in revised] == [(1, 12), (2, 12)]
+    assert revised[-1]["started_at"] == format_ts(hour + 600)
+    assert "late contribution" not in (metrics_stack.tmp / "worker.log").read_text()
