@@ -1,0 +1,235 @@
+"""Our worker against Quix Streams and a raw client loop, on the same pre-filled topic, in one run.
+
+    python -m bench.peers.compare [--calls N] [--rounds R] [--quick]
+
+Every system reads the same `ivr.events` topic (simulator traffic, 6 partitions) from the start in
+a consumer group of its own and runs the calls step (`bench.peers.step`); our worker runs the
+whole processor (calls, callers, metrics) as deployed. Rounds alternate the systems, rotating the
+order. For each run the harness, polling from outside, takes the time from the first record on the
+system's output topic to the moment its group has committed every input offset, and the CPU time
+the system's processes used in that span. Printed: median events/s, CPU-s per 100k events, and
+our ratio to each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from bench.simulator import Profile, generate, write_events
+from deploy.local_kafka import ROOT, KafkaBroker, free_port
+
+PREFIX = "cmp."
+PARTITIONS = 6
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Run:
+    system: str
+    events_per_s: float
+    cpu_per_100k: float
+
+
+def tree_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of a process and all its descendants (alive ones)."""
+    total, stack = 0.0, [pid]
+    while stack:
+        p = stack.pop()
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / TICK
+            for task in Path(f"/proc/{p}/task").iterdir():
+                stack.extend(int(c) for c in (task / "children").read_text().split())
+        except (OSError, IndexError, ValueError):
+            continue
+    return total
+
+
+class Watch:
+    """Polls a group's committed offsets on the input and the end offsets of an output topic."""
+
+    def __init__(self, bootstrap: str, group: str, source: str, sink: str) -> None:
+        from aiokafka import AIOKafkaConsumer
+        from aiokafka.admin import AIOKafkaAdminClient
+
+        self.group, self.source, self.sink = group, source, sink
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+
+    async def __aenter__(self) -> Watch:
+        await self.admin.start()
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+    async def committed(self) -> int:
+        from aiokafka.errors import KafkaError
+
+        try:
+            offsets = await self.admin.list_consumer_group_offsets(self.group)
+        except KafkaError:  # no coordinator yet: nothing committed
+            return 0
+        return sum(m.offset for tp, m in offsets.items() if tp.topic == self.source and m.offset > 0)
+
+    async def written(self) -> int:
+        from aiokafka import TopicPartition
+
+        parts = self.consumer.partitions_for_topic(self.sink)
+        if not parts:
+            await self.consumer._client.force_metadata_update()  # a topic the system creates as it goes
+            parts = self.consumer.partitions_for_topic(self.sink)
+        if not parts:
+            return 0
+        return sum((await self.consumer.end_offsets([TopicPartition(self.sink, p) for p in parts])).values())
+
+
+async def measure(proc: subprocess.Popen[bytes], bootstrap: str, group: str, source: str, sink: str, total: int,
+                  log: Path, timeout: float = 900) -> tuple[float, float]:
+    """(events/s, CPU-s per 100k events) from the first output to the input fully committed."""
+    async with Watch(bootstrap, group, source, sink) as watch:
+        out_before = await watch.written()
+        first: tuple[float, float] | None = None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{group} exited:\n{log.read_text(errors='replace')[-3000:]}")
+            if first is None and await watch.written() > out_before:
+                first = (time.perf_counter(), tree_cpu_s(proc.pid))
+            if first is not None and await watch.committed() >= total:
+                now, cpu = time.perf_counter(), tree_cpu_s(proc.pid)
+                return total / (now - first[0]), (cpu - first[1]) / total * 100_000
+            await asyncio.sleep(0.2)
+    raise TimeoutError(f"{group}: input not committed within {timeout}s")
+
+
+def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as out:
+        return subprocess.Popen(args, env={**os.environ, **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=True)
+
+
+def stop(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, 15)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+            proc.wait()
+
+
+def systems(bootstrap: str, tmp: Path, env: dict[str, str]) -> dict[str, Callable[[str], tuple[list[str], dict[str, str], str]]]:
+    """name -> (for a run id) the command, its environment and the topic it writes records to."""
+    source = f"{PREFIX}ivr.events"
+    py = sys.executable
+
+    def worker(run: str) -> tuple[list[str], dict[str, str], str]:
+        return ([py, "-m", "faust", "-A", "processors.app", "worker", "-l", "warn"],
+                {**env, "PROCESSOR_ID": run, "WORKER_WEB_PORT": str(free_port()),
+                 "WORKER_DATA_DIR": str(tmp / run)}, f"{PREFIX}ivr.calls.completed")
+
+    def quix(guarantee: str) -> Callable[[str], tuple[list[str], dict[str, str], str]]:
+        def cmd(run: str) -> tuple[list[str], dict[str, str], str]:
+            sink = f"{PREFIX}peer.{run}.completed"
+            return ([py, "-m", "bench.peers.quix_calls", bootstrap, source, sink, f"{PREFIX}{run}", str(tmp / run),
+                     guarantee], env, sink)
+        return cmd
+
+    def raw(run: str) -> tuple[list[str], dict[str, str], str]:
+        sink = f"{PREFIX}peer.{run}.completed"
+        return [py, "-m", "bench.peers.raw_loop", bootstrap, source, sink, f"{PREFIX}{run}"], env, sink
+
+    found: dict[str, Callable[[str], tuple[list[str], dict[str, str], str]]] = {"worker": worker}
+    try:
+        import quixstreams  # noqa: F401
+        found["quix at-least-once"] = quix("at-least-once")
+        found["quix exactly-once"] = quix("exactly-once")
+    except ImportError:
+        print("quixstreams is not installed (pip install -e '.[bench]'): Quix rows skipped", file=sys.stderr)
+    try:
+        import confluent_kafka  # noqa: F401
+        found["raw loop"] = raw
+    except ImportError:
+        pass
+    return found
+
+
+def report(runs: list[Run], meta: dict[str, Any]) -> dict[str, Any]:
+    names = list(dict.fromkeys(r.system for r in runs))
+    med = {n: (statistics.median(r.events_per_s for r in runs if r.system == n),
+               statistics.median(r.cpu_per_100k for r in runs if r.system == n)) for n in names}
+    ours = med["worker"]
+    print(f"\n{meta['events']:,} events, {meta['calls']:,} calls, {PARTITIONS} partitions, "
+          f"{meta['rounds']} rounds (medians)")
+    print(f"{'system':<20} {'events/s':>10} {'CPU-s/100k':>11} {'ours/them speed':>16} {'their/our CPU':>14}")
+    for n in names:
+        eps, cpu = med[n]
+        print(f"{n:<20} {eps:>10,.0f} {cpu:>11.2f} {ours[0] / eps:>16.2f} {cpu / ours[1]:>14.2f}")
+    return {**meta, "runs": [r.__dict__ for r in runs],
+            "median": {n: {"events_per_s": e, "cpu_s_per_100k": c} for n, (e, c) in med.items()}}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, default=10_000, help="simulated calls (about 5.5 events each)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--quick", action="store_true", help="300 calls, one round (a smoke test)")
+    ap.add_argument("--only", nargs="*", default=None, help="systems to run (default: all available)")
+    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "peers.json")
+    args = ap.parse_args(argv)
+    calls, rounds = (300, 1) if args.quick else (args.calls, args.rounds)
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        with KafkaBroker(tmp / "kafka", partitions=PARTITIONS, heap="1g") as broker:
+            env = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "TOPIC_PREFIX": PREFIX,
+                   "TOPIC_PARTITIONS": str(PARTITIONS), "WORKER_STORE": "rocksdb://",
+                   "HANGUP_GRACE_S": "1", "CALL_IDLE_TIMEOUT_S": "3", "WORKER_SESSION_TIMEOUT_S": "10"}
+            subprocess.run([sys.executable, "-c", "import asyncio; from config.settings import load; "
+                            "from config.topics import ensure_topics; asyncio.run(ensure_topics(load()))"],
+                           env={**os.environ, **env}, check=True, cwd=ROOT)
+            profile = Profile(agents=20, p_duplicate=0.02, p_reorder=0.02, p_missing_hangup=0.01, mean_talk_s=60)
+            events, truth = generate(calls, time.time() - 7200, 3600, profile, seed=5, prefix="c")
+            asyncio.run(write_events(broker.bootstrap, f"{PREFIX}ivr.events", events, progress=False))
+            table = systems(broker.bootstrap, tmp, env)
+            names = [n for n in table if args.only is None or n in args.only]
+            runs: list[Run] = []
+            for rnd in range(rounds):
+                order = names[rnd % len(names):] + names[:rnd % len(names)]
+                for name in order:
+                    run_id = f"{name.split()[0]}{rnd}{'eos' if 'exactly' in name else ''}"
+                    cmd, run_env, sink = table[name](run_id)
+                    log = tmp / f"{run_id}.log"
+                    group = f"{PREFIX}{run_id}"
+                    print(f"round {rnd + 1}/{rounds}: {name} ...", file=sys.stderr, flush=True)
+                    proc = start(cmd, run_env, log)
+                    try:
+                        eps, cpu = asyncio.run(measure(proc, broker.bootstrap, group, f"{PREFIX}ivr.events", sink, len(events),
+                                                   log))
+                    finally:
+                        stop(proc)
+                    runs.append(Run(name, eps, cpu))
+                    print(f"  {eps:,.0f} events/s, {cpu:.2f} CPU-s/100k", file=sys.stderr, flush=True)
+    result = report(runs, {"events": len(events), "calls": len(truth), "rounds": rounds, "cores": os.cpu_count()})
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
