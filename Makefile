@@ -34,8 +34,11 @@ lint: $(STAMP)
 
 check: lint test
 
+# the peers of the comparison (bench extra: Quix Streams, py-spy) are not in the lock files
 bench: $(STAMP)
+	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run_all
+	$(BIN)/python -m bench.peers.compare
 
 # the project's topics on the broker of `make run` (or KAFKA_BOOTSTRAP_SERVERS): records, worker lag
 topics: $(STAMP)

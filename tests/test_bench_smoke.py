@@ -25,3 +25,12 @@ def test_all_benchmarks_run_quickly(tmp_path: Path) -> None:
     assert results["e2e"]["completed"] == results["e2e"]["calls"] > 0
     assert results["ingress"]["webhook"]["max"]["statuses"].keys() == {"202"}
     assert (tmp_path / "benchmarks.png").stat().st_size > 0
+
+
+def test_peer_comparison_runs_quickly(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.peers.compare", "--quick", "--out", str(tmp_path / "p.json")],
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    results = orjson.loads((tmp_path / "p.json").read_bytes())
+    assert {"worker", "quix at-least-once", "quix exactly-once", "raw loop"} <= results["median"].keys()
+    assert "ours/them speed" in out.stdout

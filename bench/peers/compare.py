@@ -100,22 +100,22 @@ class Watch:
 
 
 async def measure(proc: subprocess.Popen[bytes], bootstrap: str, group: str, source: str, sink: str, total: int,
-                  log: Path, timeout: float = 900) -> tuple[float, float]:
+                  log: Path, limit_s: float = 900) -> tuple[float, float]:
     """(events/s, CPU-s per 100k events) from the first output to the input fully committed."""
     async with Watch(bootstrap, group, source, sink) as watch:
         out_before = await watch.written()
         first: tuple[float, float] | None = None
-        deadline = time.monotonic() + timeout
+        deadline = time.monotonic() + limit_s
         while time.monotonic() < deadline:
             if proc.poll() is not None:
-                raise RuntimeError(f"{group} exited:\n{log.read_text(errors='replace')[-3000:]}")
+                raise RuntimeError(f"{group} exited (log: {log})")
             if first is None and await watch.written() > out_before:
                 first = (time.perf_counter(), tree_cpu_s(proc.pid))
             if first is not None and await watch.committed() >= total:
                 now, cpu = time.perf_counter(), tree_cpu_s(proc.pid)
                 return total / (now - first[0]), (cpu - first[1]) / total * 100_000
             await asyncio.sleep(0.2)
-    raise TimeoutError(f"{group}: input not committed within {timeout}s")
+    raise TimeoutError(f"{group}: input not committed within {limit_s}s")
 
 
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -134,7 +134,10 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-def systems(bootstrap: str, tmp: Path, env: dict[str, str]) -> dict[str, Callable[[str], tuple[list[str], dict[str, str], str]]]:
+Launch = Callable[[str], tuple[list[str], dict[str, str], str]]
+
+
+def systems(bootstrap: str, tmp: Path, env: dict[str, str]) -> dict[str, Launch]:
     """name -> (for a run id) the command, its environment and the topic it writes records to."""
     source = f"{PREFIX}ivr.events"
     py = sys.executable
@@ -144,7 +147,7 @@ def systems(bootstrap: str, tmp: Path, env: dict[str, str]) -> dict[str, Callabl
                 {**env, "PROCESSOR_ID": run, "WORKER_WEB_PORT": str(free_port()),
                  "WORKER_DATA_DIR": str(tmp / run)}, f"{PREFIX}ivr.calls.completed")
 
-    def quix(guarantee: str) -> Callable[[str], tuple[list[str], dict[str, str], str]]:
+    def quix(guarantee: str) -> Launch:
         def cmd(run: str) -> tuple[list[str], dict[str, str], str]:
             sink = f"{PREFIX}peer.{run}.completed"
             return ([py, "-m", "bench.peers.quix_calls", bootstrap, source, sink, f"{PREFIX}{run}", str(tmp / run),
@@ -155,7 +158,7 @@ def systems(bootstrap: str, tmp: Path, env: dict[str, str]) -> dict[str, Callabl
         sink = f"{PREFIX}peer.{run}.completed"
         return [py, "-m", "bench.peers.raw_loop", bootstrap, source, sink, f"{PREFIX}{run}"], env, sink
 
-    found: dict[str, Callable[[str], tuple[list[str], dict[str, str], str]]] = {"worker": worker}
+    found: dict[str, Launch] = {"worker": worker}
     try:
         import quixstreams  # noqa: F401
         found["quix at-least-once"] = quix("at-least-once")
@@ -219,8 +222,8 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"round {rnd + 1}/{rounds}: {name} ...", file=sys.stderr, flush=True)
                     proc = start(cmd, run_env, log)
                     try:
-                        eps, cpu = asyncio.run(measure(proc, broker.bootstrap, group, f"{PREFIX}ivr.events", sink, len(events),
-                                                   log))
+                        eps, cpu = asyncio.run(measure(proc, broker.bootstrap, group, f"{PREFIX}ivr.events", sink,
+                                                       len(events), log))
                     finally:
                         stop(proc)
                     runs.append(Run(name, eps, cpu))

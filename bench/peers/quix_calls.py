@@ -11,12 +11,12 @@ from __future__ import annotations
 import sys
 from typing import Any
 
-from config.settings import load
 from bench.peers.step import calls_step, lifecycle_config
+from config.settings import load
 
 
 def main() -> None:
-    from quixstreams import Application, State
+    from quixstreams import Application
 
     bootstrap, source, sink, group, state_dir, guarantee = sys.argv[1:7]
     cfg = lifecycle_config(load())
@@ -26,7 +26,7 @@ def main() -> None:
     inp = app.topic(source, key_deserializer="bytes", value_deserializer="bytes")
     out = app.topic(sink, key_serializer="bytes", value_serializer="bytes")
 
-    def step(value: bytes, state: State) -> Any:
+    def step(value: bytes, state: Any) -> Any:  # a quixstreams State
         new, completed = calls_step(value, state.get("call"), cfg)
         if new is None:
             state.delete("call")

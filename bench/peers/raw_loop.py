@@ -12,8 +12,8 @@ import signal
 import sys
 from typing import Any
 
-from config.settings import load
 from bench.peers.step import calls_step, lifecycle_config
+from config.settings import load
 
 
 def main() -> None:
