@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.sensors import Monitor
 
 from config import kafka_client
 from config.settings import Settings
@@ -15,6 +16,34 @@ from processors.output_producer import OutputProducer
 
 # the topic Faust's partition assignor elects its leader with (one partition)
 LEADER_TOPIC = "__assignor-__leader"
+
+
+class LightMonitor(Monitor):
+    """Faust's monitor without its per-event bookkeeping: Faust's Monitor counts, timestamps and
+    times every message, stream event and table access (dict updates and clock reads, several per
+    event). The worker keeps its own Prometheus figures (`processors.worker_metrics`) and reads
+    none of these; commit, send, rebalance and end-offset tracking stay as Faust has them."""
+
+    def on_message_in(self, tp: Any, offset: int, message: Any) -> None:
+        pass
+
+    def on_stream_event_in(self, tp: Any, offset: int, stream: Any, event: Any) -> None:
+        return None
+
+    def on_stream_event_out(self, tp: Any, offset: int, stream: Any, event: Any, state: Any = None) -> None:
+        pass
+
+    def on_message_out(self, tp: Any, offset: int, message: Any) -> None:
+        pass
+
+    def on_table_get(self, table: Any, key: Any) -> None:
+        pass
+
+    def on_table_set(self, table: Any, key: Any, value: Any) -> None:
+        pass
+
+    def on_table_del(self, table: Any, key: Any) -> None:
+        pass
 
 
 class IvrApp(faust.App):
@@ -96,4 +125,5 @@ def create_app(settings: Settings) -> IvrApp:
         web_bind="0.0.0.0",
         web_enabled=True,
         logging_config=None,
+        monitor=LightMonitor(),
     )
