@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
@@ -12,8 +13,13 @@ _MAX_EPOCH = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
 def format_ts(epoch: float) -> str:
     """Epoch seconds -> `2017-06-22T05:47:18.000Z` (fixed width, so it sorts as text)."""
     ms = round(epoch * 1000)
-    dt = datetime.fromtimestamp(ms // 1000, UTC)
-    return f"{dt:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    return f"{_second(ms // 1000)}.{ms % 1000:03d}Z"
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(epoch_s: int) -> str:
+    # cached: a worker formats the same few seconds many times (datetime formatting is slow)
+    return f"{datetime.fromtimestamp(epoch_s, UTC):%Y-%m-%dT%H:%M:%S}"
 
 
 def parse_ts(text: str) -> float:

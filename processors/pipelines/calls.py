@@ -63,6 +63,7 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
     cfg = lifecycle_config(s)
     completed, missed = s.topic(topics.CALLS_COMPLETED), s.topic(topics.MISSED_BY_CALLER)
     open_calls: set[str] = set()
+    event_counters: dict[str, Any] = {}
 
     def outputs(applied: Applied, received: float | None) -> list[Output]:
         """The emission's records. `received`: the ingress receipt of the webhook that closed
@@ -92,7 +93,11 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
             applied = tick(state, now, cfg)
             received = None
         else:
-            m.EVENTS.labels(str(item.get("event"))).inc()
+            kind = str(item.get("event"))
+            counter = event_counters.get(kind)
+            if counter is None:  # labels() takes a lock and builds a tuple: once per event type
+                counter = event_counters[kind] = m.EVENTS.labels(kind)
+            counter.inc()
             received = parse_ts(item["received_at"])
             applied = apply(state, item, now, cfg)
             if applied.late:
