@@ -30,6 +30,14 @@ class BatchedTable(Table):  # type: ignore[type-arg]
         assert partition is not None
         self._unsent.append((self.changelog_topic.get_topic_name(), partition, key, value))
 
+    def get(self, key: Any, default: Any = None) -> Any:
+        """One store read (Faust's table reads a present key twice: `in`, then the value)."""
+        self.on_key_get(key)
+        try:
+            return self.data[key]
+        except KeyError:
+            return default
+
     def on_key_set(self, key: Any, value: Any) -> None:
         self._place(key, value)
 

@@ -362,21 +362,31 @@ class FaustRecord:
         return cast(bytes, self.event.value)
 
 
-@contextmanager
-def acting_for(record: FaustRecord) -> Iterator[None]:
+class acting_for:
     """Table reads and writes inside the block go to the record's partition.
 
     Faust picks a table's partition (changelog and store) from the event being processed. A
     handler of a whole batch (`take_events`) has no such event, so it names one: one from the
-    same partition as the key.
+    same partition as the key. (A class, not a generator: entered for every key load and save.)
     """
+
+    __slots__ = ("event", "token")
+
+    def __init__(self, record: FaustRecord) -> None:
+        self.event = record.event
+
+    def __enter__(self) -> None:
+        self.token = _faust_current_event().set(weakref.ref(self.event))
+
+    def __exit__(self, *exc: object) -> None:
+        _faust_current_event().reset(self.token)
+
+
+@functools.cache
+def _faust_current_event() -> Any:
     from faust.streams import _current_event
 
-    token = _current_event.set(weakref.ref(record.event))
-    try:
-        yield
-    finally:
-        _current_event.reset(token)
+    return _current_event
 
 
 def survives(name: str, timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
