@@ -34,9 +34,7 @@ lint: $(STAMP)
 
 check: lint test
 
-# the peers of the comparison (bench extra: Quix Streams, py-spy) are not in the lock files
 bench: $(STAMP)
-	$(BIN)/python -m pip install -q -e '.[bench]'
 	$(BIN)/python -m bench.run_all
 	$(BIN)/python -m bench.peers.compare
 
@@ -48,7 +46,7 @@ lock:
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q uv
 	$(BIN)/uv $(COMPILE) -o requirements.lock
-	$(BIN)/uv $(COMPILE) --extra dev -o $(LOCK)
+	$(BIN)/uv $(COMPILE) --extra dev --extra bench -o $(LOCK)
 
 clean:
 	rm -rf var .pytest_cache .mypy_cache .ruff_cache
