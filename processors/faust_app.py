@@ -12,6 +12,7 @@ from config import kafka_client
 from config.settings import Settings
 from config.topics import TopicSpec, ensure_topics
 from processors.batched_table import BatchedTable
+from processors.faust_consumer import SafeTransport
 from processors.output_producer import OutputProducer
 
 # the topic Faust's partition assignor elects its leader with (one partition)
@@ -77,6 +78,10 @@ class IvrApp(faust.App):
     async def on_shutdown(self) -> None:
         await super().on_shutdown()
         await self.outputs.stop()  # after the agents (children) have stopped sending
+
+    def _new_transport(self) -> Any:
+        # offsets committed only over events handled: see `processors.faust_consumer`
+        return SafeTransport(self.conf.broker_consumer, self)
 
     def batched_table(self, name: str) -> BatchedTable:
         """A keyed bytes -> bytes table, co-partitioned with the pipeline's source, RocksDB-sized."""
