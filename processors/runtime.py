@@ -8,8 +8,10 @@ For each batch of source records (and ticks) the runtime
   * loads each touched key once, applies the step to each of its inputs in order, and saves
     the key once (one changelog record per key and batch, written for the record's partition);
   * confines a failure to its record: a record whose decoding or step raises goes to the
-    dead-letter topic with the error, the keys it touched are put back as they were before it
-    (their earlier inputs of the batch are replayed), its outputs are dropped, the batch goes on;
+    dead-letter topic with the error (a table that cannot be read is the worker's failure, not
+    the record's: the batch fails and is not acknowledged, see `fail`), the keys it touched are
+    put back as they were before it (their earlier inputs of the batch are replayed), its
+    outputs are dropped, the batch goes on;
   * delivers every output, dead letter and changelog record of the batch together and only
     then lets the batch be acknowledged; a delivery that cannot be made stops the worker
     (exit status 70) so that nothing is acknowledged past an undelivered output, and a worker
@@ -50,6 +52,11 @@ log = logging.getLogger("processors.runtime")
 S = TypeVar("S")
 I_contra = TypeVar("I_contra", contravariant=True)
 I = TypeVar("I")  # noqa: E741 - the input type
+
+
+class StoreError(Exception):
+    """The table could not be read (e.g. its partition is being moved by a rebalance): the
+    record is not at fault, so it is not dead-lettered; the batch fails and is not acknowledged."""
 
 
 class Tick:
@@ -277,9 +284,7 @@ class Runner(Generic[S]):
             for key, item in inputs:
                 k = keys.get(key)
                 if k is None:
-                    with self.acting(record):
-                        loaded = self.store.load(key)
-                    k = keys[key] = _Key(loaded, record)
+                    k = keys[key] = _Key(self._load(record, key), record)
                 touched.append(key)
                 result = self.p.step(key, k.state, item, now)  # may have changed k.state, then raised
                 k.journal.append(item)
@@ -287,10 +292,20 @@ class Runner(Generic[S]):
                 if result is not None:
                     k.state, k.due, k.changed, k.source = result.state, result.due, True, record
                     out.extend(result.outputs)
+        except StoreError:
+            raise  # the worker's fault, not the record's: the batch must not be acknowledged
         except Exception as error:  # confined to this record: see the module doc
             self._undo(keys, touched, returned, now)
             return [self._dead_letter(record, error)]
         return out
+
+    def _load(self, record: Source, key: str) -> S | None:
+        try:
+            with self.acting(record):
+                return self.store.load(key)
+        except Exception as error:
+            raise StoreError(f"{self.p.name}: the table could not be read for {record.topic}[{record.partition}]"
+                             f"@{record.offset}: {type(error).__name__}: {error}") from error
 
     def _undo(self, keys: dict[str, _Key[S]], touched: list[str], returned: list[str], now: float) -> None:
         """Put the keys a failed record reached back as they were before it: from the state stored
@@ -490,10 +505,10 @@ async def stopping(pipeline: str, batch: asyncio.Future[None], wait_s: float = 1
 
 
 def fail(pipeline: str, error: BaseException) -> None:
-    """A batch whose outputs cannot be delivered must not be acknowledged, and Faust would
-    acknowledge it as soon as the handler raises: stop the process at once (its supervisor
-    restarts it; the batch is then read again from the last committed offset)."""
-    log.critical("%s: a batch's outputs could not be delivered (%s: %s); stopping the worker so that "
+    """A batch whose outputs cannot be delivered (or whose table cannot be read) must not be
+    acknowledged, and Faust would acknowledge it as soon as the handler raises: stop the process
+    at once (its supervisor restarts it; the batch is then read again from the last committed offset)."""
+    log.critical("%s: a batch could not be completed (%s: %s); stopping the worker so that "
                  "nothing is acknowledged", pipeline, type(error).__name__, error, exc_info=error)
     logging.shutdown()
     os._exit(70)

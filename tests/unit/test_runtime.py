@@ -13,7 +13,7 @@ import pytest
 
 from processors.json_store import JsonStore
 from processors.output_producer import Offsets, Placed, Record
-from processors.runtime import TICK, Output, Pipeline, Result, Runner
+from processors.runtime import TICK, Output, Pipeline, Result, Runner, StoreError
 
 SRC, TICKS, DLQ, OUT = "src", "ticks", "dead", "out"
 
@@ -252,3 +252,21 @@ def test_latency_is_observed_from_the_webhooks_receipt_to_the_outputs_acknowledg
     with pytest.raises(RuntimeError):
         handle(r, [ev(2, "k", 1)], now)
     assert count() == before + 2  # nothing delivered: nothing measured
+
+
+class BrokenRows(CountingRows):
+    """A table whose partition is gone (as while a rebalance moves it)."""
+
+    def get(self, key: bytes, default: Any = None) -> Any:  # type: ignore[override]
+        raise RuntimeError("store for partition 0 is closed")
+
+
+def test_a_table_that_cannot_be_read_fails_the_batch_instead_of_dead_lettering_its_records() -> None:
+    rows, delivery, position = BrokenRows(), Delivery(), Position()
+    pipe = Pipeline(name="counter", table="counters", store=lambda r: JsonStore(r, dict, dict), source=SRC,
+                    ticks=TICKS, decode=decode, step=step, due=lambda st: None)
+    r = Runner(pipe, pipe.store(rows), delivery, position, DLQ)
+    with pytest.raises(StoreError) as raised:
+        handle(r, [ev(0, "k", 1), ev(1, "k", 2)])
+    assert isinstance(raised.value.__cause__, RuntimeError)
+    assert delivery.batches == []  # nothing delivered, nothing dead-lettered: the batch is read again
