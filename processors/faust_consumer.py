@@ -13,12 +13,16 @@ Faust commits, per partition, the end of the first run of consecutive acknowledg
   the unhandled ones it then joins, be committed.
 
 Both rules only ever hold a commit back; an event whose acknowledgement is refused is read
-again (handled twice at worst, which the pipelines tolerate).
+again (handled twice at worst, which the pipelines tolerate). A commit held back for
+`rewind_after_s` while the stream went on past the missing offset means the event never reached
+the stream: the partition is then read again from the commit.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from typing import Any
 
 from faust.transport.drivers.aiokafka import Consumer, Transport
@@ -28,9 +32,13 @@ log = logging.getLogger("processors.consumer")
 
 
 class SafeConsumer(Consumer):
+    #: a commit held back this long at the same offset: that partition is read again from there
+    rewind_after_s = 10.0
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._held: dict[Any, int] = {}  # partition -> the offset a commit was last held back at (logged once)
+        self._held: dict[Any, tuple[int, float]] = {}  # partition -> (offset held at, since / last rewind)
+        self._rewinds: set[asyncio.Task[None]] = set()
 
     def ack(self, message: Any) -> bool:
         generation = getattr(message, "generation_id", None)
@@ -48,13 +56,31 @@ class SafeConsumer(Consumer):
         committed = self._committed_offset[tp]
         acked = self._acked[tp]
         if acked and committed is not None and min(acked) > committed and not self._gap[tp].overlaps_point(committed):
-            if self._held.get(tp) != committed:
-                self._held[tp] = committed
+            now = time.monotonic()
+            held = self._held.get(tp)
+            if held is None or held[0] != committed:
+                self._held[tp] = (committed, now)
                 log.warning("commit of %s held at %d: that offset is not acknowledged yet (the next acknowledged "
                             "is %d)", tp, committed, min(acked))
+            elif now - held[1] >= self.rewind_after_s:
+                # the stream went on past an event it never got (lost between fetch and stream in a
+                # rebalance): read the partition again from the offset held (handled twice at worst)
+                self._held[tp] = (committed, now)
+                log.warning("commit of %s still held at %d: reading the partition again from there", tp, committed)
+                task = self.loop.create_task(self._rewind(tp, committed))
+                self._rewinds.add(task)
+                task.add_done_callback(self._rewinds.discard)
             return None  # the next offset to read has not been handled
+        self._held.pop(tp, None)
         offset: int | None = super()._new_offset(tp)
         return offset
+
+    async def _rewind(self, tp: Any, offset: int) -> None:
+        try:
+            if tp in self.assignment() and self._committed_offset[tp] == offset:
+                await self.seek(tp, offset)
+        except Exception as e:  # moved away or stopping meanwhile: its next owner reads from the commit
+            log.warning("could not read %s again from %d: %r", tp, offset, e)
 
 
 class SafeTransport(Transport):

@@ -74,3 +74,21 @@ def test_an_event_fetched_before_the_rebalance_is_not_acknowledged(consumer: Saf
     assert consumer._acked[SRC] == [] and consumer._new_offset(SRC) is None
     assert consumer.ack(current) is True  # the same offset, read again under this assignment
     assert consumer._new_offset(SRC) == 209
+
+
+def test_a_commit_held_too_long_reads_the_partition_again_from_there(consumer: SafeConsumer,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    seeks: list[tuple[TP, int]] = []
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    monkeypatch.setattr(consumer, "assignment", lambda: {SRC})
+    consumer.rewind_after_s = 0.0
+    consumer._committed_offset[SRC] = 208
+    acked(consumer, range(209, 269))
+    assert consumer._new_offset(SRC) is None and seeks == []  # first held: only noted
+    assert consumer._new_offset(SRC) is None  # still held: read again from 208
+    consumer.loop.run_until_complete(asyncio.sleep(0.01))
+    assert seeks == [(SRC, 208)]
