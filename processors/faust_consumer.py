@@ -34,10 +34,13 @@ log = logging.getLogger("processors.consumer")
 class SafeConsumer(Consumer):
     #: a commit held back this long at the same offset: that partition is read again from there
     rewind_after_s = 10.0
+    #: re-reads of the same offset before it is taken as absent
+    rewinds_max = 3
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._held: dict[Any, tuple[int, float]] = {}  # partition -> (offset held at, since / last rewind)
+        # partition -> (offset held at, since or last re-read, re-reads)
+        self._held: dict[Any, tuple[int, float, int]] = {}
         self._rewinds: set[asyncio.Task[None]] = set()
 
     def ack(self, message: Any) -> bool:
@@ -59,21 +62,28 @@ class SafeConsumer(Consumer):
             now = time.monotonic()
             held = self._held.get(tp)
             if held is None or held[0] != committed:
-                self._held[tp] = (committed, now)
+                self._held[tp] = (committed, now, 0)
                 log.warning("commit of %s held at %d: that offset is not acknowledged yet (the next acknowledged "
                             "is %d)", tp, committed, min(acked))
             elif now - held[1] >= self.rewind_after_s:
+                if held[2] >= self.rewinds_max:
+                    # read again and again and still not there: the offsets do not exist (e.g. deleted
+                    # by retention before they were read); hold no longer
+                    log.error("commit of %s held at %d after %d re-reads: offsets %d-%d taken as absent", tp,
+                              committed, held[2], committed, min(acked) - 1)
+                    self._gap[tp].addi(committed, min(acked))
+                    self._held.pop(tp, None)
+                    return super()._new_offset(tp)  # type: ignore[no-any-return]
                 # the stream went on past an event it never got (lost between fetch and stream in a
                 # rebalance): read the partition again from the offset held (handled twice at worst)
-                self._held[tp] = (committed, now)
+                self._held[tp] = (committed, now, held[2] + 1)
                 log.warning("commit of %s still held at %d: reading the partition again from there", tp, committed)
                 task = self.loop.create_task(self._rewind(tp, committed))
                 self._rewinds.add(task)
                 task.add_done_callback(self._rewinds.discard)
             return None  # the next offset to read has not been handled
         self._held.pop(tp, None)
-        offset: int | None = super()._new_offset(tp)
-        return offset
+        return super()._new_offset(tp)  # type: ignore[no-any-return]
 
     async def _rewind(self, tp: Any, offset: int) -> None:
         try:

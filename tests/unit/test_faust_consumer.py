@@ -92,3 +92,17 @@ def test_a_commit_held_too_long_reads_the_partition_again_from_there(consumer: S
     assert consumer._new_offset(SRC) is None  # still held: read again from 208
     consumer.loop.run_until_complete(asyncio.sleep(0.01))
     assert seeks == [(SRC, 208)]
+
+
+def test_offsets_read_again_and_again_in_vain_are_taken_as_absent(consumer: SafeConsumer,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    async def seek(tp: TP, offset: int) -> None: ...
+
+    monkeypatch.setattr(consumer, "seek", seek)
+    monkeypatch.setattr(consumer, "assignment", lambda: {SRC})
+    consumer.rewind_after_s, consumer.rewinds_max = 0.0, 2
+    consumer._committed_offset[SRC] = 208
+    acked(consumer, range(210, 220))
+    assert [consumer._new_offset(SRC) for _ in range(3)] == [None, None, None]  # held, re-read twice
+    assert consumer._new_offset(SRC) == 220  # 208-209 never arrive: no longer held
+    consumer.loop.run_until_complete(asyncio.sleep(0.01))  # the re-reads scheduled
