@@ -239,14 +239,15 @@ class Progress:
     def step(self, n: int = 1) -> None:
         self.done += n
         now = time.monotonic()
-        if now - self._last > 0.2 or self.done >= self.total:
+        tty = sys.stderr.isatty()  # redirected to a file: a line every few seconds, not a \r bar
+        if now - self._last > (0.2 if tty else 5.0) or self.done >= self.total:
             self._last = now
             width = 30
             filled = int(width * self.done / max(1, self.total))
             rate = self.done / max(1e-9, now - self.t0)
-            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (width - filled)}] "
+            sys.stderr.write(f"{chr(13) if tty else ''}{self.label} [{'#' * filled}{'.' * (width - filled)}] "
                              f"{self.done}/{self.total} {rate:,.0f}/s")
-            if self.done >= self.total:
+            if self.done >= self.total or not tty:
                 sys.stderr.write("\n")
             sys.stderr.flush()
 

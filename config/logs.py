@@ -80,17 +80,19 @@ class StartupNoise(logging.Filter):
     """aiokafka's ERRORs that are expected while a worker starts, and retried by aiokafka:
     `Group Coordinator Request failed: GroupCoordinatorNotAvailableError` (the group's coordinator
     is still loading) -> INFO; `Topic ... not found in cluster metadata` (the worker is creating
-    its changelog topics; dozens of lines on a first start) -> dropped. After the start-up
-    period both are WARNINGs: then they mean something."""
+    its changelog topics; dozens of lines on a first start) -> dropped; the WARNING `Marking the
+    coordinator dead` (the same coordinator still loading) -> INFO. After the start-up period all
+    are WARNINGs: then they mean something."""
 
-    DURING_START = {"Group Coordinator Request failed": logging.INFO, "Topic %s not found in cluster metadata": None}
+    DURING_START = {"Group Coordinator Request failed": logging.INFO, "Topic %s not found in cluster metadata": None,
+                    "Marking the coordinator dead": logging.INFO}
 
     def __init__(self, startup_s: float = 120.0) -> None:
         super().__init__()
         self.until = time.monotonic() + startup_s
 
     def filter(self, record: logging.LogRecord) -> bool:
-        if record.levelno != logging.ERROR:
+        if record.levelno < logging.WARNING:
             return True
         msg = str(record.msg)
         prefix = next((p for p in self.DURING_START if msg.startswith(p)), None)

@@ -163,3 +163,6 @@ def test_group_coordinator_retries_at_start_are_not_errors() -> None:
                                 "Topic %s not found in cluster metadata", ("g-calls-changelog",), None)
     assert not flt.filter(missing)  # dropped while starting
     assert late.filter(missing) and missing.levelname == "WARNING"
+    dead = logging.LogRecord("aiokafka.consumer.group_coordinator", logging.WARNING, __file__, 1,
+                             "Marking the coordinator dead (node %s)for group %s.", (1, "g"), None)
+    assert flt.filter(dead) and dead.levelname == "INFO"
