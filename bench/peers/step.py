@@ -12,20 +12,12 @@ from typing import Any
 
 import orjson
 
-from config.settings import Settings
 from processors.core.call_state import CallState
 from processors.core.lifecycle import LifecycleConfig, apply
+from processors.pipelines.calls import lifecycle_config
 from schemas.codec import dumps
 
-
-def lifecycle_config(s: Settings) -> LifecycleConfig:
-    return LifecycleConfig(
-        hangup_grace_s=s.hangup_grace_s,
-        idle_timeout_s=s.call_idle_timeout_s,
-        connected_idle_timeout_s=s.connected_idle_timeout_s,
-        retention_s=s.closed_call_retention_s,
-        short_abandon_s=s.short_abandon_s,
-    )
+__all__ = ["calls_step", "lifecycle_config"]
 
 
 def calls_step(value: bytes, state: Any | None, cfg: LifecycleConfig) -> tuple[Any | None, bytes | None]:
