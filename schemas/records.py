@@ -186,6 +186,11 @@ class AppWindowMetrics:
         "answered within service_level_s / (offered - short_abandons); null when the divisor is 0"
     )
     service_level_s: Seconds = doc("the service level threshold in seconds")
+    missed_reached_again: Count = doc(
+        "missed calls (short abandons excluded) whose caller called the app again within 24 h and was"
+        " answered (their alert resolved called_again_answered) before this window's final")
+    reached_again_share: Rate | None = doc(
+        "missed_reached_again / (missed - short_abandons); null when the divisor is 0")
     final: bool = doc("false on interim updates; exactly one true per app and window")
     v: Literal[1] = doc("schema version", default=1)
 
@@ -243,11 +248,13 @@ class MetricContribution:
 
     app: str = doc("the provider's app GUID")
     key: str = doc("app:agent (attempts) or app (calls): the aggregation key, also the record key")
-    item: str = doc("uniqueid|attemptid or uniqueid: a revision replaces what the item gave before")
+    item: str = doc("uniqueid|attemptid, uniqueid, or uniqueid|reached: a revision replaces what the item gave"
+                    " before")
     at: Timestamp = doc("event time that picks the window (attempt start, or call start)")
     values: dict[str, Any] = doc(
         "the figures the window sums, named, with their version `v` (1): attempts {result, ring_s, talk_s}, "
-        "calls {outcome, missed_reason, wait_s, short_abandon, within_service_level}; a positional list "
+        "calls {outcome, missed_reason, wait_s, short_abandon, within_service_level}, a missed call's caller "
+        "reached again {reached_again} (item uniqueid|reached); a positional list "
         "(before version 1) is still read")
     at_received: bool = doc(
         "true when `at` is estimated from our receive time (the provider's time of the start is unknown, "

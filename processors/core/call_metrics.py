@@ -12,6 +12,9 @@ Definitions (also in the README):
     short_abandons (missed, hang-up seen, wait < SHORT_ABANDON_S: processors.core.rules, as for alerts)
     avg_speed_of_answer_s = mean(IN -> answer) over answered calls
     service_level = answered within SERVICE_LEVEL_S / (offered - short_abandons)
+    missed_reached_again = missed calls, short abandons excluded, whose caller was reached again
+      (their alert resolved `called_again_answered`: the callers pipeline sends a `reached` item)
+    reached_again_share = missed_reached_again / (missed - short_abandons)
 """
 
 from __future__ import annotations
@@ -31,6 +34,11 @@ from schemas.timefmt import format_ts, parse_ts
 CONTRIBUTION_VERSION = 1
 ATTEMPT_FIELDS = ("result", "ring_s", "talk_s")
 CALL_FIELDS = ("outcome", "missed_reason", "wait_s", "short_abandon", "within_service_level")
+# a missed call whose caller was reached again: an item of its own (`uniqueid|reached`) in the
+# window of the missed call's start, so it is counted whatever the order it and the call arrive
+# in, and a replay replaces it. Only ever written named.
+REACHED_FIELDS = ("reached_again",)
+REACHED_SUFFIX = "|reached"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +88,13 @@ def app_contribution(call: CompletedCall, short_abandon_s: float, service_level_
     })
 
 
+def reached_contribution(app: str, uniqueid: str, started: float) -> Contribution:
+    """A missed call's caller was reached again: counted in the window of the missed call's start.
+    `started` is as the callers pipeline knows it, perhaps a receive-time stand-in: the pipeline
+    marks it so, and it never advances the watermark (the call's own contribution does)."""
+    return Contribution(app, f"{uniqueid}{REACHED_SUFFIX}", started, {"v": CONTRIBUTION_VERSION, "reached_again": True})
+
+
 def receive_timed(uniqueid: str, v: CallView) -> frozenset[str]:
     """The items (as in `Contribution.item_id`) whose window time is a receive-time stand-in, not
     the provider's clock: they are counted in their window but must not advance its watermark."""
@@ -110,16 +125,24 @@ def agent_record(key: str, start: int, size: float, w: Window) -> AgentWindowMet
 
 
 def app_record(app: str, start: int, size: float, w: Window, service_level_s: float) -> AppWindowMetrics:
-    calls = list(w.items.values())
-    answered = [c for c in calls if c["outcome"] == "answered"]
-    short = sum(1 for c in calls if c["short_abandon"])
+    calls = {item: c for item, c in w.items.items() if not item.endswith(REACHED_SUFFIX)}
+    reached = {item.removesuffix(REACHED_SUFFIX) for item, c in w.items.items()
+               if item.endswith(REACHED_SUFFIX) and c.get("reached_again")}
+    answered = [c for c in calls.values() if c["outcome"] == "answered"]
+    short = sum(1 for c in calls.values() if c["short_abandon"])
+    missed = len(calls) - len(answered)
+    # a call revised answered, or since a short abandon, no longer counts, though its item stays
+    reached_again = sum(1 for item, c in calls.items()
+                        if item in reached and c["outcome"] == "missed" and not c["short_abandon"])
     return AppWindowMetrics(
         app=app, window_start=format_ts(start), window_end=format_ts(start + size),
-        offered=len(calls), answered=len(answered), missed=len(calls) - len(answered),
-        abandoned_in_ivr=sum(1 for c in calls if c["missed_reason"] == "abandoned_in_ivr"), short_abandons=short,
+        offered=len(calls), answered=len(answered), missed=missed,
+        abandoned_in_ivr=sum(1 for c in calls.values() if c["missed_reason"] == "abandoned_in_ivr"),
+        short_abandons=short,
         avg_speed_of_answer_s=round(sum(c["wait_s"] for c in answered) / len(answered), 3) if answered else None,
-        service_level=_rate(sum(1 for c in calls if c["within_service_level"]), len(calls) - short),
-        service_level_s=service_level_s, final=w.final,
+        service_level=_rate(sum(1 for c in calls.values() if c["within_service_level"]), len(calls) - short),
+        service_level_s=service_level_s, missed_reached_again=reached_again,
+        reached_again_share=_rate(reached_again, missed - short), final=w.final,
     )
 
 

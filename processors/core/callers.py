@@ -177,9 +177,19 @@ def _again(state: CallerState, missed: Missed, missed_uid: str, answered_uid: st
 
 
 def _resolve(state: CallerState, uid: str, how: ResolutionHow, by: str | None, now: float) -> ResolvedAlert:
-    state.missed[uid].status = "closed"
+    entry = state.missed[uid]
+    # a fact about it: kept for the retention from now, so its start is there for the app metrics
+    entry.status, entry.seen = "closed", max(entry.seen, now)
     return ResolvedAlert(uniqueid=uid, app=state.app, cli=state.cli, resolved_at=format_ts(now), how=how,
                          by_uniqueid=by)
+
+
+def reached_again_start(state: CallerState, resolved: ResolvedAlert) -> float | None:
+    """The start of the missed call whose caller `resolved` says was reached again (it counts in
+    the app metrics' window of that start); None for any other resolution."""
+    if resolved.how != "called_again_answered":
+        return None
+    return state.missed[resolved.uniqueid].started
 
 
 def repeat_count(state: CallerState, uid: str) -> int:

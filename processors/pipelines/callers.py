@@ -1,5 +1,6 @@
 """Callers: caller facts (missed and answered calls) re-keyed by app:cli (+ caller ticks) ->
-callers table -> missed-call alerts (with their repeat count) and their resolutions. The rules
+callers table -> missed-call alerts (with their repeat count) and their resolutions; a missed
+call whose caller was reached again also goes to the app metrics (calls-by-app). The rules
 are `processors.core.callers`."""
 
 from __future__ import annotations
@@ -12,12 +13,21 @@ import orjson
 from config import topics
 from config.settings import Settings
 from processors import worker_metrics as m
-from processors.core.callers import CallerState, apply_fact, caller_key, expired, forget_at, read_fact
+from processors.core.call_metrics import reached_contribution
+from processors.core.callers import (
+    CallerState,
+    apply_fact,
+    caller_key,
+    expired,
+    forget_at,
+    reached_again_start,
+    read_fact,
+)
 from processors.json_store import JsonStore
 from processors.runtime import TICK, Output, Pipeline, Result
 from schemas.codec import dumps
-from schemas.records import MissedCallAlert, MissedCallFact
-from schemas.timefmt import parse_ts
+from schemas.records import MetricContribution, MissedCallAlert, MissedCallFact
+from schemas.timefmt import format_ts, parse_ts
 
 
 def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
@@ -29,6 +39,7 @@ def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
 
 def pipeline(s: Settings) -> Pipeline[CallerState]:
     alerts, resolved = s.topic(topics.ALERTS_MISSED), s.topic(topics.ALERTS_RESOLVED)
+    calls_by_app = s.topic(topics.CALLS_BY_APP)
 
     def step(key: str, state: CallerState | None, item: Any, now: float) -> Result[CallerState] | None:
         if item is TICK:
@@ -46,6 +57,14 @@ def pipeline(s: Settings) -> Pipeline[CallerState]:
             else:
                 m.RESOLUTIONS.labels(rec.how).inc()
                 out.append(Output(resolved, rec.cli.encode(), dumps(rec)))
+                started = reached_again_start(state, rec)
+                if started is not None:
+                    # the start as known here may be a receive-time stand-in: it must not move
+                    # the app's watermark (the missed call's own contribution does, if clocked)
+                    c = reached_contribution(rec.app, rec.uniqueid, started)
+                    out.append(Output(calls_by_app, c.key.encode(), dumps(MetricContribution(
+                        app=rec.app, key=c.key, item=c.item_id, at=format_ts(c.t), values=c.values,
+                        at_received=True))))
         return Result(state, out, forget_at(state))
 
     return Pipeline(
@@ -53,4 +72,5 @@ def pipeline(s: Settings) -> Pipeline[CallerState]:
         store=lambda rows: JsonStore(rows, CallerState.from_json, CallerState.to_json),
         source=s.topic(topics.MISSED_BY_CALLER), ticks=s.topic(topics.CALLER_TICKS),
         decode=decode, step=step, due=forget_at, tick_every=10.0,
+        bundled=frozenset({calls_by_app}),
     )

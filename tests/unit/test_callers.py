@@ -269,11 +269,19 @@ def test_pipeline_decodes_every_fact_kind_and_routes_alerts_and_resolutions() ->
         assert isinstance(r, Result) and r.due == NOW + RETENTION_S
         state = r.state
         outputs += list(r.outputs)
+    resolved, by_app = "p." + topics.ALERTS_RESOLVED, "p." + topics.CALLS_BY_APP
     assert [(o.topic, o.key) for o in outputs] == [
         ("p." + topics.ALERTS_MISSED, b"98"), ("p." + topics.ALERTS_MISSED, b"98"),
-        ("p." + topics.ALERTS_RESOLVED, b"98"), ("p." + topics.ALERTS_RESOLVED, b"98")]
+        (resolved, b"98"), (by_app, b"app"), (resolved, b"98"), (by_app, b"app")]
     assert outputs[1].received == T0 + 2 and outputs[1].latency == "alert"
     assert [orjson.loads(o.value)["repeat_count"] for o in outputs[:2]] == [1, 2]
+    # each missed call reached again is an item of its own in the window of its start (the
+    # legacy record knew no start: its end stands in), never advancing the app's watermark
+    reached = [orjson.loads(o.value) for o in outputs if o.topic == by_app]
+    assert [(c["key"], c["item"], c["at"], c["values"], c["at_received"]) for c in reached] == [
+        ("app", "0|reached", format_ts(T0 - 60), {"v": 1, "reached_again": True}, True),
+        ("app", "1|reached", format_ts(T0 - 30), {"v": 1, "reached_again": True}, True)]
+    assert by_app in p.bundled  # the metrics pipeline reads calls-by-app as bundles
     from processors.runtime import TICK
 
     assert p.step("app:98", state, TICK, NOW + RETENTION_S) == Result(None)  # forgotten
@@ -283,3 +291,21 @@ def replace_received(fact: MissedCallFact, received: float) -> MissedCallFact:
     from dataclasses import replace
 
     return replace(fact, received_at=format_ts(received))
+
+
+def test_only_called_again_reaches_a_caller_again_and_the_start_outlives_retention() -> None:
+    from processors.core.callers import reached_again_start
+
+    c = Caller()
+    c.feed(missed("own", T0 - 100), missed("m", T0))
+    c.feed(answered("own", T0 - 130))  # its own answer (started before m): revised_answered only
+    assert c.state is not None
+    (own,) = c.resolved
+    assert own.how == "revised_answered" and reached_again_start(c.state, own) is None
+    # an answer a day and a half (wall clock) later still finds the missed call's start
+    c.feed(answered("again", T0 + 600), now=NOW + 1.5 * WINDOW_S)
+    assert c.state is not None
+    (again,) = c.resolved[1:]
+    assert again.how == "called_again_answered" and reached_again_start(c.state, again) == T0 - 30
+    state, _ = apply_fact(c.state, answered("x", T0 + 700), NOW + 1.5 * WINDOW_S + RETENTION_S - 1)
+    assert "m" in state.missed  # resolving it was a fact about it: kept from then on

@@ -27,7 +27,7 @@ def app_rec(offered: int, answered: int, sl: float | None, window: tuple[str, st
     return AppWindowMetrics(
         app=APP, window_start=window[0], window_end=window[1], offered=offered, answered=answered,
         missed=offered - answered, abandoned_in_ivr=0, short_abandons=0, avg_speed_of_answer_s=None,
-        service_level=sl, service_level_s=20.0, final=False,
+        service_level=sl, service_level_s=20.0, missed_reached_again=0, reached_again_share=None, final=False,
     )
 
 

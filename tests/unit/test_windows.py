@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import pytest
 
-from processors.core.call_metrics import agent_contributions, agent_record, app_contribution, app_record
+from processors.core.call_metrics import (
+    agent_contributions,
+    agent_record,
+    app_contribution,
+    app_record,
+    named,
+    reached_contribution,
+)
 from processors.core.windows import Windowed, WindowPolicy, add, flush, next_flush, window_start
 from tests.unit.callgen import APP, T0, attempt, ev
 from tests.unit.test_lifecycle import Run, answered_call
@@ -125,3 +132,35 @@ def test_app_figures_and_service_level() -> None:
     assert (r.offered, r.answered, r.missed, r.abandoned_in_ivr, r.short_abandons) == (3, 1, 2, 2, 1)
     assert r.avg_speed_of_answer_s == 9.0
     assert r.service_level == pytest.approx(0.5)  # 1 answered within 20 s / (3 offered - 1 short)
+
+
+def test_missed_callers_reached_again_whatever_the_order_and_replays() -> None:
+    answered = Run().feed(answered_call("a1")).settle().record
+    short = Run().feed([ev("IN", "s1", T0), ev("H", "s1", None, duration=2)]).settle().record
+    m1 = Run().feed([ev("IN", "m1", T0), ev("H", "m1", None, duration=40)]).settle().record
+    m2 = Run().feed([ev("IN", "m2", T0 + 5), ev("H", "m2", None, duration=40)]).settle().record
+    calls = [app_contribution(c, short_abandon_s=5, service_level_s=20) for c in (answered, short, m1, m2)]
+    # reached items for m1, for a short abandon and an answered call (never sent so, but not
+    # counted if they were), and replays; the reached item may come before its call
+    reached = [reached_contribution(APP, u, T0) for u in ("m1", "s1", "a1", "m1")]
+    for order in (calls + reached, reached + calls[::-1]):
+        s = Windowed()
+        for c in order:
+            add(s, c.item_id, c.t, named(c.values), NOW, P)
+        ((start, w),) = flush(s, NOW, P)
+        r = app_record(APP, start, 3600, w, 20)
+        assert (r.offered, r.missed, r.short_abandons) == (4, 3, 1)  # reached items are not calls
+        assert r.missed_reached_again == 1 and r.reached_again_share == pytest.approx(0.5)  # 1 of m1, m2
+
+
+def test_reached_again_share_is_null_without_missed_calls_and_a_late_reach_is_late() -> None:
+    answered = Run().feed(answered_call("a1")).settle().record
+    s = Windowed()
+    c = app_contribution(answered, short_abandon_s=5, service_level_s=20)
+    add(s, c.item_id, c.t, c.values, NOW, P)
+    ((start, w),) = flush(s, NOW + P.idle_close_s, P)
+    r = app_record(APP, start, 3600, w, 20)
+    assert r.final and (r.missed_reached_again, r.reached_again_share) == (0, None)
+    late = reached_contribution(APP, "m9", c.t)  # a caller reached again after the window's final
+    assert add(s, late.item_id, late.t, late.values, NOW + 60, P) == "late"  # not counted, reported late
+    assert w.late == 1 and late.item_id not in w.items
