@@ -53,6 +53,13 @@ def test_caller_who_called_again_and_was_answered_is_resolved(stack: Stack) -> N
     assert (res["cli"], res["how"], res["by_uniqueid"]) == (cli, "called_again_answered", second)
     time.sleep(2)
     assert records(stack, "ivr.alerts.resolved", second) == [] and records(stack, "ivr.alerts.missed", second) == []
+    # the app metrics count the missed caller reached again in the missed call's window (this
+    # module's only caller who called again; interims come while the window is open)
+    (missed,) = completed(stack, first)
+    w = wait_for(stack, "ivr.metrics.apps", lambda v: v["window_start"] <= missed["started_at"] < v["window_end"]
+                 and v["missed_reached_again"] == 1, timeout=60)[-1]
+    validate("ivr.metrics.apps", [w])
+    assert w["reached_again_share"] == round(1 / (w["missed"] - w["short_abandons"]), 4)
 
 
 def test_missed_call_without_hangup_closed_by_timeout_alerts_though_its_known_wait_is_short(stack: Stack) -> None:
