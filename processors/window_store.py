@@ -1,7 +1,7 @@
 """Metric windows persisted row by row, so a batch writes a few small rows per key, not a blob.
 
-Rows (in one table, changelogged):  KEY\\x1fm               -> [watermark, closed_upto, late_dropped]
-                                    KEY\\x1fw\\x1fSTART       -> the window's meta (final, late, ...)
+Rows (in one table, changelogged):  KEY\\x1fm               -> [watermark, closed_upto]
+                                    KEY\\x1fw\\x1fSTART       -> [final, dirty, changed_at, emitted_at]
                                     KEY\\x1fi\\x1fSTART\\x1fITEM -> [watermark when written, contribution]
 The owner keeps every key's `Windowed` state in memory, rebuilt from the rows after a rebalance;
 `save` writes the rows in which the new state differs from the one saved before.
@@ -38,15 +38,15 @@ def _copy(st: Windowed) -> Windowed:
     """A copy the step may change while the saved state stays as it was (items are replaced by
     the core, never changed in place, so the item dicts are copied shallowly)."""
     return Windowed(
-        windows={s: Window(dict(w.items), w.final, w.late, w.dirty, w.changed_at, w.emitted_at)
+        windows={s: Window(dict(w.items), w.final, w.dirty, w.changed_at, w.emitted_at)
                  for s, w in st.windows.items()},
-        watermark=st.watermark, closed_upto=st.closed_upto, late_dropped=st.late_dropped,
+        watermark=st.watermark, closed_upto=st.closed_upto,
     )
 
 
-def _meta(st: Windowed) -> tuple[float | None, float | None, int]:
+def _meta(st: Windowed) -> tuple[float | None, float | None]:
     return (None if st.watermark == -math.inf else st.watermark,
-            None if st.closed_upto == -math.inf else st.closed_upto, st.late_dropped)
+            None if st.closed_upto == -math.inf else st.closed_upto)
 
 
 class WindowStore:
@@ -64,7 +64,7 @@ class WindowStore:
 
     def save(self, key: str, new: Windowed | None) -> None:
         """Write the rows in which `new` differs from the saved state. Meta rows of open windows
-        change only when flushed or late (their dirty/changed_at are rebuilt, see `rebuild`)."""
+        change only when flushed (their dirty/changed_at are rebuilt, see `rebuild`)."""
         if new is None:
             new = Windowed()
         old = self.cache.get(key) or Windowed()
@@ -84,10 +84,9 @@ class WindowStore:
                         self.rows[_item_row(key, s, item)] = orjson.dumps([_meta(new)[0], c])
                 for item in old_items.keys() - nw.items.keys():
                     self.rows.pop(_item_row(key, s, item), None)
-            before = (False, 0, 0.0) if ow is None else (ow.final, ow.late, ow.emitted_at)
-            if before != (nw.final, nw.late, nw.emitted_at):
-                self.rows[_window_row(key, s)] = orjson.dumps([nw.final, nw.late, nw.dirty, nw.changed_at,
-                                                              nw.emitted_at])
+            before = (False, 0.0) if ow is None else (ow.final, ow.emitted_at)
+            if before != (nw.final, nw.emitted_at):
+                self.rows[_window_row(key, s)] = orjson.dumps([nw.final, nw.dirty, nw.changed_at, nw.emitted_at])
         if _meta(old) != _meta(new):
             self.rows[_meta_row(key)] = orjson.dumps(list(_meta(new)))
         self.cache[key] = new
@@ -105,11 +104,12 @@ class WindowStore:
             value = orjson.loads(raw)
             if parts[1] == "m":
                 st.watermark = -math.inf if value[0] is None else value[0]
-                st.closed_upto = -math.inf if value[1] is None else value[1]
-                st.late_dropped = value[2]
+                st.closed_upto = -math.inf if value[1] is None else value[1]  # older rows: a late count after
             elif parts[1] == "w":
                 w = st.windows.setdefault(int(parts[2]), Window())
-                w.final, w.late, w.dirty, w.changed_at, w.emitted_at = value
+                if len(value) == 5:  # rows written before late counts were dropped: [final, late, ...]
+                    del value[1]
+                w.final, w.dirty, w.changed_at, w.emitted_at = value
             else:
                 t, contribution = value
                 st.windows.setdefault(int(parts[2]), Window()).items[SEP.join(parts[3:])] = self.upgrade(contribution)

@@ -111,18 +111,24 @@ class CompletedCall:
 
 
 @dataclass(frozen=True, slots=True)
-class MissedCallAlert:
-    """ivr.alerts.missed: a missed call worth a call-back; keyed by cli."""
+class MissedCall:
+    """What a missed call's alert and its internal fact share."""
 
     uniqueid: str = doc("the provider's call id")
     app: str = doc("the provider's app GUID")
-    cli: str = doc("the number to call back; empty when withheld")
+    cli: str = doc("the caller's number (the one to call back); empty when withheld")
     at: Timestamp = doc("when the call was lost (its end)")
     missed_reason: MissedReason = doc("abandoned_in_ivr or no_answer")
     wait_s: Seconds = doc("how long the caller waited")
-    wait_is_lower_bound: bool = doc("true when the caller may have waited longer (e.g. closed by timeout)")
     attempts: Count = doc("transfer attempts made")
     agents_tried: list[str] = doc("distinct agents tried, in order")
+
+
+@dataclass(frozen=True, slots=True)
+class MissedCallAlert(MissedCall):
+    """ivr.alerts.missed: a missed call worth a call-back; keyed by cli."""
+
+    wait_is_lower_bound: bool = doc("true when the caller may have waited longer (e.g. closed by timeout)")
     repeat_count: PositiveCount = doc(
         "missed calls from this cli to this app known when the alert was raised, within 24 h of this one"
         " (before or after), this one included; 1 for withheld numbers"
@@ -196,19 +202,11 @@ class AppWindowMetrics:
 
 
 @dataclass(frozen=True, slots=True)
-class MissedCallFact:
+class MissedCallFact(MissedCall):
     """ivr.internal.missed-by-caller, kind `missed`: a missed call decided by the calls agent,
     re-keyed by app:cli for repeat counting and alerting. Sent once when the call is first decided
     (a short abandon: `alert: false`) and once more if a revision makes it alert-worthy."""
 
-    uniqueid: str = doc("the provider's call id")
-    app: str = doc("the provider's app GUID")
-    cli: str = doc("caller number; empty when withheld")
-    at: Timestamp = doc("when the call was lost (its end)")
-    missed_reason: MissedReason = doc("abandoned_in_ivr or no_answer")
-    wait_s: Seconds = doc("how long the caller waited")
-    attempts: Count = doc("transfer attempts made")
-    agents_tried: list[str] = doc("distinct agents tried, in order")
     alert: bool = doc("false for short abandons: counted as missed, but no alert")
     received_at: Timestamp | None = doc(
         "ingress receipt of the webhook that closed the call (its H for a call closed by a timer); "

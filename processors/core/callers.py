@@ -21,12 +21,13 @@ Rules (also in the README):
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
 from schemas.records import (
     AnsweredCallFact,
     CallerFact,
+    MissedCall,
     MissedCallAlert,
     MissedCallFact,
     ResolutionHow,
@@ -140,11 +141,9 @@ def _missed(state: CallerState, fact: MissedCallFact, now: float) -> list[Caller
     if not fact.alert or entry.status != "counted":
         return []  # a short abandon (counted only), or alerted and resolved already
     entry.status = "open"
-    alert = MissedCallAlert(
-        uniqueid=fact.uniqueid, app=fact.app, cli=fact.cli, at=fact.at, missed_reason=fact.missed_reason,
-        wait_s=fact.wait_s, wait_is_lower_bound=fact.wait_is_lower_bound, attempts=fact.attempts,
-        agents_tried=fact.agents_tried, repeat_count=repeat_count(state, fact.uniqueid),
-    )
+    shared = {f.name: getattr(fact, f.name) for f in fields(MissedCall)}
+    alert = MissedCallAlert(**shared, wait_is_lower_bound=fact.wait_is_lower_bound,
+                            repeat_count=repeat_count(state, fact.uniqueid))
     return [alert, *_resolution(state, fact.uniqueid, entry, now)]
 
 

@@ -9,7 +9,8 @@ A window [start, start + size) becomes final, exactly once, when either
     time is a receive-time stand-in is counted but does not advance it) reaches end + grace, or
   * wall clock: now >= end + grace and the window has not changed for `idle_close_s` — so a
     quiet key, or a replay of old data, still closes its windows.
-Items for a final window are late: counted in `late` and reported, never added.
+Items for a final window are late: reported to the caller (`add` returns "late", the pipeline
+logs and counts them), never added.
 Interim records are throttled to one per `interim_interval_s` per window.
 """
 
@@ -34,7 +35,6 @@ class WindowPolicy:
 class Window:
     items: dict[str, Any] = field(default_factory=dict)  # item id -> its contribution (opaque here)
     final: bool = False
-    late: int = 0
     dirty: bool = False  # changed since the last record
     changed_at: float = 0.0  # wall clock
     emitted_at: float = 0.0  # wall clock of the last record (interim or final)
@@ -45,7 +45,6 @@ class Windowed:
     windows: dict[int, Window] = field(default_factory=dict)  # by window start (epoch s)
     watermark: float = -math.inf
     closed_upto: float = -math.inf  # windows ending at or before this were final and are dropped
-    late_dropped: int = 0  # late items for windows already dropped
 
 
 def window_start(t: float, size: float) -> int:
@@ -69,13 +68,11 @@ def add(state: Windowed, item_id: str, t: float, contribution: Any, now: float, 
             w.dirty, w.changed_at = True, now
     found = state.windows.get(start)
     if found is None and start + p.size_s <= state.closed_upto:
-        state.late_dropped += 1
         return "late"
     w = state.windows.setdefault(start, Window()) if found is None else found
     if w.final:
         if w.items.get(item_id) == contribution:
             return "unchanged"  # a replay of what the final already counted
-        w.late += 1
         return "late"
     if advance:
         state.watermark = max(state.watermark, t)

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import orjson
+
 from processors.core.windows import Window, Windowed, WindowPolicy, add, flush
 from processors.window_store import WindowStore
 
@@ -43,7 +45,7 @@ def test_rows_rebuild_the_same_state_and_dropped_windows_leave_no_rows() -> None
     assert result == ["late"]
     rebuilt = WindowStore({})
     rebuilt.rebuild(rows.items(), H + 9000)
-    assert rebuilt.cache["app:A1"].late_dropped == 1 and rebuilt.cache["app:A1"].windows == {}
+    assert rebuilt.cache["app:A1"].windows == {}
 
 
 def test_a_loaded_state_is_a_copy_until_saved() -> None:
@@ -78,3 +80,14 @@ def test_rows_and_records_written_positionally_before_version_1_are_still_read()
         named({"v": 2, "result": "answered"})
     with pytest.raises(ValueError):
         named([1, 2])
+
+
+def test_rows_written_with_late_counts_still_read() -> None:
+    rows = {b"app:A1\x1fm": orjson.dumps([H + 10, H - 3600, 2]),
+            f"app:A1\x1fw\x1f{H}".encode(): orjson.dumps([True, 3, False, H + 20.0, H + 30.0])}
+    store = WindowStore(rows)
+    store.rebuild(rows.items(), H + 40)
+    st = store.cache["app:A1"]
+    assert (st.watermark, st.closed_upto) == (H + 10, H - 3600)
+    w = st.windows[H]
+    assert (w.final, w.changed_at, w.emitted_at) == (True, H + 20.0, H + 30.0)
