@@ -157,7 +157,8 @@ def view(state: CallState) -> CallView:
             next((f.group for f in present if f.group is not None), None),
             ta.provider_time if ta else start_clocked,
         ))
-    attempts.sort(key=lambda a: (_order_time(a), natural_key(a.attemptid)))
+    if len(attempts) > 1:
+        attempts.sort(key=lambda a: (_order_time(a), natural_key(a.attemptid)))
     answered_by = next((a for a in attempts if a.answered), None)
     answer_time = None
     if answered_by is not None:

@@ -53,6 +53,7 @@ class LifecycleConfig:
 class Emission:
     completed: CompletedCall | None = None
     facts: tuple[CallerFact, ...] = ()  # for the callers agent, keyed app:cli
+    view: CallView | None = None  # what `completed` was made from (the metrics read it too)
 
 
 NOTHING = Emission()
@@ -174,7 +175,7 @@ def _close(state: CallState, now: float, cfg: LifecycleConfig, how: SelfResoluti
     state.revision = 1
     record = completed_record(state, v, 1, now)
     state.fingerprint = _fingerprint(record)
-    return Emission(completed=record, facts=_changed(state, v, now, cfg, how))
+    return Emission(completed=record, facts=_changed(state, v, now, cfg, how), view=v)
 
 
 def _revise(state: CallState, now: float, cfg: LifecycleConfig, how: SelfResolution) -> Emission:
@@ -185,7 +186,7 @@ def _revise(state: CallState, now: float, cfg: LifecycleConfig, how: SelfResolut
         return NOTHING
     state.revision += 1
     state.fingerprint = fingerprint
-    return Emission(completed=record, facts=_changed(state, v, now, cfg, how))
+    return Emission(completed=record, facts=_changed(state, v, now, cfg, how), view=v)
 
 
 def _worthy(v: CallView, cfg: LifecycleConfig) -> bool:

@@ -14,7 +14,7 @@ from config.settings import Settings
 from processors import reconcile_metrics
 from processors import worker_metrics as m
 from processors.core.call_metrics import Contribution, agent_contributions, app_contribution, receive_timed
-from processors.core.call_record import view
+from processors.core.call_record import CallView
 from processors.core.call_state import CallState
 from processors.core.callers import caller_key
 from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
@@ -40,10 +40,11 @@ def contribution(app_id: str, c: Contribution, at_received: bool = False) -> byt
                                     at_received=at_received))
 
 
-def metric_contributions(rec: CompletedCall, s: Settings, state: CallState) -> list[Output]:
-    """What a completed record adds to the metric windows, re-keyed by agent and by app (sent
-    from here: the record is in hand, and a stateless re-keying step needs no topic of its own)."""
-    unclocked = receive_timed(rec.uniqueid, view(state))
+def metric_contributions(rec: CompletedCall, s: Settings, v: CallView) -> list[Output]:
+    """What a completed record (made from the view `v`) adds to the metric windows, re-keyed by
+    agent and by app (sent from here: the record is in hand, and a stateless re-keying step needs
+    no topic of its own)."""
+    unclocked = receive_timed(rec.uniqueid, v)
     out = [Output(s.topic(topics.ATTEMPTS_BY_AGENT), c.key.encode(),
                   contribution(rec.app, c, c.item_id in unclocked))
            for c in agent_contributions(rec)]
@@ -74,8 +75,8 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
         if em.completed is not None:
             rec = em.completed
             out.append(Output(completed, rec.uniqueid.encode(), dumps(rec), received, "completed"))
-            assert state is not None  # a call that emits a record is kept
-            out.extend(metric_contributions(rec, s, state))
+            assert em.view is not None  # a record comes with the view it was made from
+            out.extend(metric_contributions(rec, s, em.view))
             if rec.revision == 1:
                 m.CALLS_CLOSED.labels(rec.close_reason).inc()
             else:
