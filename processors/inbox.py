@@ -31,6 +31,7 @@ class Inbox(Generic[T]):
         self._head = 0  # records of the first run already taken
         self._size = 0
         self._ready = asyncio.Event()
+        self._grown = asyncio.Event()  # set by every put: a batch being filled looks again
         self._room = asyncio.Event()
         self._room.set()
 
@@ -47,6 +48,7 @@ class Inbox(Generic[T]):
         self._runs.append(run)
         self._size += len(run)
         self._ready.set()
+        self._grown.set()
         if self._size >= self.capacity:
             self._room.clear()
 
@@ -75,10 +77,20 @@ class Inbox(Generic[T]):
             self._room.set()
         return taken
 
-    async def take(self, most: int) -> list[T]:
-        """Up to `most` records, waiting for the first."""
+    async def take(self, most: int, within: float = 0.0) -> list[T]:
+        """Up to `most` records, waiting for the first, then up to `within` seconds for `most`
+        (under a backlog they are there at once; a trickle is still handled in batches)."""
         while not self._runs:
             await self._ready.wait()
+        if within > 0 and self._size < most:
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + within
+            while 0 < self._size < most and (left := deadline - loop.time()) > 0:
+                self._grown.clear()
+                try:
+                    await asyncio.wait_for(self._grown.wait(), left)
+                except TimeoutError:
+                    break
         return self.take_nowait(most)
 
     def clear(self) -> None:

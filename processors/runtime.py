@@ -471,7 +471,7 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
         consumer = app.consumer
         unacked = consumer.unacked
         while True:
-            messages = await inbox.take(s.worker_batch_max)
+            messages = await inbox.take(s.worker_batch_max, s.worker_batch_window_s)
             # as Faust's stream: a record fetched before the current assignment, or while the flow
             # is stopped for a rebalance, is not handled (it is read again from the committed offset)
             if not app.flow_control.is_active():

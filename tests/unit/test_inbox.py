@@ -91,3 +91,20 @@ def test_a_put_cancelled_while_waiting_adds_nothing() -> None:
         return len(inbox)
 
     assert asyncio.run(scenario()) == 0
+
+
+def test_a_batch_waits_up_to_its_window_to_fill() -> None:
+    async def scenario() -> tuple[list[int], list[int], list[int]]:
+        inbox: Inbox[int] = Inbox(capacity=100)
+        inbox.put_nowait([1])
+        filling = asyncio.ensure_future(inbox.take(3, within=5.0))
+        await asyncio.sleep(0.01)
+        assert not filling.done()  # one of three: waits for more
+        inbox.put_nowait([2, 3, 4])
+        full = await asyncio.wait_for(filling, 1)  # three there: at once, not after the window
+        rest = await asyncio.wait_for(inbox.take(3, within=0.05), 1)  # fewer than three: the window ends it
+        inbox.put_nowait([5, 6, 7])
+        ready = await asyncio.wait_for(inbox.take(2, within=5.0), 1)
+        return full, rest, ready
+
+    assert asyncio.run(scenario()) == ([1, 2, 3], [4], [5, 6])
