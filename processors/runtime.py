@@ -467,7 +467,7 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
     app.inboxes[pipeline.source] = app.inboxes[pipeline.ticks] = inbox
     app.flow_control.manage_queue(inbox)  # cleared when a rebalance stops the flow, and when it resumes
 
-    async def process() -> None:
+    async def drain() -> None:
         consumer = app.consumer
         unacked = consumer.unacked
         while True:
@@ -496,6 +496,14 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
             except BaseException as error:
                 fail(pipeline.name, error)
             ack_all(consumer, fresh)
+
+    async def process() -> None:
+        try:
+            await drain()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # a worker alive but no longer handling its input is worse
+            fail(pipeline.name, error)
 
     app.task(process)
 
