@@ -25,7 +25,7 @@ from bench.simulator import Profile, Truth, generate
 from config.settings import load
 from deploy.local_kafka import KafkaCluster
 from tests.conftest import STACK_TIMINGS, TOKEN, Stack, start_ingress, start_worker, wait_ready, wait_worker_ready
-from tests.helpers import new_prefix, read_all
+from tests.helpers import Service, new_prefix, read_all
 
 pytestmark = [pytest.mark.kafka, pytest.mark.cluster, pytest.mark.long]
 
@@ -168,6 +168,38 @@ class Load:
 
     def during(self, t0: float, t1: float) -> list[Request]:
         return [r for r in self.requests if t0 <= r.started < t1]
+
+
+def roll_two_workers(stack: Stack, load_run: Load) -> Service:
+    """Start a second worker (b) beside the stack's (a); with `load_run` posting, stop each in turn
+    with SIGTERM (a clean leave of the group), restart it and wait until it is ready; then stop
+    the load. Returns the running b (the caller stops it); `stack.worker` is the new a."""
+    b_env = {**stack.env, "WORKER_DATA_DIR": str(stack.tmp / "worker-b")}
+    b, _ = start_worker(b_env, stack.tmp / "worker-b.log")
+    try:
+        wait_worker_ready(b, timeout=180)
+        thread = load_run.start()
+        try:
+            time.sleep(5)
+            for name in ("a", "b"):
+                old = stack.worker if name == "a" else b
+                env = stack.env if name == "a" else b_env
+                old.stop(timeout=60)  # SIGTERM: a clean leave of the group
+                time.sleep(5)
+                new, _ = start_worker(env, stack.tmp / f"worker-{name}-2.log")
+                if name == "a":
+                    stack.worker = new
+                else:
+                    b = new
+                wait_worker_ready(new, timeout=180)
+                time.sleep(5)
+        finally:
+            load_run.stop.set()
+            thread.join(timeout=600)
+    except BaseException:
+        b.stop()
+        raise
+    return b
 
 
 def _fault_figures(load: Load, name: str, killed_at: float, until: float) -> dict[str, Any]:
@@ -324,28 +356,8 @@ def test_rolling_restart_of_two_workers_under_load_loses_nothing(cluster_stack: 
     events, truth = generate(CALLS, time.time() - 7200, 3600, profile, seed=29, prefix="rr")
     events = [{k: str(v) for k, v in e.items()} for e in events]
     load_run = Load(f"{stack.base}/webhooks/ivr", events, RATE / 2)
-    b_env = {**stack.env, "WORKER_DATA_DIR": str(stack.tmp / "worker-b")}
-    b, _ = start_worker(b_env, stack.tmp / "worker-b.log")
+    b = roll_two_workers(stack, load_run)
     try:
-        wait_worker_ready(b, timeout=180)
-        thread = load_run.start()
-        try:
-            time.sleep(5)
-            for name in ("a", "b"):
-                old = stack.worker if name == "a" else b
-                env = stack.env if name == "a" else b_env
-                old.stop(timeout=60)  # SIGTERM: a clean leave of the group
-                time.sleep(5)
-                new, _ = start_worker(env, stack.tmp / f"worker-{name}-2.log")
-                if name == "a":
-                    stack.worker = new
-                else:
-                    b = new
-                wait_worker_ready(new, timeout=180)
-                time.sleep(5)
-        finally:
-            load_run.stop.set()
-            thread.join(timeout=600)
         statuses = collections.Counter(r.status for r in load_run.requests)
         completed, diffs = _differences(stack, load_run, events, truth)
         mine = {k: v for k, v in completed.items() if k[0] in load_run.posted}

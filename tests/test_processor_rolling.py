@@ -15,7 +15,7 @@ from bench.simulator import Profile, generate
 from deploy.local_kafka import KafkaBroker
 from tests.conftest import STACK_TIMINGS, TOKEN, Stack, start_ingress, start_worker, wait_ready, wait_worker_ready
 from tests.helpers import new_prefix, read_all
-from tests.test_cluster import Load, _differences
+from tests.test_cluster import Load, _differences, roll_two_workers
 
 pytestmark = [pytest.mark.kafka, pytest.mark.long]
 
@@ -49,28 +49,8 @@ def test_rolling_restart_of_two_workers_on_one_broker_loses_nothing(rolling_stac
     events, truth = generate(4000, time.time() - 7200, 3600, profile, seed=31, prefix="rl")
     events = [{k: str(v) for k, v in e.items()} for e in events]
     load_run = Load(f"{stack.base}/webhooks/ivr", events, RATE)
-    b_env = {**stack.env, "WORKER_DATA_DIR": str(stack.tmp / "worker-b")}
-    b, _ = start_worker(b_env, stack.tmp / "worker-b.log")
+    b = roll_two_workers(stack, load_run)
     try:
-        wait_worker_ready(b, timeout=180)
-        thread = load_run.start()
-        try:
-            time.sleep(5)
-            for name in ("a", "b"):
-                old = stack.worker if name == "a" else b
-                env = stack.env if name == "a" else b_env
-                old.stop(timeout=60)  # SIGTERM: a clean leave of the group
-                time.sleep(5)
-                new, _ = start_worker(env, stack.tmp / f"worker-{name}-2.log")
-                if name == "a":
-                    stack.worker = new
-                else:
-                    b = new
-                wait_worker_ready(new, timeout=180)
-                time.sleep(5)
-        finally:
-            load_run.stop.set()
-            thread.join(timeout=600)
         statuses = collections.Counter(r.status for r in load_run.requests)
         completed, diffs = _differences(stack, load_run, events, truth)
         mine = {k: v for k, v in completed.items() if k[0] in load_run.posted}
