@@ -103,7 +103,6 @@ class SafeConsumer(Consumer):
         except Exception as e:  # moved away or stopping meanwhile: its next owner reads from the commit
             log.warning("could not read %s again from %d: %r", tp, offset, e)
 
-
     async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's fetch loop (`Consumer._drain_messages`), handing a partition's run to its inbox at once."""
         callback = self.callback
