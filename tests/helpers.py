@@ -20,6 +20,13 @@ __all__ = ["Service", "new_prefix", "python", "read_all", "read_topic", "wait_ht
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def interruptible() -> None:
+    """`preexec_fn` of a child a test interrupts with SIGINT: its SIGINT acts as from a terminal,
+    whatever the tests were started from (a non-interactive shell starts a background job with
+    SIGINT ignored, and every child inherits that)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def new_prefix() -> str:
     return f"t{uuid.uuid4().hex[:10]}."
 

@@ -18,7 +18,7 @@ from config.settings import load
 from config.topics import ensure_topics
 from deploy.local_kafka import KafkaBroker
 from ivr_cli.render import mask_cli, matches, open_alerts, summary, topic_base
-from tests.helpers import ROOT
+from tests.helpers import ROOT, interruptible
 
 APP = "4e11fe2082b044b4a3b55718c79c29d5"
 OTHER_APP = "0123456789abcdef0123456789abcdef"
@@ -153,7 +153,7 @@ def test_tail_follows_new_records_and_ctrl_c_exits_cleanly(kafka: KafkaBroker, p
     err_path = tmp_path / "stderr"
     with open(err_path, "w") as err:
         proc = subprocess.Popen([sys.executable, "-m", "ivr_cli", "tail", "alerts"], env=_env(kafka, prefix),
-                                cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True)
+                                cwd=ROOT, stdout=subprocess.PIPE, stderr=err, text=True, preexec_fn=interruptible)
     try:
         deadline = time.monotonic() + 60
         while "following" not in err_path.read_text() and time.monotonic() < deadline:

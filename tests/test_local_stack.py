@@ -17,7 +17,7 @@ import pytest
 from config.logs import StartupNoise
 from deploy.local_kafka import KafkaBroker, free_port
 from tests.conftest import wait_worker_ready
-from tests.helpers import ROOT, Service, wait_http
+from tests.helpers import ROOT, Service, interruptible, wait_http
 
 
 def _busy(port: int) -> bool:
@@ -82,7 +82,7 @@ def make_run(tmp_path: Path) -> Iterator[tuple[subprocess.Popen[bytes], dict[str
     with open(log, "wb") as out:
         # a session of its own: nothing reaches it but what the test sends to make's pid
         proc = subprocess.Popen(["make", "--no-print-directory", "run"], env=env, cwd=ROOT, stdout=out,
-                                stderr=subprocess.STDOUT, start_new_session=True)
+                                stderr=subprocess.STDOUT, start_new_session=True, preexec_fn=interruptible)
     try:
         yield proc, env, log
     finally:
