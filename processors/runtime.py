@@ -34,7 +34,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -43,7 +43,6 @@ from config import topics
 from processors import worker_metrics as m
 from processors.bundles import bundle
 from processors.core.deadlines import DeadlineIndex
-from processors.inbox import Inbox
 from processors.output_producer import Offsets, Placed, Record
 from schemas.codec import dumps
 from schemas.records import UnprocessableEvent
@@ -358,48 +357,45 @@ def _no_context(_: Any) -> Iterator[None]:
 
 # --- Faust ----------------------------------------------------------------------------------------
 
+@dataclass(frozen=True, slots=True)
 class FaustRecord:
-    """A fetched Faust message seen as a `Source`. Also what `acting_for` names as Faust's current
-    event: Faust's tables read only `event.message` (its topic and partition) from it."""
+    """A Faust event seen as a `Source`, keeping the event (table access names its partition)."""
 
-    __slots__ = ("__weakref__", "message")
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
+    event: Any
 
     @property
     def topic(self) -> str:
-        return cast(str, self.message.topic)
+        return cast(str, self.event.message.topic)
 
     @property
     def partition(self) -> int:
-        return cast(int, self.message.partition)
+        return cast(int, self.event.message.partition)
 
     @property
     def offset(self) -> int:
-        return cast(int, self.message.offset)
+        return cast(int, self.event.message.offset)
 
     @property
     def key(self) -> bytes | None:
-        return cast("bytes | None", self.message.key)
+        return cast("bytes | None", self.event.key)
 
     @property
     def value(self) -> bytes:
-        return cast(bytes, self.message.value)
+        return cast(bytes, self.event.value)
 
 
 class acting_for:
     """Table reads and writes inside the block go to the record's partition.
 
     Faust picks a table's partition (changelog and store) from the event being processed. A
-    handler of a whole batch has no such event, so it names one: a record of the same partition
-    as the key. (A class, not a generator: entered for every key load and save.)
+    handler of a whole batch (`take_events`) has no such event, so it names one: one from the
+    same partition as the key. (A class, not a generator: entered for every key load and save.)
     """
 
     __slots__ = ("event", "token")
 
     def __init__(self, record: FaustRecord) -> None:
-        self.event = record
+        self.event = record.event
 
     def __enter__(self) -> None:
         self.token = _faust_current_event().set(weakref.ref(self.event))
@@ -460,52 +456,24 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
         changelog=table.take_changelog, delivered=table.delivered, partitions=parts,
     )
 
-    # Subscribed through Faust's conductor; the consumer hands the fetched records to the inbox
-    # (see `processors.inbox`), which one task drains: keyed state is handled in partition order.
-    app.topics.add(app.topic(pipeline.source, pipeline.ticks, partitions=parts))
-    inbox: Inbox[Any] = Inbox(capacity=4 * s.worker_batch_max)
-    app.inboxes[pipeline.source] = app.inboxes[pipeline.ticks] = inbox
-    app.flow_control.manage_queue(inbox)  # cleared when a rebalance stops the flow, and when it resumes
-
-    async def drain() -> None:
-        consumer = app.consumer
-        unacked = consumer.unacked
-        while True:
-            messages = await inbox.take(s.worker_batch_max, s.worker_batch_window_s)
-            # as Faust's stream: a record fetched before the current assignment, or while the flow
-            # is stopped for a rebalance, is not handled (it is read again from the committed offset)
-            if not app.flow_control.is_active():
-                continue
-            generation = app.consumer_generation_id
-            fresh = [msg for msg in messages if msg.generation_id == generation]
-            if not fresh:
-                continue
-            for msg in fresh:  # pending acknowledgement: a rebalance or a stop waits for them
-                msg.tracked = True
-                unacked.add(msg)
-            m.BATCH_EVENTS.observe(len(fresh))
-            batch = asyncio.ensure_future(runner.handle([FaustRecord(msg) for msg in fresh], time.time()))
+    # concurrency 1: keyed state must be handled in partition order (faust-streaming #606)
+    @app.agent(app.topic(pipeline.source, pipeline.ticks, partitions=parts), concurrency=1, name=pipeline.name)
+    async def process(stream: Any) -> AsyncIterator[None]:
+        # take_events acknowledges a batch when the handler asks for the next one, and also when
+        # the handler raises: so nothing may raise out of here (see `fail`)
+        async for events in stream.take_events(s.worker_batch_max, within=s.worker_batch_window_s):
+            m.BATCH_EVENTS.observe(len(events))
+            batch = asyncio.ensure_future(runner.handle([FaustRecord(e) for e in events], time.time()))
             try:
                 await asyncio.shield(batch)
             except asyncio.CancelledError:
-                # the worker is stopping: let the batch's delivery finish and acknowledge it, or
-                # leave without acknowledging anything
+                # the worker is stopping, and the batch would be acknowledged on the way out: let
+                # its delivery finish first, or leave without acknowledging anything
                 await stopping(pipeline.name, batch)
-                ack_all(consumer, fresh)
                 raise
             except BaseException as error:
                 fail(pipeline.name, error)
-            ack_all(consumer, fresh)
-
-    async def process() -> None:
-        try:
-            await drain()
-        except asyncio.CancelledError:
-            raise
-        except BaseException as error:  # a worker alive but no longer handling its input is worse
-            fail(pipeline.name, error)
-
-    app.task(process)
+            yield None
 
     async def send_ticks() -> None:
         # in bulk, like the outputs (Faust's per-message send costs ~100 µs a tick); keyed like
@@ -533,12 +501,6 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
 
     app.timer(interval=5.0, name=f"lag_{pipeline.name}")(survives(f"lag_{pipeline.name}", report_lag))
     return runner
-
-
-def ack_all(consumer: Any, messages: Sequence[Any]) -> None:
-    ack = consumer.ack
-    for msg in messages:
-        ack(msg)
 
 
 async def stopping(pipeline: str, batch: asyncio.Future[None], wait_s: float = 15.0) -> None:
