@@ -12,9 +12,8 @@ For each batch of source records (and ticks) the runtime
     the record's: the batch fails and is not acknowledged, see `fail`), the keys it touched are
     put back as they were before it (their earlier inputs of the batch are replayed), its
     outputs are dropped, the batch goes on;
-  * delivers every output and dead letter of the batch, then its changelog records (the
-    state after the outputs it caused: see `handle`), and only then lets the batch be
-    acknowledged; a delivery that cannot be made stops the worker
+  * delivers every output, dead letter and changelog record of the batch together and only
+    then lets the batch be acknowledged; a delivery that cannot be made stops the worker
     (exit status 70) so that nothing is acknowledged past an undelivered output, and a worker
     asked to stop mid-batch first lets the batch's delivery finish (or exits the same way);
   * keeps each key's next deadline; a timer sends a tick keyed like the state, which the worker
@@ -253,17 +252,11 @@ class Runner(Generic[S]):
         to_bundle: list[Record] = []
         for o in outputs:
             (to_bundle if o.topic in self.p.bundled else plain).append((o.topic, o.key, o.value))
-        bundles = bundle(to_bundle, self.partitions)
-        changelog = self.changelog()
+        placed = [*bundle(to_bundle, self.partitions), *self.changelog()]
         started = time.perf_counter()
-        # The outputs first, the state after them: a worker that dies between the two replays the
-        # batch onto the state before it and emits the outputs again (a duplicate downstream
-        # dedupes); state saved ahead of its outputs would make the replay a duplicate that emits
-        # nothing, and the outputs would be lost.
-        await self.deliver(plain, bundles)
+        offsets = await self.deliver(plain, placed)
         acked = time.time()
-        offsets = await self.deliver((), changelog) if changelog else {}
-        if plain or bundles or changelog:
+        if plain or placed:
             m.DELIVER_SECONDS.observe(time.perf_counter() - started)
         if self.delivered is not None:
             self.delivered(offsets)
