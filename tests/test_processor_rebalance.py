@@ -82,7 +82,7 @@ def test_two_workers_of_a_new_group_started_together_handle_every_event(kafka: K
     }
     prefix = env["TOPIC_PREFIX"]
     profile = Profile(agents=20, p_duplicate=0.02, p_reorder=0.02, p_missing_hangup=0.01, mean_talk_s=60)
-    events, truth = generate(4000, time.time() - 7200, 3600, profile, seed=5, prefix="ng")
+    events, truth = generate(3000, time.time() - 7200, 3600, profile, seed=5, prefix="ng")
     subprocess.run([sys.executable, "-c", "import asyncio; from config.settings import load; "
                     "from config.topics import ensure_topics; asyncio.run(ensure_topics(load()))"],
                    env={**env, "PATH": ""}, check=True, cwd=ROOT)
