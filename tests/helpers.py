@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import subprocess
@@ -25,6 +26,14 @@ def interruptible() -> None:
     whatever the tests were started from (a non-interactive shell starts a background job with
     SIGINT ignored, and every child inherits that)."""
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def create_topics(env: Mapping[str, str]) -> None:
+    """The project's topics, as a worker with `env` would create them."""
+    from config.settings import load
+    from config.topics import ensure_topics
+
+    asyncio.run(ensure_topics(load(dict(env))))
 
 
 def new_prefix() -> str:

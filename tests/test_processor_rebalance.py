@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -13,9 +11,9 @@ import pytest
 
 from bench.run_all import truth_mismatches
 from bench.simulator import Profile, generate, write_events
-from deploy.local_kafka import ROOT, KafkaBroker
+from deploy.local_kafka import KafkaBroker
 from tests.conftest import STACK_TIMINGS, TOKEN, start_worker, wait_worker_ready
-from tests.helpers import Service, new_prefix
+from tests.helpers import Service, create_topics, new_prefix
 from tests.test_processor_recovery import events_seen
 
 pytestmark = pytest.mark.kafka
@@ -29,9 +27,7 @@ def test_a_worker_joining_mid_backlog_changes_no_record(kafka: KafkaBroker, tmp_
     prefix = env["TOPIC_PREFIX"]
     profile = Profile(agents=10, p_duplicate=0.05, p_reorder=0.05, p_missing_hangup=0.02, mean_talk_s=60)
     events, truth = generate(1500, time.time() - 7200, 3600, profile, seed=11, prefix="rb")
-    subprocess.run([sys.executable, "-c", "import asyncio; from config.settings import load; "
-                    "from config.topics import ensure_topics; asyncio.run(ensure_topics(load()))"],
-                   env={**env, "PATH": ""}, check=True, cwd=ROOT)
+    create_topics(env)
     topic = f"{prefix}ivr.events"
     backlog, rest = events[: len(events) * 2 // 5], events[len(events) * 2 // 5:]
     asyncio.run(write_events(kafka.bootstrap, topic, backlog, progress=False))
@@ -83,9 +79,7 @@ def test_two_workers_of_a_new_group_started_together_handle_every_event(kafka: K
     prefix = env["TOPIC_PREFIX"]
     profile = Profile(agents=20, p_duplicate=0.02, p_reorder=0.02, p_missing_hangup=0.01, mean_talk_s=60)
     events, truth = generate(3000, time.time() - 7200, 3600, profile, seed=5, prefix="ng")
-    subprocess.run([sys.executable, "-c", "import asyncio; from config.settings import load; "
-                    "from config.topics import ensure_topics; asyncio.run(ensure_topics(load()))"],
-                   env={**env, "PATH": ""}, check=True, cwd=ROOT)
+    create_topics(env)
     asyncio.run(write_events(kafka.bootstrap, f"{prefix}ivr.events", events, progress=False))
     for round_ in range(2):
         group = {**env, "PROCESSOR_ID": f"new-group-{round_}"}
