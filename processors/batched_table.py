@@ -1,13 +1,20 @@
-"""A Faust table whose changelog records leave with the batch's outputs.
+"""A Faust table whose changelog records leave in bulk, and whose store follows its changelog.
 
 A Faust table write sends its changelog record through Faust's per-message producer path and
 writes the record's offset back to RocksDB from a delivery callback: ~80 µs a write here, two
 writes per input event, the largest cost in the worker. This table keeps Faust's store, its
-changelog topic, recovery and standbys as they are, and changes only how the changelog is
-sent: a write queues its record (same topic, same partition, same bytes); the runtime hands the
-queue to `OutputProducer.send_all` (see `processors.runtime`) with the batch's outputs and, once delivered, records the
-persisted offsets as Faust's callback would have. Delivery precedes the batch's acknowledgement,
-so a crash replays the batch onto a changelog that is at least as new as the committed input.
+changelog topic, recovery and standbys as they are, and changes how a write happens: it queues
+its changelog record (same topic, same partition, same bytes); the runtime hands the queue to
+`OutputProducer.send_all` after the batch's outputs (see `processors.runtime`) and, once it is
+delivered, the writes reach the local store with the persisted offsets, as Faust's callback would
+have recorded them.
+
+So the local store is never ahead of the changelog, nor the changelog ahead of the outputs: a
+worker that dies mid-batch restarts (on the same disk or another) from a state that has not seen
+the batch, and the batch's replay emits its outputs again. (Written at once, as Faust does, the
+store would keep the batch's state while its outputs were lost, and the replay would find every
+event a duplicate.) Reads during a batch see the state from before it, which is what the
+runtime expects (it loads each key once per batch, and puts a failed record's keys back from it).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from faust import Table
+from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
 
 from processors.output_producer import Offsets, Placed
@@ -23,12 +31,19 @@ from processors.output_producer import Offsets, Placed
 class BatchedTable(Table):  # type: ignore[type-arg]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self._unsent: list[Placed] = []
+        self._unsent: list[Placed] = []  # written, changelog not yet taken for delivery
+        self._sending: list[Placed] = []  # taken for delivery: reach the store once delivered
 
     def _place(self, key: bytes, value: bytes | None) -> None:
         partition = self.partition_for_key(key)  # the partition of the event being handled
         assert partition is not None
         self._unsent.append((self.changelog_topic.get_topic_name(), partition, key, value))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        self._place(key, value)  # the store is written once the changelog record is delivered
+
+    def __delitem__(self, key: Any) -> None:
+        self._place(key, None)
 
     def get(self, key: Any, default: Any = None) -> Any:
         """One store read (Faust's table reads a present key twice: `in`, then the value)."""
@@ -38,21 +53,39 @@ class BatchedTable(Table):  # type: ignore[type-arg]
         except KeyError:
             return default
 
-    def on_key_set(self, key: Any, value: Any) -> None:
-        self._place(key, value)
-
-    def on_key_del(self, key: Any) -> None:
-        self._place(key, None)
-
     def take_changelog(self) -> list[Placed]:
         """The changelog records written since the last call, in write order."""
         unsent, self._unsent = self._unsent, []
+        self._sending.extend(unsent)
         return unsent
 
     def delivered(self, offsets: Offsets) -> None:
-        """Remember, per partition, how far the local store is backed by the changelog (Faust
-        resumes its recovery from there)."""
+        """The changelog records taken are delivered: write them to the local store, and
+        remember, per partition, how far it is backed by the changelog (Faust resumes its
+        recovery from there)."""
+        sending, self._sending = self._sending, []
+        store = self.data
+        for _, partition, key, value in sending:
+            assert key is not None  # a table key
+            write(store, partition, key, value)
         topic = self.changelog_topic.get_topic_name()
         for (t, partition), offset in offsets.items():
             if t == topic:
-                self.data.set_persisted_offset(TP(topic, partition), offset)
+                store.set_persisted_offset(TP(topic, partition), offset)
+
+
+def write(store: Any, partition: int, key: bytes, value: bytes | None) -> None:
+    """A write to the store's partition (Faust's store takes it from the event being handled,
+    and the batch is over)."""
+    if isinstance(store, RocksDBStore):
+        db = store._db_for_partition(partition)
+        if value is None:
+            db.delete(key)
+            store._key_index.pop(key, None)
+        else:
+            db.put(key, value)
+            store._key_index[key] = partition
+    elif value is None:  # the memory store: one dict for every partition
+        store.pop(key, None)
+    else:
+        store[key] = value

@@ -13,6 +13,7 @@ from config.settings import Settings
 from config.topics import TopicSpec, ensure_topics
 from processors.batched_table import BatchedTable
 from processors.faust_consumer import SafeTransport
+from processors.inbox import Inbox
 from processors.output_producer import OutputProducer
 
 # the topic Faust's partition assignor elects its leader with (one partition)
@@ -54,6 +55,9 @@ class IvrApp(faust.App):
     def __init__(self, settings: Settings, **kwargs: Any) -> None:
         self.ivr_settings = settings
         self.outputs = OutputProducer(settings, f"{settings.processor_id}-outputs")
+        #: topic name -> the inbox its pipeline reads (handed to by the consumer: `faust_consumer`)
+        self.inboxes: dict[str, Inbox[Any]] = {}
+        self.flow_guards: list[Any] = []  # see `runtime.ClearedByRebalance`
         super().__init__(**kwargs)
 
     async def on_first_start(self) -> None:

@@ -16,6 +16,12 @@ Both rules only ever hold a commit back; an event whose acknowledgement is refus
 again (handled twice at worst, which the pipelines tolerate). A commit held back for
 `rewind_after_s` while the stream went on past the missing offset means the event never reached
 the stream: the partition is then read again from the commit.
+
+It also hands the records of the pipelines' topics over in bulk: each partition's fetched run
+goes to its pipeline's `Inbox` in one call (see `processors.inbox` for what that saves), not
+message by message through Faust's conductor and stream. Everything else Faust's fetch loop does
+is kept: the read offsets and gaps, periodic commits, the flow stopped by a rebalance (a put
+waiting for room gives way to it), and records of other topics go to Faust's conductor as before.
 """
 
 from __future__ import annotations
@@ -25,8 +31,11 @@ import logging
 import time
 from typing import Any
 
+from faust.transport.consumer import CONSUMER_FETCHING
 from faust.transport.drivers.aiokafka import Consumer, Transport
 from mode.utils.futures import notify
+
+from processors.inbox import Inbox
 
 log = logging.getLogger("processors.consumer")
 
@@ -42,6 +51,8 @@ class SafeConsumer(Consumer):
         # partition -> (offset held at, since or last re-read, re-reads)
         self._held: dict[Any, tuple[int, float, int]] = {}
         self._rewinds: set[asyncio.Task[None]] = set()
+        #: topic name -> the inbox of the pipeline reading it (the app's: see `processors.runtime.run`)
+        self.inboxes: dict[str, Inbox[Any]] = getattr(self.app, "inboxes", {})
 
     def ack(self, message: Any) -> bool:
         generation = getattr(message, "generation_id", None)
@@ -91,6 +102,81 @@ class SafeConsumer(Consumer):
                 await self.seek(tp, offset)
         except Exception as e:  # moved away or stopping meanwhile: its next owner reads from the commit
             log.warning("could not read %s again from %d: %r", tp, offset, e)
+
+    async def _drain_messages(self, fetcher: Any) -> None:
+        """Faust's fetch loop (`Consumer._drain_messages`), handing a partition's run to its inbox at once."""
+        callback = self.callback
+        inboxes = self.inboxes
+        consumer_should_stop = self._stopped.is_set
+        fetcher_should_stop = fetcher._stopped.is_set
+        read_offsets = self._read_offset
+        acks_enabled_for = self.app.topics.acks_enabled_for
+        to_message = self._to_message
+        commit_every = self._commit_every
+        try:
+            while not (consumer_should_stop() or fetcher_should_stop()):
+                self.diag.set_flag(CONSUMER_FETCHING)
+                fetched_in = self.app.consumer_generation_id
+                records, active = await self._wait_next_records(1.0)
+                await asyncio.sleep(0)  # as Faust's loop: let other tasks in between fetches
+                if records is None or self.should_stop:
+                    continue
+                if self.app.consumer_generation_id != fetched_in:
+                    # fetched for an assignment that is over: stamped with the new generation they
+                    # would pass for records of the new one, from positions it never sought
+                    continue
+                if not self.flow_active:  # stopped by a rebalance since the fetch: read again from the commit
+                    try:
+                        await self.perform_seek()
+                    except Exception as e:
+                        log.warning("seek to the committed offsets failed while the flow is stopped: %r", e)
+                    continue
+                generation = self.app.consumer_generation_id
+                for tp, fetched in records.items():
+                    if not self.flow_active or self.app.consumer_generation_id != generation:
+                        break  # a rebalance began: these records are read again after it
+                    if active is not None and tp not in active and tp not in self._buffered_partitions:
+                        continue
+                    read = before = read_offsets[tp]
+                    run = []
+                    for record in fetched:
+                        offset = record.offset
+                        if read is None or offset >= read:
+                            if read and offset - read > 1 and acks_enabled_for(tp.topic):
+                                await self._add_gap(tp, read + 1, offset)
+                            run.append(to_message(tp, record))
+                            read = offset
+                    if not run:
+                        continue
+                    if commit_every is not None and self._n_acked >= commit_every:
+                        self._n_acked = 0
+                        await self.commit()
+                    inbox = inboxes.get(tp.topic)
+                    if inbox is None:
+                        for message in run:
+                            await self.wait_first(callback(message), self.suspend_flow.wait())
+                    elif inbox.has_room() and not self.suspend_flow.is_set():
+                        inbox.put_nowait(run)
+                    else:
+                        await self.wait_first(inbox.put(run), self.suspend_flow.wait())
+                    if read_offsets[tp] == before:  # else sought meanwhile: read on from the new position
+                        read_offsets[tp] = read
+                self.diag.unset_flag(CONSUMER_FETCHING)
+        except self.consumer_stopped_errors:
+            if self.transport.app.should_stop:
+                log.info("Broker stopped consumer, shutting down...")
+                return
+            raise
+        except asyncio.CancelledError:
+            if self.transport.app.should_stop:
+                log.info("Consumer shutting down for user cancel.")
+                return
+            raise
+        except Exception as exc:
+            log.exception("Drain messages raised: %r", exc)
+            raise
+        finally:
+            self.diag.unset_flag(CONSUMER_FETCHING)
 
 
 class SafeTransport(Transport):

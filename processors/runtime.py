@@ -12,8 +12,9 @@ For each batch of source records (and ticks) the runtime
     the record's: the batch fails and is not acknowledged, see `fail`), the keys it touched are
     put back as they were before it (their earlier inputs of the batch are replayed), its
     outputs are dropped, the batch goes on;
-  * delivers every output, dead letter and changelog record of the batch together and only
-    then lets the batch be acknowledged; a delivery that cannot be made stops the worker
+  * delivers every output and dead letter of the batch, then its changelog records (the
+    state after the outputs it caused: see `handle`), and only then lets the batch be
+    acknowledged; a delivery that cannot be made stops the worker
     (exit status 70) so that nothing is acknowledged past an undelivered output, and a worker
     asked to stop mid-batch first lets the batch's delivery finish (or exits the same way);
   * keeps each key's next deadline; a timer sends a tick keyed like the state, which the worker
@@ -33,7 +34,7 @@ import logging
 import os
 import time
 import weakref
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
@@ -42,7 +43,9 @@ from config import topics
 from processors import worker_metrics as m
 from processors.bundles import bundle
 from processors.core.deadlines import DeadlineIndex
+from processors.inbox import Inbox
 from processors.output_producer import Offsets, Placed, Record
+from processors.read_order import Gap, ReadOrder
 from schemas.codec import dumps
 from schemas.records import UnprocessableEvent
 from schemas.timefmt import format_ts
@@ -252,11 +255,17 @@ class Runner(Generic[S]):
         to_bundle: list[Record] = []
         for o in outputs:
             (to_bundle if o.topic in self.p.bundled else plain).append((o.topic, o.key, o.value))
-        placed = [*bundle(to_bundle, self.partitions), *self.changelog()]
+        bundles = bundle(to_bundle, self.partitions)
+        changelog = self.changelog()
         started = time.perf_counter()
-        offsets = await self.deliver(plain, placed)
+        # The outputs first, the state after them: a worker that dies between the two replays the
+        # batch onto the state before it and emits the outputs again (a duplicate downstream
+        # dedupes); state saved ahead of its outputs would make the replay a duplicate that emits
+        # nothing, and the outputs would be lost.
+        await self.deliver(plain, bundles)
         acked = time.time()
-        if plain or placed:
+        offsets = await self.deliver((), changelog) if changelog else {}
+        if plain or bundles or changelog:
             m.DELIVER_SECONDS.observe(time.perf_counter() - started)
         if self.delivered is not None:
             self.delivered(offsets)
@@ -350,45 +359,48 @@ def _no_context(_: Any) -> Iterator[None]:
 
 # --- Faust ----------------------------------------------------------------------------------------
 
-@dataclass(frozen=True, slots=True)
 class FaustRecord:
-    """A Faust event seen as a `Source`, keeping the event (table access names its partition)."""
+    """A fetched Faust message seen as a `Source`. Also what `acting_for` names as Faust's current
+    event: Faust's tables read only `event.message` (its topic and partition) from it."""
 
-    event: Any
+    __slots__ = ("__weakref__", "message")
+
+    def __init__(self, message: Any) -> None:
+        self.message = message
 
     @property
     def topic(self) -> str:
-        return cast(str, self.event.message.topic)
+        return cast(str, self.message.topic)
 
     @property
     def partition(self) -> int:
-        return cast(int, self.event.message.partition)
+        return cast(int, self.message.partition)
 
     @property
     def offset(self) -> int:
-        return cast(int, self.event.message.offset)
+        return cast(int, self.message.offset)
 
     @property
     def key(self) -> bytes | None:
-        return cast("bytes | None", self.event.key)
+        return cast("bytes | None", self.message.key)
 
     @property
     def value(self) -> bytes:
-        return cast(bytes, self.event.value)
+        return cast(bytes, self.message.value)
 
 
 class acting_for:
     """Table reads and writes inside the block go to the record's partition.
 
     Faust picks a table's partition (changelog and store) from the event being processed. A
-    handler of a whole batch (`take_events`) has no such event, so it names one: one from the
-    same partition as the key. (A class, not a generator: entered for every key load and save.)
+    handler of a whole batch has no such event, so it names one: a record of the same partition
+    as the key. (A class, not a generator: entered for every key load and save.)
     """
 
     __slots__ = ("event", "token")
 
     def __init__(self, record: FaustRecord) -> None:
-        self.event = record.event
+        self.event = record
 
     def __enter__(self) -> None:
         self.token = _faust_current_event().set(weakref.ref(self.event))
@@ -449,24 +461,91 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
         changelog=table.take_changelog, delivered=table.delivered, partitions=parts,
     )
 
-    # concurrency 1: keyed state must be handled in partition order (faust-streaming #606)
-    @app.agent(app.topic(pipeline.source, pipeline.ticks, partitions=parts), concurrency=1, name=pipeline.name)
-    async def process(stream: Any) -> AsyncIterator[None]:
-        # take_events acknowledges a batch when the handler asks for the next one, and also when
-        # the handler raises: so nothing may raise out of here (see `fail`)
-        async for events in stream.take_events(s.worker_batch_max, within=s.worker_batch_window_s):
-            m.BATCH_EVENTS.observe(len(events))
-            batch = asyncio.ensure_future(runner.handle([FaustRecord(e) for e in events], time.time()))
+    # Subscribed through Faust's conductor; the consumer hands the fetched records to the inbox
+    # (see `processors.inbox`), which one task drains: keyed state is handled in partition order.
+    app.topics.add(app.topic(pipeline.source, pipeline.ticks, partitions=parts))
+    inbox: Inbox[Any] = Inbox(capacity=4 * s.worker_batch_max)
+    app.inboxes[pipeline.source] = app.inboxes[pipeline.ticks] = inbox
+    guard = ClearedByRebalance(inbox, app.flow_control)
+    app.flow_guards.append(guard)  # Faust's flow control holds its queues weakly
+    app.flow_control.manage_queue(guard)
+
+    # what keeps the batches contiguous per partition (see `processors.read_order`)
+    order: ReadOrder[Any] = ReadOrder()
+    rereads: set[asyncio.Task[None]] = set()
+
+    def on_gap(gap: Gap[Any]) -> None:
+        if gap.absent:
+            log.error("%s: %s offsets %d-%d never arrived, read again %d times: taken as absent", pipeline.name,
+                      gap.partition, gap.expected, gap.seen - 1, order.rereads_max)
+            return
+        m.REREADS.labels(pipeline.name).inc()
+        log.warning("%s: %s expected offset %d, got %d: reading it again from %d", pipeline.name, gap.partition,
+                    gap.expected, gap.seen, gap.expected)
+        task = asyncio.ensure_future(reread(gap, order.generation))
+        rereads.add(task)
+        task.add_done_callback(rereads.discard)
+
+    async def reread(gap: Gap[Any], generation: int | None) -> None:
+        tp = gap.partition
+        try:
+            earliest = (await app.consumer.earliest_offsets(tp)).get(tp) or 0
+            if order.generation != generation or order.next_offset(tp) != gap.expected:
+                return  # a rebalance meanwhile: the positions were set again
+            start = max(gap.expected, earliest)  # retention may have deleted them since
+            inbox.discard(lambda run: bool(run) and run[0].tp == tp)
+            await app.consumer.seek(tp, start)
+            order.reread(tp, start)
+        except Exception as error:
+            log.warning("%s: could not read %s again from %d (%r); trying again at its next record",
+                        pipeline.name, tp, gap.expected, error)
+            order.unblock(tp)
+
+    async def drain() -> None:
+        consumer = app.consumer
+        unacked = consumer.unacked
+        while True:
+            messages = await inbox.take(s.worker_batch_max, s.worker_batch_window_s)
+            # Not while the flow is stopped (a rebalance, or the tables' first recovery, during
+            # which the consumer already reads): wait for it. Faust's stream skips such records
+            # and acknowledges them, which commits past records never handled (a new group's
+            # first rebalance lost ~10% of a backlog that way). Then a record fetched under an
+            # earlier assignment is not handled: the new assignment reads again from the commit.
+            while not app.flow_control.is_active():
+                await app.flow_control.acquire()
+            generation = app.consumer_generation_id
+            fresh, gaps = order.admit([msg for msg in messages if msg.generation_id == generation], _where,
+                                      generation)
+            for gap in gaps:
+                on_gap(gap)
+            if not fresh:
+                continue
+            for msg in fresh:  # pending acknowledgement: a rebalance or a stop waits for them
+                msg.tracked = True
+                unacked.add(msg)
+            m.BATCH_EVENTS.observe(len(fresh))
+            batch = asyncio.ensure_future(runner.handle([FaustRecord(msg) for msg in fresh], time.time()))
             try:
                 await asyncio.shield(batch)
             except asyncio.CancelledError:
-                # the worker is stopping, and the batch would be acknowledged on the way out: let
-                # its delivery finish first, or leave without acknowledging anything
+                # the worker is stopping: let the batch's delivery finish and acknowledge it, or
+                # leave without acknowledging anything
                 await stopping(pipeline.name, batch)
+                ack_all(consumer, fresh)
                 raise
             except BaseException as error:
                 fail(pipeline.name, error)
-            yield None
+            ack_all(consumer, fresh)
+
+    async def process() -> None:
+        try:
+            await drain()
+        except asyncio.CancelledError:
+            raise
+        except BaseException as error:  # a worker alive but no longer handling its input is worse
+            fail(pipeline.name, error)
+
+    app.task(process)
 
     async def send_ticks() -> None:
         # in bulk, like the outputs (Faust's per-message send costs ~100 µs a tick); keyed like
@@ -480,9 +559,16 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
 
     @table.on_recover
     async def rebuild() -> None:
-        # the offsets the source resumes from (Faust seeks to them too, right after this callback)
+        # The offsets the source and ticks resume from (Faust seeks to them too, right after this
+        # callback): the committed ones, or the log's first for a partition never committed.
+        generation = app.consumer_generation_id
         committed = await app.consumer.seek_to_committed()
-        runner.recovered({tp.partition: offset for tp, offset in committed.items() if tp.topic == pipeline.source})
+        mine = {tp: offset for tp, offset in committed.items() if tp.topic in (pipeline.source, pipeline.ticks)}
+        new = [tp for tp, offset in mine.items() if offset is None]
+        earliest = await app.consumer.earliest_offsets(*new) if new else {}
+        positions = {tp: offset if offset is not None else earliest.get(tp) or 0 for tp, offset in mine.items()}
+        order.start(generation, positions)
+        runner.recovered({tp.partition: offset for tp, offset in positions.items() if tp.topic == pipeline.source})
 
     async def report_lag() -> None:
         for tp in app.assignor.assigned_actives():
@@ -494,6 +580,36 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
 
     app.timer(interval=5.0, name=f"lag_{pipeline.name}")(survives(f"lag_{pipeline.name}", report_lag))
     return runner
+
+
+def _where(message: Any) -> tuple[Any, int]:
+    return message.tp, message.offset
+
+
+class ClearedByRebalance:
+    """Empties an inbox when a rebalance stops the flow (its records are then read again from the
+    committed offsets, by whichever worker owns them next).
+
+    Faust's flow control clears its queues then, and again each time the flow resumes, which its
+    table recovery does more than once and not only after a seek: records cleared while the
+    consumer reads on would never be read again (the commit would be held at the first of them,
+    or, for a partition never committed, go past them). So a clear while the flow is active is
+    ignored: what the inbox holds then was read under the current assignment and will be handled.
+    """
+
+    def __init__(self, inbox: Inbox[Any], flow: Any) -> None:
+        self.inbox = inbox
+        self.flow = flow
+
+    def clear(self) -> None:
+        if not self.flow.is_active():
+            self.inbox.clear()
+
+
+def ack_all(consumer: Any, messages: Sequence[Any]) -> None:
+    ack = consumer.ack
+    for msg in messages:
+        ack(msg)
 
 
 async def stopping(pipeline: str, batch: asyncio.Future[None], wait_s: float = 15.0) -> None:

@@ -42,6 +42,8 @@ LATE_ATTEMPTS = Counter("ivr_worker_late_attempts_total",
 LATE_CALLS = Counter("ivr_worker_late_calls_total",
                      "Calls that reached an app window after its final record (reported, not counted)",
                      registry=REGISTRY)
+REREADS = Counter("ivr_worker_rereads_total", "Source partitions read again after records went missing "
+                  "between the fetch and the pipeline (see processors.read_order)", ["pipeline"], registry=REGISTRY)
 TIMER_ERRORS = Counter("ivr_worker_timer_errors_total", "Timer runs that failed (logged; retried next interval)",
                        ["timer"], registry=REGISTRY)
 BATCH_EVENTS = Histogram("ivr_worker_batch_events", "Input events per batch an agent handled", registry=REGISTRY,

@@ -8,11 +8,13 @@ from typing import Any
 
 import faust
 import pytest
+from aiokafka.structs import ConsumerRecord
 from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from faust.types.tuples import Message
 
 from processors.faust_consumer import SafeConsumer, SafeTransport
+from processors.inbox import Inbox
 
 SRC = TP("src", 0)
 
@@ -106,3 +108,63 @@ def test_offsets_read_again_and_again_in_vain_are_taken_as_absent(consumer: Safe
     assert [consumer._new_offset(SRC) for _ in range(3)] == [None, None, None]  # held, re-read twice
     assert consumer._new_offset(SRC) == 220  # 208-209 never arrive: no longer held
     consumer.loop.run_until_complete(asyncio.sleep(0.01))  # the re-reads scheduled
+
+
+# --- the fetch loop's hand-over to the pipelines' inboxes ------------------------------------------
+
+OTHER = TP("other", 0)
+
+
+def fetched(tp: TP, offsets: list[int]) -> list[ConsumerRecord[bytes, bytes]]:
+    return [ConsumerRecord(tp.topic, tp.partition, o, 0, 0, b"k", b"v", None, 1, 1, ()) for o in offsets]
+
+
+def drain(c: SafeConsumer, fetches: list[dict[TP, list[Any]]]) -> list[Any]:
+    """Run the fetch loop over `fetches` (one per round); what reached Faust's per-message callback."""
+    delivered: list[Any] = []
+    rounds = iter(fetches)
+
+    async def callback(message: Any) -> None:
+        delivered.append(message)
+
+    async def next_records(timeout: float) -> tuple[dict[TP, list[Any]] | None, set[TP] | None]:  # noqa: ASYNC109
+        try:
+            return next(rounds), None
+        except StopIteration:
+            c._stopped.set()
+            return None, None
+
+    class Fetcher:
+        _stopped = asyncio.Event()
+
+    c.callback = callback
+    c._wait_next_records = next_records  # type: ignore[method-assign]
+    asyncio.get_event_loop().run_until_complete(c._drain_messages(Fetcher()))
+    return delivered
+
+
+def test_a_partitions_fetched_run_reaches_its_inbox_in_one_piece(consumer: SafeConsumer) -> None:
+    inbox: Inbox[Any] = Inbox(capacity=100)
+    consumer.inboxes[SRC.topic] = inbox
+    consumer.app.topics.acking_topics.add(OTHER.topic)
+    others = drain(consumer, [{SRC: fetched(SRC, [5, 6, 7]), OTHER: fetched(OTHER, [1, 2])},
+                              {SRC: fetched(SRC, [6, 8, 11])}])  # 6 again (dropped); 9-10 missing (a gap)
+    taken = inbox.take_nowait(100)
+    assert [m.offset for m in taken] == [5, 6, 7, 8, 11]
+    assert all(m.generation_id == 4 and m.tp == SRC for m in taken)
+    assert [m.offset for m in others] == [1, 2]  # other topics: one by one to Faust's conductor
+    assert consumer._read_offset[SRC] == 11 and consumer._read_offset[OTHER] == 2
+    assert consumer._gap[SRC].overlaps_point(9) and consumer._gap[SRC].overlaps_point(10)
+    assert not consumer._gap[SRC].overlaps_point(8)
+
+
+def test_nothing_is_handed_over_while_the_flow_is_stopped(consumer: SafeConsumer) -> None:
+    inbox: Inbox[Any] = Inbox(capacity=100)
+    consumer.inboxes[SRC.topic] = inbox
+    consumer.flow_active = False  # a rebalance began after the fetch
+
+    async def no_seek() -> None: ...
+
+    consumer.perform_seek = no_seek  # type: ignore[method-assign]
+    drain(consumer, [{SRC: fetched(SRC, [5, 6])}])
+    assert len(inbox) == 0 and consumer._read_offset[SRC] is None
