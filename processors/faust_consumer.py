@@ -125,11 +125,9 @@ class SafeConsumer(Consumer):
                     # fetched for an assignment that is over: stamped with the new generation they
                     # would pass for records of the new one, from positions it never sought
                     continue
-                if not self.flow_active:  # stopped by a rebalance since the fetch: read again from the commit
-                    try:
-                        await self.perform_seek()
-                    except Exception as e:
-                        log.warning("seek to the committed offsets failed while the flow is stopped: %r", e)
+                if not self.flow_active:
+                    # stopped by a rebalance since the fetch: after it Faust seeks every partition to
+                    # its commit, and a pipeline reads again a partition it finds records missing in
                     continue
                 generation = self.app.consumer_generation_id
                 for tp, fetched in records.items():

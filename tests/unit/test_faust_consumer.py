@@ -163,8 +163,5 @@ def test_nothing_is_handed_over_while_the_flow_is_stopped(consumer: SafeConsumer
     consumer.inboxes[SRC.topic] = inbox
     consumer.flow_active = False  # a rebalance began after the fetch
 
-    async def no_seek() -> None: ...
-
-    consumer.perform_seek = no_seek  # type: ignore[method-assign]
     drain(consumer, [{SRC: fetched(SRC, [5, 6])}])
     assert len(inbox) == 0 and consumer._read_offset[SRC] is None
