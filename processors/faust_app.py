@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import io
+import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +19,8 @@ from processors.batched_table import BatchedTable
 from processors.faust_consumer import SafeTransport
 from processors.inbox import Inbox
 from processors.output_producer import OutputProducer
+
+log = logging.getLogger("processors.app")
 
 # the topic Faust's partition assignor elects its leader with (one partition)
 LEADER_TOPIC = "__assignor-__leader"
@@ -77,6 +83,8 @@ class IvrApp(faust.App):
         leader = TopicSpec(f"{self.conf.id}-{LEADER_TOPIC}", (("cleanup.policy", "compact"),), prefixed=False,
                            partitions=1)
         await ensure_topics(self.ivr_settings, extra=(*changelogs, leader))
+        # `kill -USR1 <pid>`: every task of the worker's event loop, with its stack, to the log
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_tasks)
         await super().on_first_start()
 
     async def on_shutdown(self) -> None:
@@ -136,3 +144,11 @@ def create_app(settings: Settings) -> IvrApp:
         logging_config=None,
         monitor=LightMonitor(),
     )
+
+
+def log_tasks() -> None:
+    tasks = asyncio.all_tasks()
+    for task in tasks:
+        stack = io.StringIO()
+        task.print_stack(limit=12, file=stack)
+        log.warning("task %s (%d in all):\n%s", task.get_name(), len(tasks), stack.getvalue())
