@@ -84,7 +84,7 @@ class IvrApp(faust.App):
                            partitions=1)
         await ensure_topics(self.ivr_settings, extra=(*changelogs, leader))
         # `kill -USR1 <pid>`: every task of the worker's event loop, with its stack, to the log
-        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_tasks)
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_tasks, self)
         await super().on_first_start()
 
     async def on_shutdown(self) -> None:
@@ -146,9 +146,14 @@ def create_app(settings: Settings) -> IvrApp:
     )
 
 
-def log_tasks() -> None:
+def log_tasks(app: IvrApp) -> None:
     tasks = asyncio.all_tasks()
     for task in tasks:
         stack = io.StringIO()
         task.print_stack(limit=12, file=stack)
         log.warning("task %s (%d in all):\n%s", task.get_name(), len(tasks), stack.getvalue())
+    consumer: Any = app.consumer
+    log.warning("flow: consumer %s, app %s; generation %s; inboxes %s; read offsets %s; paused %s; assigned %s",
+                consumer.flow_active, app.flow_control.is_active(), app.consumer_generation_id,
+                {t: len(i) for t, i in app.inboxes.items()}, dict(consumer._read_offset),
+                sorted(consumer._paused_partitions), sorted(consumer.assignment()))
