@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import signal
 from pathlib import Path
@@ -149,11 +148,20 @@ def create_app(settings: Settings) -> IvrApp:
 def log_tasks(app: IvrApp) -> None:
     tasks = asyncio.all_tasks()
     for task in tasks:
-        stack = io.StringIO()
-        task.print_stack(limit=12, file=stack)
-        log.warning("task %s (%d in all):\n%s", task.get_name(), len(tasks), stack.getvalue())
+        log.warning("task %s (%d in all):\n%s", task.get_name(), len(tasks), "\n".join(awaiting(task.get_coro())))
     consumer: Any = app.consumer
     log.warning("flow: consumer %s, app %s; generation %s; inboxes %s; read offsets %s; paused %s; assigned %s",
                 consumer.flow_active, app.flow_control.is_active(), app.consumer_generation_id,
                 {t: len(i) for t, i in app.inboxes.items()}, dict(consumer._read_offset),
                 sorted(consumer._paused_partitions), sorted(consumer.assignment()))
+
+
+def awaiting(coro: Any) -> list[str]:
+    """Where a coroutine waits: each frame down its chain of awaits (a task's stack shows only its top)."""
+    lines: list[str] = []
+    while coro is not None and len(lines) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return lines
