@@ -164,4 +164,7 @@ def awaiting(coro: Any) -> list[str]:
         if frame is not None:
             lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if isinstance(coro, asyncio.Task):  # awaiting another task: go on down its chain
+            lines.append(f"  (task {coro.get_name()})")
+            coro = coro.get_coro()
     return lines
