@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +17,8 @@ from config.topics import TopicSpec, ensure_topics
 from processors.batched_table import BatchedTable
 from processors.faust_consumer import SafeTransport
 from processors.output_producer import OutputProducer
+
+log = logging.getLogger("processors.app")
 
 # the topic Faust's partition assignor elects its leader with (one partition)
 LEADER_TOPIC = "__assignor-__leader"
@@ -73,6 +78,8 @@ class IvrApp(faust.App):
         leader = TopicSpec(f"{self.conf.id}-{LEADER_TOPIC}", (("cleanup.policy", "compact"),), prefixed=False,
                            partitions=1)
         await ensure_topics(self.ivr_settings, extra=(*changelogs, leader))
+        # `kill -USR1 <pid>`: every task of the worker's event loop, with its stack, to the log
+        asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_tasks, self)
         await super().on_first_start()
 
     async def on_shutdown(self) -> None:
@@ -132,3 +139,28 @@ def create_app(settings: Settings) -> IvrApp:
         logging_config=None,
         monitor=LightMonitor(),
     )
+
+
+def log_tasks(app: IvrApp) -> None:
+    """Where a worker waits: each task's stack, and the consumer's flow and partitions."""
+    tasks = asyncio.all_tasks()
+    for task in tasks:
+        log.warning("task %s (%d in all):\n%s", task.get_name(), len(tasks), "\n".join(awaiting(task.get_coro())))
+    consumer: Any = app.consumer
+    log.warning("flow: consumer %s, app %s; generation %s; read offsets %s; paused %s; assigned %s",
+                consumer.flow_active, app.flow_control.is_active(), app.consumer_generation_id,
+                dict(consumer._read_offset), sorted(consumer._paused_partitions), sorted(consumer.assignment()))
+
+
+def awaiting(coro: Any) -> list[str]:
+    """Where a coroutine waits: each frame down its chain of awaits (a task's stack shows only its top)."""
+    lines: list[str] = []
+    while coro is not None and len(lines) < 40:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "ag_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is not None:
+            lines.append(f"  {frame.f_code.co_filename}:{frame.f_lineno} {frame.f_code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "ag_await", None) or getattr(coro, "gi_yieldfrom", None)
+        if isinstance(coro, asyncio.Task):  # awaiting another task: go on down its chain
+            lines.append(f"  (task {coro.get_name()})")
+            coro = coro.get_coro()
+    return lines
