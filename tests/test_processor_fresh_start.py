@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,14 @@ def test_fresh_workers_on_fresh_prefixes_start_cleanly_and_emit(kafka: KafkaBrok
                     got = read_all(kafka.bootstrap, f"{env['TOPIC_PREFIX']}{topic}", settle=0.5)
         for w in workers:
             assert w.alive()
+        # `kill -USR1`: the worker logs where it waits (each task's stack), and goes on
+        assert workers[0].proc is not None
+        workers[0].proc.send_signal(signal.SIGUSR1)
+        deadline = time.monotonic() + 10
+        while "flow: consumer True, app True" not in workers[0].log():
+            assert time.monotonic() < deadline, workers[0].log()[-3000:]
+            time.sleep(0.2)
+        assert "_drain_messages" in workers[0].log() and workers[0].alive()
     finally:
         for w in workers:
             w.stop()
