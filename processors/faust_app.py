@@ -149,6 +149,19 @@ def log_tasks(app: IvrApp) -> None:
     tasks = asyncio.all_tasks()
     for task in tasks:
         log.warning("task %s (%d in all):\n%s", task.get_name(), len(tasks), "\n".join(awaiting(task.get_coro())))
+    # the consumer's own thread and loop (aiokafka's fetcher and group coordinator run there);
+    # read from this thread: a diagnostic, a task list that changes meanwhile is retried
+    thread_loop = getattr(getattr(app.consumer, "_thread", None), "thread_loop", None)
+    if thread_loop is not None:
+        for _ in range(3):
+            try:
+                theirs = list(asyncio.all_tasks(thread_loop))
+                break
+            except RuntimeError:
+                theirs = []
+        for task in theirs:
+            log.warning("consumer-thread task %s (%d in all):\n%s", task.get_name(), len(theirs),
+                        "\n".join(awaiting(task.get_coro())))
     consumer: Any = app.consumer
     log.warning("flow: consumer %s, app %s; generation %s; inboxes %s; read offsets %s; paused %s; assigned %s",
                 consumer.flow_active, app.flow_control.is_active(), app.consumer_generation_id,
