@@ -15,7 +15,7 @@ from config import kafka_client
 from config.settings import Settings
 from config.topics import TopicSpec, ensure_topics
 from processors.batched_table import BatchedTable
-from processors.faust_consumer import SafeTransport
+from processors.faust_consumer import SafeConsumer, SafeTransport
 from processors.output_producer import OutputProducer
 
 log = logging.getLogger("processors.app")
@@ -146,10 +146,9 @@ def log_tasks(app: IvrApp) -> None:
     tasks = asyncio.all_tasks()
     for task in tasks:
         log.warning("task %s (%d in all):\n%s", task.get_name(), len(tasks), "\n".join(awaiting(task.get_coro())))
-    consumer: Any = app.consumer
-    log.warning("flow: consumer %s, app %s; generation %s; read offsets %s; paused %s; assigned %s",
-                consumer.flow_active, app.flow_control.is_active(), app.consumer_generation_id,
-                dict(consumer._read_offset), sorted(consumer._paused_partitions), sorted(consumer.assignment()))
+    consumer = app.consumer
+    if isinstance(consumer, SafeConsumer):
+        log.warning("%s", consumer.describe())
 
 
 def awaiting(coro: Any) -> list[str]:

@@ -85,6 +85,12 @@ class SafeConsumer(Consumer):
         self._held.pop(tp, None)
         return super()._new_offset(tp)  # type: ignore[no-any-return]
 
+    def describe(self) -> str:
+        """The consumer's state for a diagnostic dump (see `faust_app.log_tasks`)."""
+        return (f"flow: consumer {self.flow_active}, app {self.app.flow_control.is_active()}; generation "
+                f"{self.app.consumer_generation_id}; read offsets {dict(self._read_offset)}; paused "
+                f"{sorted(self._paused_partitions)}; assigned {sorted(self.assignment())}")
+
     async def _rewind(self, tp: Any, offset: int) -> None:
         try:
             if tp in self.assignment() and self._committed_offset[tp] == offset:
