@@ -15,7 +15,7 @@ from config import kafka_client
 from config.settings import Settings
 from config.topics import TopicSpec, ensure_topics
 from processors.batched_table import BatchedTable
-from processors.faust_consumer import SafeTransport
+from processors.faust_consumer import SafeConsumer, SafeTransport
 from processors.inbox import Inbox
 from processors.output_producer import OutputProducer
 
@@ -149,24 +149,16 @@ def log_tasks(app: IvrApp) -> None:
     tasks = asyncio.all_tasks()
     for task in tasks:
         log.warning("task %s (%d in all):\n%s", task.get_name(), len(tasks), "\n".join(awaiting(task.get_coro())))
-    # the consumer's own thread and loop (aiokafka's fetcher and group coordinator run there);
-    # read from this thread: a diagnostic, a task list that changes meanwhile is retried
-    thread_loop = getattr(getattr(app.consumer, "_thread", None), "thread_loop", None)
-    if thread_loop is not None:
-        for _ in range(3):
-            try:
-                theirs = list(asyncio.all_tasks(thread_loop))
-                break
-            except RuntimeError:
-                theirs = []
+    consumer = app.consumer
+    if isinstance(consumer, SafeConsumer):
+        # the consumer's own thread and loop (aiokafka's fetcher and group coordinator run there)
+        theirs = consumer.thread_tasks()
         for task in theirs:
             log.warning("consumer-thread task %s (%d in all):\n%s", task.get_name(), len(theirs),
                         "\n".join(awaiting(task.get_coro())))
-    consumer: Any = app.consumer
-    log.warning("flow: consumer %s, app %s; generation %s; inboxes %s; read offsets %s; paused %s; assigned %s",
-                consumer.flow_active, app.flow_control.is_active(), app.consumer_generation_id,
-                {t: len(i) for t, i in app.inboxes.items()}, dict(consumer._read_offset),
-                sorted(consumer._paused_partitions), sorted(consumer.assignment()))
+        log.warning("%s; inboxes %s", consumer.describe(), {t: len(i) for t, i in app.inboxes.items()})
+        for line in consumer.fetch_state():
+            log.warning("fetch: %s", line)
 
 
 def awaiting(coro: Any) -> list[str]:

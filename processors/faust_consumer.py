@@ -96,6 +96,48 @@ class SafeConsumer(Consumer):
         self._held.pop(tp, None)
         return super()._new_offset(tp)  # type: ignore[no-any-return]
 
+    def describe(self) -> str:
+        """The consumer's state for a diagnostic dump (see `faust_app.log_tasks`)."""
+        return (f"flow: consumer {self.flow_active}, app {self.app.flow_control.is_active()}; generation "
+                f"{self.app.consumer_generation_id}; read offsets {dict(self._read_offset)}; paused "
+                f"{sorted(self._paused_partitions)}; assigned {sorted(self.assignment())}")
+
+    def thread_tasks(self) -> list[asyncio.Task[Any]]:
+        """The tasks of the consumer thread's loop, read from outside it (a diagnostic: a task set
+        that changes while it is read is read again)."""
+        thread_loop = getattr(getattr(self, "_thread", None), "thread_loop", None)
+        for _ in range(3):
+            try:
+                return list(asyncio.all_tasks(thread_loop)) if thread_loop is not None else []
+            except RuntimeError:
+                continue
+        return []
+
+    def fetch_state(self) -> list[str]:
+        """Per assigned partition, aiokafka's fetch position and state and whether Faust asks for it."""
+        client = getattr(getattr(self, "_thread", None), "_consumer", None)
+        if client is None:
+            return []
+        fetcher = client._fetcher
+        assignment = client._subscription.subscription.assignment if client._subscription.subscription else None
+        if assignment is None:
+            return ["no assignment"]
+        active = self._active_partitions
+        lines = []
+        for tp in sorted(assignment.tps):
+            state = assignment.state_value(tp)
+            buffered = fetcher._records.get(tp)
+            records = getattr(buffered, "_partition_records", None)
+            held = (f"{type(buffered).__name__} next {getattr(records, 'next_fetch_offset', None)} backoff "
+                    f"{buffered.calculate_backoff():.2f}") if buffered is not None else None
+            lines.append(f"{tp.topic}[{tp.partition}] position "
+                         f"{state._position} reset {state._reset_strategy} paused {state.paused} "
+                         f"buffered {held} faust-active {active is not None and tp in active} "
+                         f"read {self._read_offset.get(tp)} committed {self._committed_offset.get(tp)}")
+        lines.append(f"in flight {sorted(fetcher._in_flight)}; fetch task done "
+                     f"{fetcher._fetch_task.done() if fetcher._fetch_task else None}")
+        return lines
+
     async def _rewind(self, tp: Any, offset: int) -> None:
         try:
             if tp in self.assignment() and self._committed_offset[tp] == offset:
