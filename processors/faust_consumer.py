@@ -19,9 +19,18 @@ the stream: the partition is then read again from the commit.
 
 It also hands the records of the pipelines' topics over in bulk: each partition's fetched run
 goes to its pipeline's `Inbox` in one call (see `processors.inbox` for what that saves), not
-message by message through Faust's conductor and stream. Everything else Faust's fetch loop does
-is kept: the read offsets and gaps, periodic commits, the flow stopped by a rebalance (a put
-waiting for room gives way to it), and records of other topics go to Faust's conductor as before.
+message by message through Faust's conductor and stream. Records of other topics (the tables'
+changelogs) go to Faust's conductor as before.
+
+aiokafka moves a partition's position past records as it returns them, so a fetched run that is
+not handed over must be read again, or no one ever reads it. The fetch loop therefore never just
+drops a run: one fetched while the flow stopped for a rebalance (or its partition paused, or its
+hand-over given up for a rebalance) is sought back to its first offset; one whose partition was
+sought meanwhile (a rebalance, a table's recovery, a re-read) is dropped, as the seek decides where
+reading goes on. Whether it was sought shows in aiokafka's position: the position right after the
+fetch, taken in the consumer's thread, against the position at hand-over. (Dropping every run
+whose fetch spanned a rebalance, as this loop once did, left a table's recovery waiting forever
+for the changelog records it had sought to and never got.)
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ import time
 from typing import Any
 
 from faust.transport.consumer import CONSUMER_FETCHING
-from faust.transport.drivers.aiokafka import Consumer, Transport
+from faust.transport.drivers.aiokafka import AIOKafkaConsumerThread, Consumer, Transport
 from mode.utils.futures import notify
 
 from processors.inbox import Inbox
@@ -102,6 +111,36 @@ class SafeConsumer(Consumer):
                 f"{self.app.consumer_generation_id}; read offsets {dict(self._read_offset)}; paused "
                 f"{sorted(self._paused_partitions)}; assigned {sorted(self.assignment())}")
 
+    async def _hand_over(self, inbox: Inbox[Any] | None, run: list[Any]) -> int | None:
+        """Hand `run` to its pipeline's inbox, or message by message to Faust's conductor; the offset
+        of the first message not handed over when a rebalance suspends the flow (None: all were)."""
+        if inbox is not None:
+            put = inbox.put(run)
+            return None if put in (await self.wait_first(put, self.suspend_flow.wait())).done else run[0].offset
+        for message in run:
+            delivered = self.callback(message)
+            if delivered not in (await self.wait_first(delivered, self.suspend_flow.wait())).done:
+                return int(message.offset)
+        return None
+
+    def _new_consumer_thread(self) -> SafeConsumerThread:
+        return SafeConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    def _position(self, tp: Any) -> int | None:
+        """aiokafka's fetch position of `tp` now (None: not assigned, or no position yet)."""
+        return fetch_position(getattr(self._thread, "_consumer", None), tp)
+
+    def _sought_since(self, tp: Any, position_after_fetch: int | None) -> bool:
+        """Whether `tp` was sought (or reassigned) after its records were fetched."""
+        return position_after_fetch is None or self._position(tp) != position_after_fetch
+
+    async def _unread(self, tp: Any, offset: int) -> None:
+        """Fetched records not handed over: read them again from `offset` (their position moved on)."""
+        try:
+            await self.seek(tp, offset)
+        except Exception as e:  # revoked meanwhile: its next owner reads from the commit
+            log.info("could not read %s again from %d: %r", tp, offset, e)
+
     def thread_tasks(self) -> list[asyncio.Task[Any]]:
         """The tasks of the consumer thread's loop, read from outside it (a diagnostic: a task set
         that changes while it is read is read again)."""
@@ -147,7 +186,6 @@ class SafeConsumer(Consumer):
 
     async def _drain_messages(self, fetcher: Any) -> None:
         """Faust's fetch loop (`Consumer._drain_messages`), handing a partition's run to its inbox at once."""
-        callback = self.callback
         inboxes = self.inboxes
         consumer_should_stop = self._stopped.is_set
         fetcher_should_stop = fetcher._stopped.is_set
@@ -158,24 +196,20 @@ class SafeConsumer(Consumer):
         try:
             while not (consumer_should_stop() or fetcher_should_stop()):
                 self.diag.set_flag(CONSUMER_FETCHING)
-                fetched_in = self.app.consumer_generation_id
                 records, active = await self._wait_next_records(1.0)
                 await asyncio.sleep(0)  # as Faust's loop: let other tasks in between fetches
                 if records is None or self.should_stop:
                     continue
-                if self.app.consumer_generation_id != fetched_in:
-                    # fetched for an assignment that is over: stamped with the new generation they
-                    # would pass for records of the new one, from positions it never sought
-                    continue
-                if not self.flow_active:
-                    # stopped by a rebalance since the fetch: after it Faust seeks every partition to
-                    # its commit, and a pipeline reads again a partition it finds records missing in
-                    continue
-                generation = self.app.consumer_generation_id
+                positions: dict[Any, int | None] = getattr(records, "positions", {})
                 for tp, fetched in records.items():
-                    if not self.flow_active or self.app.consumer_generation_id != generation:
-                        break  # a rebalance began: these records are read again after it
-                    if active is not None and tp not in active and tp not in self._buffered_partitions:
+                    if not fetched or self._sought_since(tp, positions.get(tp)):
+                        # sought since the fetch (a rebalance, a recovery, a re-read): these records
+                        # are from before it, and whoever sought reads on from the new position
+                        continue
+                    if not self.flow_active or (active is not None and tp not in active
+                                                and tp not in self._buffered_partitions):
+                        # a rebalance began, or the partition was paused, since the fetch
+                        await self._unread(tp, fetched[0].offset)
                         continue
                     read = before = read_offsets[tp]
                     run = []
@@ -192,13 +226,15 @@ class SafeConsumer(Consumer):
                         self._n_acked = 0
                         await self.commit()
                     inbox = inboxes.get(tp.topic)
-                    if inbox is None:
-                        for message in run:
-                            await self.wait_first(callback(message), self.suspend_flow.wait())
-                    elif inbox.has_room() and not self.suspend_flow.is_set():
+                    if inbox is not None and inbox.has_room() and not self.suspend_flow.is_set():
                         inbox.put_nowait(run)
                     else:
-                        await self.wait_first(inbox.put(run), self.suspend_flow.wait())
+                        # waits for room (or, for other topics, for Faust's conductor), giving way to a
+                        # rebalance: what was not handed over then is read again
+                        undelivered = await self._hand_over(inbox, run)
+                        if undelivered is not None:
+                            await self._unread(tp, undelivered)
+                            continue
                     if read_offsets[tp] == before:  # else sought meanwhile: read on from the new position
                         read_offsets[tp] = read
                 self.diag.unset_flag(CONSUMER_FETCHING)
@@ -217,6 +253,33 @@ class SafeConsumer(Consumer):
             raise
         finally:
             self.diag.unset_flag(CONSUMER_FETCHING)
+
+
+def fetch_position(client: Any, tp: Any) -> int | None:
+    """aiokafka's position for `tp`: the offset its next fetch starts at (None: not assigned, or
+    not known yet). A plain read of the consumer's state, safe from either thread."""
+    subscription = client._subscription.subscription if client is not None else None
+    assignment = subscription.assignment if subscription is not None else None
+    if assignment is None or tp not in assignment.tps:
+        return None
+    position: int | None = assignment.state_value(tp)._position
+    return position
+
+
+class Fetched(dict[Any, list[Any]]):
+    """A fetch's records by partition, with each partition's position right after them (read in
+    the consumer's thread as it returns them): a position that differs later means a seek."""
+
+    positions: dict[Any, int | None]
+
+
+class SafeConsumerThread(AIOKafkaConsumerThread):
+    async def _fetch_records(self, consumer: Any, active_partitions: Any, timeout: float | None = None,  # noqa: ASYNC109
+                             max_records: int | None = None) -> Fetched:
+        records = Fetched(await super()._fetch_records(consumer, active_partitions, timeout=timeout,
+                                                       max_records=max_records))
+        records.positions = {tp: fetch_position(consumer, tp) for tp in records}
+        return records
 
 
 class SafeTransport(Transport):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import faust
@@ -13,7 +13,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from faust.types.tuples import Message
 
-from processors.faust_consumer import SafeConsumer, SafeTransport
+from processors.faust_consumer import Fetched, SafeConsumer, SafeTransport
 from processors.inbox import Inbox
 
 SRC = TP("src", 0)
@@ -119,36 +119,52 @@ def fetched(tp: TP, offsets: list[int]) -> list[ConsumerRecord[bytes, bytes]]:
     return [ConsumerRecord(tp.topic, tp.partition, o, 0, 0, b"k", b"v", None, 1, 1, ()) for o in offsets]
 
 
-def drain(c: SafeConsumer, fetches: list[dict[TP, list[Any]]]) -> list[Any]:
-    """Run the fetch loop over `fetches` (one per round); what reached Faust's per-message callback."""
+def drain(c: SafeConsumer, fetches: list[dict[TP, list[Any]]],
+          sought: dict[TP, int] | None = None,
+          on_fetch: Callable[[], None] = lambda: None) -> tuple[list[Any], list[tuple[TP, int]]]:
+    """Run the fetch loop over `fetches` (one per round): what reached Faust's per-message callback,
+    and the seeks it made. aiokafka's position after each fetch is the last offset + 1, unless
+    `sought` moves a partition elsewhere between the fetch and the hand-over."""
     delivered: list[Any] = []
+    seeks: list[tuple[TP, int]] = []
     rounds = iter(fetches)
+    positions: dict[TP, int] = {}
 
     async def callback(message: Any) -> None:
         delivered.append(message)
 
     async def next_records(timeout: float) -> tuple[dict[TP, list[Any]] | None, set[TP] | None]:  # noqa: ASYNC109
         try:
-            return next(rounds), None
+            records = Fetched(next(rounds))
         except StopIteration:
             c._stopped.set()
             return None, None
+        records.positions = {tp: run[-1].offset + 1 for tp, run in records.items()}
+        positions.update(records.positions)
+        positions.update(sought or {})
+        on_fetch()
+        return records, None
+
+    async def seek(tp: TP, offset: int) -> None:
+        seeks.append((tp, offset))
 
     class Fetcher:
         _stopped = asyncio.Event()
 
     c.callback = callback
     c._wait_next_records = next_records  # type: ignore[method-assign]
+    c._position = positions.get  # type: ignore[method-assign,assignment]
+    c.seek = seek  # type: ignore[method-assign,assignment]
     asyncio.get_event_loop().run_until_complete(c._drain_messages(Fetcher()))
-    return delivered
+    return delivered, seeks
 
 
 def test_a_partitions_fetched_run_reaches_its_inbox_in_one_piece(consumer: SafeConsumer) -> None:
     inbox: Inbox[Any] = Inbox(capacity=100)
     consumer.inboxes[SRC.topic] = inbox
     consumer.app.topics.acking_topics.add(OTHER.topic)
-    others = drain(consumer, [{SRC: fetched(SRC, [5, 6, 7]), OTHER: fetched(OTHER, [1, 2])},
-                              {SRC: fetched(SRC, [6, 8, 11])}])  # 6 again (dropped); 9-10 missing (a gap)
+    others, seeks = drain(consumer, [{SRC: fetched(SRC, [5, 6, 7]), OTHER: fetched(OTHER, [1, 2])},
+                                     {SRC: fetched(SRC, [6, 8, 11])}])  # 6 again (dropped); 9-10 missing (a gap)
     taken = inbox.take_nowait(100)
     assert [m.offset for m in taken] == [5, 6, 7, 8, 11]
     assert all(m.generation_id == 4 and m.tp == SRC for m in taken)
@@ -156,12 +172,55 @@ def test_a_partitions_fetched_run_reaches_its_inbox_in_one_piece(consumer: SafeC
     assert consumer._read_offset[SRC] == 11 and consumer._read_offset[OTHER] == 2
     assert consumer._gap[SRC].overlaps_point(9) and consumer._gap[SRC].overlaps_point(10)
     assert not consumer._gap[SRC].overlaps_point(8)
+    assert seeks == []
 
 
-def test_nothing_is_handed_over_while_the_flow_is_stopped(consumer: SafeConsumer) -> None:
+def test_records_fetched_while_the_flow_stops_are_read_again(consumer: SafeConsumer) -> None:
     inbox: Inbox[Any] = Inbox(capacity=100)
     consumer.inboxes[SRC.topic] = inbox
     consumer.flow_active = False  # a rebalance began after the fetch
 
-    drain(consumer, [{SRC: fetched(SRC, [5, 6])}])
-    assert len(inbox) == 0 and consumer._read_offset[SRC] is None
+    others, seeks = drain(consumer, [{SRC: fetched(SRC, [5, 6]), OTHER: fetched(OTHER, [3])}])
+    assert len(inbox) == 0 and others == [] and consumer._read_offset[SRC] is None
+    # aiokafka's position has moved past them: put back, or no one would ever read them
+    assert seeks == [(SRC, 5), (OTHER, 3)]
+
+
+def test_records_of_a_partition_sought_since_the_fetch_are_dropped(consumer: SafeConsumer) -> None:
+    # e.g. a table's recovery sought its changelog partition back after these were fetched:
+    # the recovery reads on from its own position, these records are from before it
+    inbox: Inbox[Any] = Inbox(capacity=100)
+    consumer.inboxes[SRC.topic] = inbox
+    others, seeks = drain(consumer, [{SRC: fetched(SRC, [5, 6]), OTHER: fetched(OTHER, [3, 4])}],
+                          sought={OTHER: 0})
+    assert [m.offset for m in inbox.take_nowait(100)] == [5, 6]
+    assert others == [] and seeks == []
+
+
+def test_records_fetched_across_a_rebalance_are_handed_over(consumer: SafeConsumer) -> None:
+    # the fetch began before a rebalance and returned after it, from the positions the rebalance
+    # sought: the new generation's records, handed over (dropping them stalled a table's recovery)
+    inbox: Inbox[Any] = Inbox(capacity=100)
+    consumer.inboxes[SRC.topic] = inbox
+
+    def rebalanced() -> None:
+        consumer.app.consumer_generation_id = 5
+
+    _, seeks = drain(consumer, [{SRC: fetched(SRC, [40, 41])}], on_fetch=rebalanced)
+    assert [(m.offset, m.generation_id) for m in inbox.take_nowait(100)] == [(40, 5), (41, 5)]
+    assert seeks == []
+
+
+def test_a_run_waiting_for_room_when_the_flow_stops_is_read_again(consumer: SafeConsumer) -> None:
+    inbox: Inbox[Any] = Inbox(capacity=2)
+    consumer.inboxes[SRC.topic] = inbox
+
+    async def rebalance_soon() -> None:
+        await asyncio.sleep(0.05)
+        consumer.suspend_flow.set()
+
+    loop = asyncio.get_event_loop()
+    soon = loop.create_task(rebalance_soon())
+    _, seeks = drain(consumer, [{SRC: fetched(SRC, [1, 2])}, {SRC: fetched(SRC, [3, 4])}])
+    assert [m.offset for m in inbox.take_nowait(100)] == [1, 2]
+    assert seeks == [(SRC, 3)] and soon.done()
