@@ -5,16 +5,16 @@ writes the record's offset back to RocksDB from a delivery callback: ~80 µs a w
 writes per input event, the largest cost in the worker. This table keeps Faust's store, its
 changelog topic, recovery and standbys as they are, and changes how a write happens: it queues
 its changelog record (same topic, same partition, same bytes); the runtime hands the queue to
-`OutputProducer.send_all` after the batch's outputs (see `processors.runtime`) and, once it is
-delivered, the writes reach the local store with the persisted offsets, as Faust's callback would
-have recorded them.
+`OutputProducer.send_all` with the batch's outputs (see `processors.runtime`) and, once all of it
+is delivered, the writes reach the local store with the persisted offsets, as Faust's callback
+would have recorded them.
 
-So the local store is never ahead of the changelog, nor the changelog ahead of the outputs: a
-worker that dies mid-batch restarts (on the same disk or another) from a state that has not seen
-the batch, and the batch's replay emits its outputs again. (Written at once, as Faust does, the
-store would keep the batch's state while its outputs were lost, and the replay would find every
-event a duplicate.) Reads during a batch see the state from before it, which is what the
-runtime expects (it loads each key once per batch, and puts a failed record's keys back from it).
+So the local store is never ahead of the changelog, nor of the outputs: a worker that dies
+mid-batch and restarts on the same disk starts from a state that has not seen the batch, and the
+batch's replay emits its outputs again. (Written at once, as Faust does, the store would keep the
+batch's state while its outputs were lost, and the replay would find every event a duplicate.)
+Reads during a batch see the state from before it, which is what the runtime expects (it loads
+each key once per batch, and puts a failed record's keys back from it).
 """
 
 from __future__ import annotations

@@ -12,8 +12,8 @@ For each batch of source records (and ticks) the runtime
     the record's: the batch fails and is not acknowledged, see `fail`), the keys it touched are
     put back as they were before it (their earlier inputs of the batch are replayed), its
     outputs are dropped, the batch goes on;
-  * delivers every output and dead letter of the batch, then its changelog records (the
-    state after the outputs it caused: see `handle`), and only then lets the batch be
+  * delivers every output, dead letter and changelog record of the batch together (the local
+    store is written once they are acknowledged: see `handle`) and only then lets the batch be
     acknowledged; a delivery that cannot be made stops the worker
     (exit status 70) so that nothing is acknowledged past an undelivered output, and a worker
     asked to stop mid-batch first lets the batch's delivery finish (or exits the same way);
@@ -258,13 +258,14 @@ class Runner(Generic[S]):
         bundles = bundle(to_bundle, self.partitions)
         changelog = self.changelog()
         started = time.perf_counter()
-        # The outputs first, the state after them: a worker that dies between the two replays the
-        # batch onto the state before it and emits the outputs again (a duplicate downstream
-        # dedupes); state saved ahead of its outputs would make the replay a duplicate that emits
-        # nothing, and the outputs would be lost.
-        await self.deliver(plain, bundles)
+        # Outputs and changelog together, in one bulk send: a replay after a crash then finds the
+        # batch either wholly delivered (its events duplicates) or not at all (re-emitted from the
+        # state before it). The outputs first and the changelog after them was tried: a worker
+        # killed between the two left the batch's outputs out and its state not, and the replay,
+        # at a later wall-clock time, re-emitted those revisions with other content. The local
+        # store is written only once all of it is acknowledged (see `BatchedTable.delivered`).
+        offsets = await self.deliver(plain, [*bundles, *changelog])
         acked = time.time()
-        offsets = await self.deliver((), changelog) if changelog else {}
         if plain or bundles or changelog:
             m.DELIVER_SECONDS.observe(time.perf_counter() - started)
         if self.delivered is not None:
