@@ -9,10 +9,12 @@ its changelog record (same topic, same partition, same bytes); the runtime hands
 is delivered, the writes reach the local store with the persisted offsets, as Faust's callback
 would have recorded them.
 
-So the local store is never ahead of the changelog, nor of the outputs: a worker that dies
-mid-batch and restarts on the same disk starts from a state that has not seen the batch, and the
+So the local store is never ahead of the delivery: a worker that dies before its batch is
+delivered and restarts on the same disk starts from a state that has not seen the batch, and the
 batch's replay emits its outputs again. (Written at once, as Faust does, the store would keep the
 batch's state while its outputs were lost, and the replay would find every event a duplicate.)
+The send itself is not atomic: a worker killed mid-send can have part of the changelog delivered
+and outputs not (README "Delivery guarantee").
 Reads during a batch see the state from before it, which is what the runtime expects (it loads
 each key once per batch, and puts a failed record's keys back from it).
 """

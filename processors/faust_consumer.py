@@ -111,12 +111,20 @@ class SafeConsumer(Consumer):
                 f"{self.app.consumer_generation_id}; read offsets {dict(self._read_offset)}; paused "
                 f"{sorted(self._paused_partitions)}; assigned {sorted(self.assignment())}")
 
-    async def _hand_over(self, inbox: Inbox[Any] | None, run: list[Any]) -> int | None:
-        """Hand `run` to its pipeline's inbox, or message by message to Faust's conductor; the offset
-        of the first message not handed over when a rebalance suspends the flow (None: all were)."""
+    async def _hand_over(self, tp: Any, inbox: Inbox[Any] | None, run: list[Any], position: int | None) -> int | None:
+        """Hand `run` to its pipeline's inbox, or message by message to Faust's conductor, giving way
+        to a rebalance: the offset of the first message not handed over because the flow was
+        suspended (None: all were, or the partition was sought meanwhile, and the seek decides)."""
         if inbox is not None:
-            put = inbox.put(run)
-            return None if put in (await self.wait_first(put, self.suspend_flow.wait())).done else run[0].offset
+            while not inbox.has_room() or self.suspend_flow.is_set():
+                room = inbox.room()
+                if room not in (await self.wait_first(room, self.suspend_flow.wait())).done:
+                    return int(run[0].offset)
+            # the awaits above (and the caller's, for a gap or a commit) let a seek in: a re-read
+            # discards what the inbox holds of its partition, and this run must not follow it in
+            if not self._sought_since(tp, position):
+                inbox.put_nowait(run)
+            return None
         for message in run:
             delivered = self.callback(message)
             if delivered not in (await self.wait_first(delivered, self.suspend_flow.wait())).done:
@@ -225,16 +233,10 @@ class SafeConsumer(Consumer):
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
-                    inbox = inboxes.get(tp.topic)
-                    if inbox is not None and inbox.has_room() and not self.suspend_flow.is_set():
-                        inbox.put_nowait(run)
-                    else:
-                        # waits for room (or, for other topics, for Faust's conductor), giving way to a
-                        # rebalance: what was not handed over then is read again
-                        undelivered = await self._hand_over(inbox, run)
-                        if undelivered is not None:
-                            await self._unread(tp, undelivered)
-                            continue
+                    undelivered = await self._hand_over(tp, inboxes.get(tp.topic), run, positions.get(tp))
+                    if undelivered is not None:
+                        await self._unread(tp, undelivered)
+                        continue
                     if read_offsets[tp] == before:  # else sought meanwhile: read on from the new position
                         read_offsets[tp] = read
                 self.diag.unset_flag(CONSUMER_FETCHING)

@@ -7,9 +7,9 @@ worker's consumer (`processors.faust_consumer`) puts each partition's fetched ru
 instead, and the pipeline takes up to a batch at a time.
 
 Bounded by a count of records, like Faust's stream buffer: a put waits while the inbox is full (a
-partition's run may take it past its capacity once). `clear` drops everything buffered: the app's
-flow control calls it when a rebalance starts and when the flow resumes after it (the records are
-read again from the committed offsets). No Faust or Kafka import: a record is anything.
+partition's run may take it past its capacity once). `clear` drops everything buffered: the runtime
+calls it when a rebalance starts (the records are read again from the committed offsets; see
+`runtime.ClearedByRebalance`). No Faust or Kafka import: a record is anything.
 """
 
 from __future__ import annotations
@@ -54,9 +54,13 @@ class Inbox(Generic[T]):
 
     async def put(self, run: Sequence[T]) -> None:
         """Add a run of records once there is room."""
+        await self.room()
+        self.put_nowait(run)
+
+    async def room(self) -> None:
+        """Return once there is room (for a caller that checks something else before it puts)."""
         while not self.has_room():
             await self._room.wait()
-        self.put_nowait(run)
 
     def take_nowait(self, most: int) -> list[T]:
         """Up to `most` records, oldest first (the runs' order, and each run's order, kept)."""

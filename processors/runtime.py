@@ -258,12 +258,12 @@ class Runner(Generic[S]):
         bundles = bundle(to_bundle, self.partitions)
         changelog = self.changelog()
         started = time.perf_counter()
-        # Outputs and changelog together, in one bulk send: a replay after a crash then finds the
-        # batch either wholly delivered (its events duplicates) or not at all (re-emitted from the
-        # state before it). The outputs first and the changelog after them was tried: a worker
-        # killed between the two left the batch's outputs out and its state not, and the replay,
-        # at a later wall-clock time, re-emitted those revisions with other content. The local
-        # store is written only once all of it is acknowledged (see `BatchedTable.delivered`).
+        # Outputs and changelog together, in one bulk send (idempotent, not transactional: a
+        # worker killed mid-send can leave part of the changelog delivered and outputs not, and
+        # those outputs are lost; README "Delivery guarantee"). The outputs first and the changelog
+        # after them was tried: the wider window between the two sends likely let a killed worker's
+        # successor re-emit revisions later, with other content. The local store is written only
+        # once all of it is acknowledged (see `BatchedTable.delivered`).
         offsets = await self.deliver(plain, [*bundles, *changelog])
         acked = time.time()
         if plain or bundles or changelog:
@@ -562,14 +562,28 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
     async def rebuild() -> None:
         # The offsets the source and ticks resume from (Faust seeks to them too, right after this
         # callback): the committed ones, or the log's first for a partition never committed.
+        # Without them the read order admits nothing, and Faust ignores a recovery callback's
+        # error: retried, then the worker stops (restarted, it reads on from its commits) rather
+        # than taking records it silently drops until the next rebalance.
         generation = app.consumer_generation_id
-        committed = await app.consumer.seek_to_committed()
-        mine = {tp: offset for tp, offset in committed.items() if tp.topic in (pipeline.source, pipeline.ticks)}
-        new = [tp for tp, offset in mine.items() if offset is None]
-        earliest = await app.consumer.earliest_offsets(*new) if new else {}
-        positions = {tp: offset if offset is not None else earliest.get(tp) or 0 for tp, offset in mine.items()}
-        order.start(generation, positions)
-        runner.recovered({tp.partition: offset for tp, offset in positions.items() if tp.topic == pipeline.source})
+        for attempt in range(1, 4):
+            try:
+                committed = await app.consumer.seek_to_committed()
+                mine = {tp: o for tp, o in committed.items() if tp.topic in (pipeline.source, pipeline.ticks)}
+                new = [tp for tp, offset in mine.items() if offset is None]
+                earliest = await app.consumer.earliest_offsets(*new) if new else {}
+            except Exception as error:
+                if app.consumer_generation_id != generation:
+                    return  # a rebalance meanwhile: its recovery rebuilds again
+                if attempt == 3:
+                    fail(pipeline.name, error)
+                log.warning("%s: the committed offsets could not be read (%r); trying again", pipeline.name, error)
+                await asyncio.sleep(1.0)
+                continue
+            positions = {tp: offset if offset is not None else earliest.get(tp) or 0 for tp, offset in mine.items()}
+            order.start(generation, positions)
+            runner.recovered({tp.partition: offset for tp, offset in positions.items() if tp.topic == pipeline.source})
+            return
 
     async def report_lag() -> None:
         for tp in app.assignor.assigned_actives():

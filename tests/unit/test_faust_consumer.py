@@ -224,3 +224,19 @@ def test_a_run_waiting_for_room_when_the_flow_stops_is_read_again(consumer: Safe
     _, seeks = drain(consumer, [{SRC: fetched(SRC, [1, 2])}, {SRC: fetched(SRC, [3, 4])}])
     assert [m.offset for m in inbox.take_nowait(100)] == [1, 2]
     assert seeks == [(SRC, 3)] and soon.done()
+
+
+def test_a_run_waiting_for_room_is_not_put_after_its_partition_was_sought(consumer: SafeConsumer) -> None:
+    # a pipeline's re-read sought the partition (and discarded what the inbox held of it) while
+    # this run waited for room: put after that, it would come before the records read again
+    inbox: Inbox[Any] = Inbox(capacity=2)
+    consumer.inboxes[SRC.topic] = inbox
+
+    async def reread_soon() -> None:
+        await asyncio.sleep(0.05)
+        consumer._position = lambda tp: 1  # type: ignore[method-assign]  # sought back to 1
+        inbox.take_nowait(100)  # room again
+
+    soon = asyncio.get_event_loop().create_task(reread_soon())
+    _, seeks = drain(consumer, [{SRC: fetched(SRC, [1, 2])}, {SRC: fetched(SRC, [3, 4])}])
+    assert len(inbox) == 0 and seeks == [] and soon.done()
