@@ -146,6 +146,8 @@ def create_app(settings: Settings) -> IvrApp:
 
 
 def log_tasks(app: IvrApp) -> None:
+    """Where a worker waits: each task's stack (its own loop's and the consumer thread's), and the
+    consumer's flow, partitions and fetch state."""
     tasks = asyncio.all_tasks()
     for task in tasks:
         log.warning("task %s (%d in all):\n%s", task.get_name(), len(tasks), "\n".join(awaiting(task.get_coro())))

@@ -134,9 +134,13 @@ class SafeConsumer(Consumer):
     def _new_consumer_thread(self) -> SafeConsumerThread:
         return SafeConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+    def _client(self) -> Any:
+        """aiokafka's consumer, run by Faust's consumer thread (None before it starts)."""
+        return getattr(getattr(self, "_thread", None), "_consumer", None)
+
     def _position(self, tp: Any) -> int | None:
         """aiokafka's fetch position of `tp` now (None: not assigned, or no position yet)."""
-        return fetch_position(getattr(self._thread, "_consumer", None), tp)
+        return fetch_position(self._client(), tp)
 
     def _sought_since(self, tp: Any, position_after_fetch: int | None) -> bool:
         """Whether `tp` was sought (or reassigned) after its records were fetched."""
@@ -162,11 +166,11 @@ class SafeConsumer(Consumer):
 
     def fetch_state(self) -> list[str]:
         """Per assigned partition, aiokafka's fetch position and state and whether Faust asks for it."""
-        client = getattr(getattr(self, "_thread", None), "_consumer", None)
+        client = self._client()
         if client is None:
             return []
         fetcher = client._fetcher
-        assignment = client._subscription.subscription.assignment if client._subscription.subscription else None
+        assignment = assignment_of(client)
         if assignment is None:
             return ["no assignment"]
         active = self._active_partitions
@@ -260,12 +264,17 @@ class SafeConsumer(Consumer):
 def fetch_position(client: Any, tp: Any) -> int | None:
     """aiokafka's position for `tp`: the offset its next fetch starts at (None: not assigned, or
     not known yet). A plain read of the consumer's state, safe from either thread."""
-    subscription = client._subscription.subscription if client is not None else None
-    assignment = subscription.assignment if subscription is not None else None
+    assignment = assignment_of(client)
     if assignment is None or tp not in assignment.tps:
         return None
     position: int | None = assignment.state_value(tp)._position
     return position
+
+
+def assignment_of(client: Any) -> Any:
+    """aiokafka's current assignment (a new one per rebalance; None: none yet, or no client)."""
+    subscription = client._subscription.subscription if client is not None else None
+    return subscription.assignment if subscription is not None else None
 
 
 class Fetched(dict[Any, list[Any]]):
