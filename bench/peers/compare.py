@@ -1,10 +1,13 @@
-"""Our worker against Quix Streams and a raw client loop, on the same pre-filled topic, in one run.
+"""Our worker against Quix Streams, its own client alone and a raw client loop, on the same
+pre-filled topic, in one run.
 
     python -m bench.peers.compare [--calls N] [--rounds R] [--quick]
 
 Every system reads the same `ivr.events` topic (simulator traffic, 6 partitions) from the start in
 a consumer group of its own and runs the calls step (`bench.peers.step`); our worker runs the
-whole processor (calls, callers, metrics) as deployed. Rounds alternate the systems, rotating the
+whole processor (calls, callers, metrics) as deployed; the aiokafka loop (`bench.peers.aiokafka_loop`)
+is the floor of the worker's client, the raw confluent-kafka loop (`bench.peers.raw_loop`) the
+ceiling of this machine. Rounds alternate the systems, rotating the
 order. For each run the harness, polling from outside, takes the time from the system's first commit to
 the moment its group has committed every input offset, the events committed in that span, and the
 CPU time the system's processes used in it (see `measure`). Printed: median events/s, CPU-s per 100k events, and
@@ -172,11 +175,13 @@ def systems(bootstrap: str, tmp: Path, env: dict[str, str]) -> dict[str, Launch]
                      guarantee], env, sink)
         return cmd
 
-    def raw(run: str) -> tuple[list[str], dict[str, str], str]:
-        sink = f"{PREFIX}peer.{run}.completed"
-        return [py, "-m", "bench.peers.raw_loop", bootstrap, source, sink, f"{PREFIX}{run}"], env, sink
+    def loop(module: str) -> Launch:
+        def cmd(run: str) -> tuple[list[str], dict[str, str], str]:
+            sink = f"{PREFIX}peer.{run}.completed"
+            return [py, "-m", module, bootstrap, source, sink, f"{PREFIX}{run}"], env, sink
+        return cmd
 
-    found: dict[str, Launch] = {"worker": worker}
+    found: dict[str, Launch] = {"worker": worker, "aiokafka loop": loop("bench.peers.aiokafka_loop")}
     try:
         import quixstreams  # noqa: F401
         found["quix at-least-once"] = quix("at-least-once")
@@ -185,7 +190,7 @@ def systems(bootstrap: str, tmp: Path, env: dict[str, str]) -> dict[str, Launch]
         print("quixstreams is not installed (pip install -e '.[bench]'): Quix rows skipped", file=sys.stderr)
     try:
         import confluent_kafka  # noqa: F401
-        found["raw loop"] = raw
+        found["raw loop"] = loop("bench.peers.raw_loop")
     except ImportError:
         pass
     return found
