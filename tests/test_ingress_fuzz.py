@@ -51,7 +51,7 @@ def client(ingress_module: str) -> Iterator[httpx.Client]:
         yield c
 
 
-@settings(max_examples=2500, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=1000, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     method=st.sampled_from(["GET", "POST", "POST"]),
     query=field_maps,

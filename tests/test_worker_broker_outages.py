@@ -1,4 +1,4 @@
-"""The broker is SIGKILLed under load, stays down ~15 s and comes back, five times, with the
+"""The broker is SIGKILLed under load, stays down ~15 s and comes back, three times, with the
 ingress and a worker running: every call still gets its right record and alert after each cycle;
 the worker rejoined its group each time (or exited non-zero and, restarted, finished the work).
 """
@@ -25,7 +25,7 @@ from tests.helpers import Service, new_prefix, read_all
 
 pytestmark = [pytest.mark.kafka, pytest.mark.long]
 
-CYCLES = 5
+CYCLES = 3  # five until 2026-11-28 (README's figures); three keep CI within its time budget
 DOWN_S = 15.0
 CALLS_PER_CYCLE = 80
 TIMINGS = {"HANGUP_GRACE_S": "2", "CALL_IDLE_TIMEOUT_S": "6", "SHORT_ABANDON_S": "5", "CONNECTED_IDLE_TIMEOUT_S": "30"}
@@ -174,7 +174,7 @@ def alert_differences(bootstrap: str, prefix: str, truth: list[Truth], latest: d
             "twice": sorted(u for u, n in alerts.items() if n > 1)}
 
 
-def test_broker_sigkilled_five_times_under_load(tmp_path: Path) -> None:
+def test_broker_sigkilled_three_times_under_load(tmp_path: Path) -> None:
     broker = KafkaBroker(tmp_path / "kafka", partitions=3)
     broker.start()
     env = {
