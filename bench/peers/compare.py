@@ -139,6 +139,39 @@ async def measure(proc: subprocess.Popen[bytes], bootstrap: str, group: str, sou
     raise TimeoutError(f"{group}: input not committed within {limit_s}s")
 
 
+def create_topics(env: dict[str, str]) -> None:
+    subprocess.run([sys.executable, "-c", "import asyncio; from config.settings import load; "
+                    "from config.topics import ensure_topics; asyncio.run(ensure_topics(load()))"],
+                   env={**os.environ, **env}, check=True, cwd=ROOT)
+
+
+async def _delete_topics(bootstrap: str, keep: str) -> None:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = [t for t in await admin.list_topics() if t.startswith(PREFIX) and t != keep
+                  and not t.startswith(f"{PREFIX}peer.")]
+        if doomed:
+            await admin.delete_topics(doomed)
+        for _ in range(120):  # deleted asynchronously: poll until the names are gone
+            if not set(doomed) & set(await admin.list_topics()):
+                break
+            await asyncio.sleep(0.5)
+    finally:
+        await admin.close()
+
+
+def fresh_topics(bootstrap: str, env: dict[str, str]) -> None:
+    """Every topic of the worker's but its input, emptied (deleted and created again): a worker run
+    is a new consumer group, which would otherwise read the earlier runs' internal records (caller
+    facts, ticks, metric contributions) from the start, and do more work each round."""
+    asyncio.run(_delete_topics(bootstrap, f"{PREFIX}ivr.events"))
+    time.sleep(1.0)  # the broker finishes deleting the logs before the names can be created again
+    create_topics(env)
+
+
 def start(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
     with open(log, "ab") as out:
         return subprocess.Popen(args, env={**os.environ, **env}, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
@@ -226,9 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             env = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "TOPIC_PREFIX": PREFIX,
                    "TOPIC_PARTITIONS": str(PARTITIONS), "WORKER_STORE": "rocksdb://",
                    "HANGUP_GRACE_S": "1", "CALL_IDLE_TIMEOUT_S": "3", "WORKER_SESSION_TIMEOUT_S": "10"}
-            subprocess.run([sys.executable, "-c", "import asyncio; from config.settings import load; "
-                            "from config.topics import ensure_topics; asyncio.run(ensure_topics(load()))"],
-                           env={**os.environ, **env}, check=True, cwd=ROOT)
+            create_topics(env)
             profile = Profile(agents=20, p_duplicate=0.02, p_reorder=0.02, p_missing_hangup=0.01, mean_talk_s=60)
             events, truth = generate(calls, time.time() - 7200, 3600, profile, seed=5, prefix="c")
             asyncio.run(write_events(broker.bootstrap, f"{PREFIX}ivr.events", events, progress=False))
@@ -243,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
                     log = tmp / f"{run_id}.log"
                     group = f"{PREFIX}{run_id}"
                     print(f"round {rnd + 1}/{rounds}: {name} ...", file=sys.stderr, flush=True)
+                    if name == "worker":
+                        fresh_topics(broker.bootstrap, env)
                     proc = start(cmd, run_env, log)
                     try:
                         eps, cpu = asyncio.run(measure(proc, broker.bootstrap, group, f"{PREFIX}ivr.events", sink,
