@@ -15,8 +15,11 @@ batch's replay emits its outputs again. (Written at once, as Faust does, the sto
 batch's state while its outputs were lost, and the replay would find every event a duplicate.)
 The send itself is not atomic: a worker killed mid-send can have part of the changelog delivered
 and outputs not (README "Delivery guarantee").
-Reads during a batch see the state from before it, which is what the runtime expects (it loads
-each key once per batch, and puts a failed record's keys back from it).
+
+A batch's changelog may still be on its way while the next batch runs (the runtime keeps up to
+two in flight): reads see the newest value taken for delivery, then the store. Reads during a
+batch see the state from before it, which is what the runtime expects (it loads each key once per
+batch, and puts a failed record's keys back from it; its writes are taken at the batch's end).
 """
 
 from __future__ import annotations
@@ -28,13 +31,16 @@ from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
 
 from processors.output_producer import Offsets, Placed
+from processors.pending_writes import PendingWrites
+
+_ABSENT = object()
 
 
 class BatchedTable(Table):  # type: ignore[type-arg]
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._unsent: list[Placed] = []  # written, changelog not yet taken for delivery
-        self._sending: list[Placed] = []  # taken for delivery: reach the store once delivered
+        self._pending = PendingWrites()  # taken for delivery, not yet in the store
 
     def _place(self, key: bytes, value: bytes | None) -> None:
         partition = self.partition_for_key(key)  # the partition of the event being handled
@@ -48,28 +54,50 @@ class BatchedTable(Table):  # type: ignore[type-arg]
         self._place(key, None)
 
     def get(self, key: Any, default: Any = None) -> Any:
-        """One store read (Faust's table reads a present key twice: `in`, then the value)."""
+        """The value on its way to the store, else one store read (Faust's table reads a present
+        key twice: `in`, then the value)."""
+        pending = self._pending.get(key)
+        if pending is not None:
+            return default if pending[3] is None else pending[3]
         self.on_key_get(key)
         try:
             return self.data[key]
         except KeyError:
             return default
 
+    def __getitem__(self, key: Any) -> Any:
+        value = self.get(key, _ABSENT)
+        if value is _ABSENT:
+            raise KeyError(key)
+        return value
+
+    def __contains__(self, key: object) -> bool:
+        return self.get(key, _ABSENT) is not _ABSENT
+
+    def pop(self, key: Any, default: Any = None) -> Any:
+        """Removes `key` (a tombstone goes out) when present, in the store or on its way to it."""
+        value = self.get(key, _ABSENT)
+        if value is _ABSENT:
+            return default
+        self._place(key, None)
+        return value
+
     def take_changelog(self) -> list[Placed]:
-        """The changelog records written since the last call, in write order."""
+        """The changelog records written since the last call, in write order: read from here on
+        until `delivered` is called with them."""
         unsent, self._unsent = self._unsent, []
-        self._sending.extend(unsent)
+        self._pending.taken(unsent)
         return unsent
 
-    def delivered(self, offsets: Offsets) -> None:
-        """The changelog records taken are delivered: write them to the local store, and
-        remember, per partition, how far it is backed by the changelog (Faust resumes its
-        recovery from there)."""
-        sending, self._sending = self._sending, []
+    def delivered(self, offsets: Offsets, records: list[Placed]) -> None:
+        """`records` (taken by `take_changelog`; batches in the order taken) are delivered: write
+        them to the local store, and remember, per partition, how far it is backed by the changelog
+        (Faust resumes its recovery from there)."""
         store = self.data
-        for _, partition, key, value in sending:
+        for _, partition, key, value in records:
             assert key is not None  # a table key
             write(store, partition, key, value)
+        self._pending.delivered(records)
         topic = self.changelog_topic.get_topic_name()
         for (t, partition), offset in offsets.items():
             if t == topic:

@@ -13,8 +13,9 @@ For each batch of source records (and ticks) the runtime
     put back as they were before it (their earlier inputs of the batch are replayed), its
     outputs are dropped, the batch goes on;
   * delivers every output, dead letter and changelog record of the batch together (the local
-    store is written once they are acknowledged: see `handle`) and only then lets the batch be
-    acknowledged; a delivery that cannot be made stops the worker
+    store is written once they are acknowledged: see `complete`) and only then lets the batch be
+    acknowledged, while the next batch's steps already run (`IN_FLIGHT`; they read the state
+    the batch before left, whether or not it has reached the store yet); a delivery that cannot be made stops the worker
     (exit status 70) so that nothing is acknowledged past an undelivered output, and a worker
     asked to stop mid-batch first lets the batch's delivery finish (or exits the same way);
   * keeps each key's next deadline; a timer sends a tick keyed like the state, which the worker
@@ -34,6 +35,7 @@ import logging
 import os
 import time
 import weakref
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -51,6 +53,11 @@ from schemas.records import UnprocessableEvent
 from schemas.timefmt import format_ts
 
 log = logging.getLogger("processors.runtime")
+
+#: batches of a pipeline prepared and not yet delivered: the next batch's steps run while the
+#: previous one is on its way to the broker (the worker's CPU would otherwise wait for it); the
+#: next is sent once the previous one is acknowledged
+IN_FLIGHT = 2
 
 S = TypeVar("S")
 I_contra = TypeVar("I_contra", contravariant=True)
@@ -162,6 +169,17 @@ class Pipeline(Generic[S]):
     on_recovered: Callable[[Iterable[tuple[str, S]]], None] | None = None
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A batch whose steps ran, to deliver: its outputs, those sent as they are, its bundles and
+    its changelog records."""
+
+    outputs: list[Output]
+    plain: list[Record]
+    bundles: list[Placed]
+    changelog: list[Placed]
+
+
 class Delivery(Protocol):
     async def __call__(self, records: Sequence[Record], placed: Sequence[Placed]) -> Offsets: ...
 
@@ -190,7 +208,8 @@ class Runner(Generic[S]):
 
     def __init__(self, pipeline: Pipeline[S], store: Store[S], deliver: Delivery, position: Position,
                  dead_letters: str, acting: Callable[[Any], Any] | None = None,
-                 changelog: Callable[[], list[Placed]] = list, delivered: Callable[[Offsets], None] | None = None,
+                 changelog: Callable[[], list[Placed]] = list,
+                 delivered: Callable[[Offsets, list[Placed]], None] | None = None,
                  partitions: int = 1) -> None:
         self.p = pipeline
         self.store = store
@@ -237,6 +256,12 @@ class Runner(Generic[S]):
     async def handle(self, batch: Sequence[Source], now: float) -> None:
         """Process a batch of records; returns once its outputs are delivered (the caller then
         acknowledges the batch). A delivery that raises propagates: the caller must not acknowledge."""
+        await self.complete(self.prepare(batch, now))
+
+    def prepare(self, batch: Sequence[Source], now: float) -> Prepared:
+        """A batch's steps, its keys saved (their changelog taken for delivery) and its outputs,
+        ready for `complete`. The next batch may be prepared before this one is complete: its
+        loads see this one's saves (see `BatchedTable`)."""
         keys: dict[str, _Key[S]] = {}
         outputs: list[Output] = []
         for record in batch:
@@ -255,22 +280,32 @@ class Runner(Generic[S]):
         to_bundle: list[Record] = []
         for o in outputs:
             (to_bundle if o.topic in self.p.bundled else plain).append((o.topic, o.key, o.value))
-        bundles = bundle(to_bundle, self.partitions)
-        changelog = self.changelog()
+        return Prepared(outputs, plain, bundle(to_bundle, self.partitions), self.changelog())
+
+    async def complete(self, batch: Prepared, after: Awaitable[Any] | None = None) -> None:
+        """Once `after` (the batch prepared before this one) is complete, deliver this one and
+        write its changelog to the local store."""
+        # One batch of a pipeline on its way at a time: a later batch's outputs acknowledged
+        # before an earlier batch's changelog (or its own, queued behind the earlier one's on the
+        # same partitions) widen the window in which a killed worker leaves outputs whose state
+        # is lost, and whose replay, later, may close calls with other content (a full test run
+        # showed it: revisions written twice, differing).
+        if after is not None:
+            await after
         started = time.perf_counter()
         # Outputs and changelog together, in one bulk send (idempotent, not transactional: a
         # worker killed mid-send can leave part of the changelog delivered and outputs not, and
         # those outputs are lost; README "Delivery guarantee"). The outputs first and the changelog
         # after them was tried: the wider window between the two sends likely let a killed worker's
         # successor re-emit revisions later, with other content. The local store is written only
-        # once all of it is acknowledged (see `BatchedTable.delivered`).
-        offsets = await self.deliver(plain, [*bundles, *changelog])
+        # once all of it is acknowledged (see `BatchedTable.delivered`), in the batches' order.
+        offsets = await self.deliver(batch.plain, [*batch.bundles, *batch.changelog])
         acked = time.time()
-        if plain or bundles or changelog:
+        if batch.plain or batch.bundles or batch.changelog:
             m.DELIVER_SECONDS.observe(time.perf_counter() - started)
         if self.delivered is not None:
-            self.delivered(offsets)
-        for o in outputs:
+            self.delivered(offsets, batch.changelog)
+        for o in batch.outputs:
             if o.latency is not None and o.received is not None:
                 m.LATENCY.labels(o.latency).observe(max(0.0, acked - o.received))
 
@@ -473,6 +508,7 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
 
     # what keeps the batches contiguous per partition (see `processors.read_order`)
     order: ReadOrder[Any] = ReadOrder()
+    in_flight: deque[asyncio.Future[None]] = deque()  # batches being delivered, oldest first
     rereads: set[asyncio.Task[None]] = set()
 
     def on_gap(gap: Gap[Any]) -> None:
@@ -525,23 +561,31 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
                 msg.tracked = True
                 unacked.add(msg)
             m.BATCH_EVENTS.observe(len(fresh))
-            batch = asyncio.ensure_future(runner.handle([FaustRecord(msg) for msg in fresh], time.time()))
-            try:
-                await asyncio.shield(batch)
-            except asyncio.CancelledError:
-                # the worker is stopping: let the batch's delivery finish and acknowledge it, or
-                # leave without acknowledging anything
-                await stopping(pipeline.name, batch)
-                ack_all(consumer, fresh)
-                raise
-            except BaseException as error:
-                fail(pipeline.name, error)
-            ack_all(consumer, fresh)
+            prepared = runner.prepare([FaustRecord(msg) for msg in fresh], time.time())
+            # delivered while the next batch runs; acknowledged once delivered, in order
+            while in_flight and in_flight[0].done():
+                in_flight.popleft()
+            before = in_flight[-1] if in_flight else None
+            in_flight.append(asyncio.ensure_future(complete(prepared, fresh, before)))
+            while len(in_flight) >= IN_FLIGHT:
+                await asyncio.shield(in_flight[0])
+                in_flight.popleft()
+
+    async def complete(prepared: Prepared, fresh: list[Any], before: asyncio.Future[None] | None) -> None:
+        try:
+            await runner.complete(prepared, None if before is None else asyncio.shield(before))
+        except BaseException as error:  # cancelled too: acknowledged it must not be
+            fail(pipeline.name, error)
+        ack_all(app.consumer, fresh)
 
     async def process() -> None:
         try:
             await drain()
         except asyncio.CancelledError:
+            # the worker is stopping: let the batches in flight be delivered and acknowledged, or
+            # leave without acknowledging them
+            for task in in_flight:
+                await stopping(pipeline.name, task)
             raise
         except BaseException as error:  # a worker alive but no longer handling its input is worse
             fail(pipeline.name, error)

@@ -139,14 +139,45 @@ def test_outputs_and_changelog_are_delivered_before_the_batch_returns() -> None:
         return {("counters-changelog", 0): 7}
 
     r = Runner(pipe, pipe.store(rows), deliver, position, DLQ, changelog=lambda: changelog,
-               delivered=lambda offsets: order.append(f"delivered {offsets}"))
+               delivered=lambda offsets, records: order.append(f"delivered {offsets} {records}"))
 
     async def batch_then_ack() -> None:
         await r.handle([ev(0, "k", 1)], 1000.0)
         order.append("ack")  # what the Faust shell does once handle returns
 
     asyncio.run(batch_then_ack())
-    assert order == ["deliver", "delivered {('counters-changelog', 0): 7}", "ack"]
+    assert order == ["deliver", f"delivered {{('counters-changelog', 0): 7}} {changelog}", "ack"]
+
+
+def test_a_batch_prepared_while_the_one_before_is_delivered_is_sent_after_it() -> None:
+    """The next batch's steps run while the previous one is on its way; it is sent (and reaches
+    the store) only once the previous one is acknowledged, and it reads that batch's state."""
+    rows, position = CountingRows(), Position()
+    seen: list[str] = []
+    release = asyncio.Event()
+    pipe = Pipeline(name="c", table="c", store=lambda r: JsonStore(r, dict, dict), source=SRC, ticks=TICKS,
+                    decode=decode, step=step, due=lambda st: None)
+
+    async def deliver(records: Sequence[Record], placed: Sequence[Placed]) -> Offsets:
+        seen.append(f"sent {[v.decode() for _, _, v in records]}")
+        if not release.is_set():
+            await release.wait()  # the first batch's acknowledgement takes a while
+        return {}
+
+    r = Runner(pipe, pipe.store(rows), deliver, position, DLQ,
+               delivered=lambda offsets, records: seen.append("stored"))
+
+    async def two_batches() -> None:
+        first = asyncio.ensure_future(r.complete(r.prepare([ev(0, "k", 1)], 1000.0)))
+        await asyncio.sleep(0)
+        second = asyncio.ensure_future(r.complete(r.prepare([ev(1, "k", 2)], 1000.0), asyncio.shield(first)))
+        await asyncio.sleep(0.01)
+        assert seen == ["sent ['1']"] and not second.done()  # prepared, waiting for the first
+        release.set()
+        await second
+
+    asyncio.run(two_batches())
+    assert seen == ["sent ['1']", "stored", "sent ['3']", "stored"]
 
 
 def test_a_failed_delivery_raises_so_nothing_is_acknowledged() -> None:
