@@ -26,6 +26,7 @@ import httpx
 import orjson
 import uvloop
 
+from bench.peers.compare import fresh_topics
 from bench.simulator import Profile, generate, write_events
 from deploy.local_kafka import ROOT, KafkaBroker, free_port
 
@@ -261,7 +262,9 @@ def bench_processor(broker: KafkaBroker, tmp: Path, s: Scale) -> dict[str, Any]:
     with worker({**env, "PROCESSOR_ID": "one"}, tmp, "one") as (_, port):
         one, one_cores = measure_rate([port], total)
         mismatches = truth_mismatches(broker.bootstrap, prefix, truth)
-    # 4. scale: two workers in a fresh group on the same input (their outputs go to the same topics)
+    # 4. scale: two workers in a fresh group on the same input; the first run's outputs and internal
+    # records are emptied first (the new group would read them from the start: more work for two)
+    fresh_topics(broker.bootstrap, env)
     with worker({**env, "PROCESSOR_ID": "two"}, tmp, "two-a") as (_, pa), \
             worker({**env, "PROCESSOR_ID": "two"}, tmp, "two-b") as (_, pb):
         time.sleep(3)  # let the second join before measuring

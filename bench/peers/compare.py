@@ -145,14 +145,14 @@ def create_topics(env: dict[str, str]) -> None:
                    env={**os.environ, **env}, check=True, cwd=ROOT)
 
 
-async def _delete_topics(bootstrap: str, keep: str) -> None:
+async def _delete_topics(bootstrap: str, prefix: str, keep: str) -> None:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
-        doomed = [t for t in await admin.list_topics() if t.startswith(PREFIX) and t != keep
-                  and not t.startswith(f"{PREFIX}peer.")]
+        doomed = [t for t in await admin.list_topics() if t.startswith(prefix) and t != keep
+                  and not t.startswith(f"{prefix}peer.")]
         if doomed:
             await admin.delete_topics(doomed)
         for _ in range(120):  # deleted asynchronously: poll until the names are gone
@@ -164,10 +164,12 @@ async def _delete_topics(bootstrap: str, keep: str) -> None:
 
 
 def fresh_topics(bootstrap: str, env: dict[str, str]) -> None:
-    """Every topic of the worker's but its input, emptied (deleted and created again): a worker run
-    is a new consumer group, which would otherwise read the earlier runs' internal records (caller
-    facts, ticks, metric contributions) from the start, and do more work each round."""
-    asyncio.run(_delete_topics(bootstrap, f"{PREFIX}ivr.events"))
+    """Every topic of the worker's but its input (under `env`'s TOPIC_PREFIX), emptied (deleted and
+    created again): a worker run is a new consumer group, which would otherwise read the earlier
+    runs' internal records (caller facts, ticks, metric contributions) from the start, and do more
+    work each round."""
+    prefix = env["TOPIC_PREFIX"]
+    asyncio.run(_delete_topics(bootstrap, prefix, f"{prefix}ivr.events"))
     time.sleep(1.0)  # the broker finishes deleting the logs before the names can be created again
     create_topics(env)
 
