@@ -16,8 +16,9 @@ batch's state while its outputs were lost, and the replay would find every event
 The send itself is not atomic: a worker killed mid-send can have part of the changelog delivered
 and outputs not (README "Delivery guarantee").
 
-A batch's changelog may still be on its way while the next batch runs (the runtime keeps up to
-two in flight): reads see the newest value taken for delivery, then the store. Reads during a
+A batch's changelog may still be on its way while the next batch runs (the runtime prepares the
+next batch meanwhile, and sends it once this one is acknowledged): reads see the newest value taken
+for delivery, then the store. Reads during a
 batch see the state from before it, which is what the runtime expects (it loads each key once per
 batch, and puts a failed record's keys back from it; its writes are taken at the batch's end).
 """
