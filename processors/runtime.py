@@ -396,33 +396,19 @@ def _no_context(_: Any) -> Iterator[None]:
 # --- Faust ----------------------------------------------------------------------------------------
 
 class FaustRecord:
-    """A fetched Faust message seen as a `Source`. Also what `acting_for` names as Faust's current
-    event: Faust's tables read only `event.message` (its topic and partition) from it."""
+    """A fetched Faust message seen as a `Source` (its fields copied once: the runtime reads them
+    several times a record). Also what `acting_for` names as Faust's current event: Faust's
+    tables read only `event.message` (its topic and partition) from it."""
 
-    __slots__ = ("__weakref__", "message")
+    __slots__ = ("__weakref__", "key", "message", "offset", "partition", "topic", "value")
 
     def __init__(self, message: Any) -> None:
         self.message = message
-
-    @property
-    def topic(self) -> str:
-        return cast(str, self.message.topic)
-
-    @property
-    def partition(self) -> int:
-        return cast(int, self.message.partition)
-
-    @property
-    def offset(self) -> int:
-        return cast(int, self.message.offset)
-
-    @property
-    def key(self) -> bytes | None:
-        return cast("bytes | None", self.message.key)
-
-    @property
-    def value(self) -> bytes:
-        return cast(bytes, self.message.value)
+        self.topic: str = message.topic
+        self.partition: int = message.partition
+        self.offset: int = message.offset
+        self.key: bytes | None = message.key
+        self.value: bytes = message.value
 
 
 class acting_for:
@@ -540,7 +526,6 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
 
     async def drain() -> None:
         consumer = app.consumer
-        unacked = consumer.unacked
         while True:
             messages = await inbox.take(s.worker_batch_max, s.worker_batch_window_s)
             # Not while the flow is stopped (a rebalance, or the tables' first recovery, during
@@ -557,9 +542,7 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
                 on_gap(gap)
             if not fresh:
                 continue
-            for msg in fresh:  # pending acknowledgement: a rebalance or a stop waits for them
-                msg.tracked = True
-                unacked.add(msg)
+            consumer.track(fresh)  # pending acknowledgement: a rebalance or a stop waits for it
             m.BATCH_EVENTS.observe(len(fresh))
             prepared = runner.prepare([FaustRecord(msg) for msg in fresh], time.time())
             # delivered while the next batch runs; acknowledged once delivered, in order
@@ -576,7 +559,7 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
             await runner.complete(prepared, None if before is None else asyncio.shield(before))
         except BaseException as error:  # cancelled too: acknowledged it must not be
             fail(pipeline.name, error)
-        ack_all(app.consumer, fresh)
+        app.consumer.ack_batch(fresh)
 
     async def process() -> None:
         try:
@@ -663,12 +646,6 @@ class ClearedByRebalance:
     def clear(self) -> None:
         if not self.flow.is_active():
             self.inbox.clear()
-
-
-def ack_all(consumer: Any, messages: Sequence[Any]) -> None:
-    ack = consumer.ack
-    for msg in messages:
-        ack(msg)
 
 
 async def stopping(pipeline: str, batch: asyncio.Future[None], wait_s: float = 15.0) -> None:
