@@ -25,7 +25,7 @@ batch, and puts a failed record's keys back from it; its writes are taken at the
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from faust import Table
 from faust.stores.rocksdb import Store as RocksDBStore
@@ -60,11 +60,8 @@ class BatchedTable(Table):  # type: ignore[type-arg]
         pending = self._pending.get(key)
         if pending is not None:
             return default if pending[3] is None else pending[3]
-        self.on_key_get(key)
-        try:
-            return self.data[key]
-        except KeyError:
-            return default
+        value = read(self.data, self.partition_for_key(key), key)
+        return default if value is None else value
 
     def __getitem__(self, key: Any) -> Any:
         value = self.get(key, _ABSENT)
@@ -103,6 +100,18 @@ class BatchedTable(Table):  # type: ignore[type-arg]
         for (t, partition), offset in offsets.items():
             if t == topic:
                 store.set_persisted_offset(TP(topic, partition), offset)
+
+
+def read(store: Any, partition: int | None, key: bytes) -> bytes | None:
+    """A read from the store's partition (the partition of the event being handled): what Faust's
+    `table[key]` does, without its serializer calls for keys and values that are bytes already."""
+    if isinstance(store, RocksDBStore):
+        assert partition is not None  # the table is co-partitioned with its source, never the partitioner's
+        value: bytes | None = store._db_for_partition(partition).get(key)
+        if value is not None:
+            store._key_index[key] = partition
+        return value
+    return cast("bytes | None", store.get(key))  # the memory store: one dict for every partition
 
 
 def write(store: Any, partition: int, key: bytes, value: bytes | None) -> None:
