@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from config.kafka_producer import partition_for
 
@@ -31,3 +33,13 @@ def test_partition_matches_aiokafka_keyed_sends() -> None:
     for i in range(500):
         key = f"1700000000.{i}".encode()
         assert partition_for(key, 6) == DefaultPartitioner()(key, parts, parts)
+
+
+@given(st.binary(max_size=400))
+@settings(max_examples=2000)
+def test_murmur2_is_kafkas_for_any_bytes(data: bytes) -> None:
+    from aiokafka.partitioner import murmur2 as reference
+
+    from config.kafka_producer import murmur2
+
+    assert murmur2(data) == reference(data)
