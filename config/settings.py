@@ -21,6 +21,8 @@ SECURITY_PROTOCOLS = ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL")
 SASL_PROTOCOLS = ("SASL_PLAINTEXT", "SASL_SSL")
 SSL_PROTOCOLS = ("SSL", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
+#: UPGRADE_FROM's values: none, or a version whose workers read other internal formats than this one's
+UPGRADE_FROM = ("", "0.1")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +77,9 @@ class Settings:
     worker_stall_exit_s: float = 180.0
     processor_id: str = "ivr-processor"
     metrics_agent_label: bool = True  # METRICS_AGENT_LABEL=off: per-agent gauges summed per app
+    # UPGRADE_FROM=0.1 while workers of 0.1 may still run in the group: the worker writes its
+    # internal topics and tables as 0.1 reads them (README "Upgrading")
+    upgrade_from: str = ""
     # --- `make run` (the local stack) only ---
     kafka_port: int = 9092  # the controller listens on the next port up
     ingress_port: int = 8080
@@ -91,6 +96,11 @@ class Settings:
     @property
     def tz(self) -> ZoneInfo:
         return ZoneInfo(self.provider_tz)
+
+    @property
+    def writes_0_1_formats(self) -> bool:
+        """Caller facts one record each and metric window items one row each, as 0.1 reads them."""
+        return self.upgrade_from == "0.1"
 
     def topic(self, base: str) -> str:
         """Full topic name: every topic gets `TOPIC_PREFIX` in front."""
@@ -148,6 +158,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("PROVIDER_MAX_ATTEMPTS must be positive")
     if settings.topic_partitions <= 0 or settings.topic_replication <= 0:
         raise SettingsError("TOPIC_PARTITIONS and TOPIC_REPLICATION must be positive")
+    if settings.upgrade_from not in UPGRADE_FROM:
+        raise SettingsError(f"UPGRADE_FROM={settings.upgrade_from!r}: the versions a worker can run beside are "
+                            f"{', '.join(v for v in UPGRADE_FROM if v)}")
     if settings.kafka_nodes not in (1, 3):
         raise SettingsError(f"KAFKA_NODES={settings.kafka_nodes} must be 1 or 3")
     return _kafka_security(settings)

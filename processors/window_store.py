@@ -1,8 +1,14 @@
 """Metric windows persisted row by row, so a batch writes a few small rows per key, not a blob.
 
-Rows (in one table, changelogged):  KEY\\x1fm               -> [watermark, closed_upto]
-                                    KEY\\x1fw\\x1fSTART       -> [final, dirty, changed_at, emitted_at]
-                                    KEY\\x1fi\\x1fSTART\\x1fITEM -> [watermark when written, contribution]
+Rows (in one table, changelogged):  KEY\x1fm                -> [watermark, closed_upto]
+                                    KEY\x1fw\x1fSTART        -> [final, dirty, changed_at, emitted_at]
+                                    KEY\x1fd\x1fSTART\x1fSEQ  -> [watermark when written, {ITEM: contribution
+                                                                                    or null (removed)}]
+A batch writes one `d` (delta) row per window it changed: the items it put or removed there
+(SEQ counts a window's delta rows from 0; read in that order, the newest wins). One row per item,
+as 0.1 wrote them (`KEY\x1fi\x1fSTART\x1fITEM -> [watermark, contribution]`: still read, and written
+while `UPGRADE_FROM=0.1`), cost a changelog record for every contribution: ~1.4 per call for the
+agent windows, 1 for the app's, more than the calls pipeline's own changelog.
 The owner keeps every key's `Windowed` state in memory, rebuilt from the rows after a rebalance;
 `save` writes the rows in which the new state differs from the one saved before.
 Works over any MutableMapping[bytes, bytes]: a Faust table in the worker, a dict in unit tests.
@@ -30,7 +36,12 @@ def _window_row(key: str, start: int) -> bytes:
     return f"{key}{SEP}w{SEP}{start}".encode()
 
 
+def _delta_row(key: str, start: int, seq: int) -> bytes:
+    return f"{key}{SEP}d{SEP}{start}{SEP}{seq}".encode()
+
+
 def _item_row(key: str, start: int, item: str) -> bytes:
+    """The row of one item, as written before delta rows."""
     return f"{key}{SEP}i{SEP}{start}{SEP}{item}".encode()
 
 
@@ -53,10 +64,15 @@ class WindowStore:
     """The `Store` of the metric pipelines (see `processors.runtime`)."""
 
     def __init__(self, rows: MutableMapping[bytes, bytes],
-                 upgrade: Callable[[Any], Any] = lambda contribution: contribution) -> None:
+                 upgrade: Callable[[Any], Any] = lambda contribution: contribution, item_rows: bool = False) -> None:
         self.rows = rows
         self.upgrade = upgrade  # a contribution as stored -> as the core reads it now (older rows)
+        #: write item rows, as 0.1 did (a window that has delta rows already gets deltas: its items
+        #: would otherwise be read back in the wrong order)
+        self.writes_item_rows = item_rows
         self.cache: dict[str, Windowed] = {}
+        self.deltas: dict[tuple[str, int], int] = {}  # (key, window start) -> its delta rows
+        self.item_rows: dict[tuple[str, int], set[str]] = {}  # (key, window start) -> its items' rows
 
     def load(self, key: str) -> Windowed | None:
         st = self.cache.get(key)
@@ -71,25 +87,41 @@ class WindowStore:
         for s in old.windows.keys() | new.windows.keys():
             ow, nw = old.windows.get(s), new.windows.get(s)
             if nw is None:  # dropped: final and kept long enough
-                assert ow is not None
-                for item in ow.items:
+                for seq in range(self.deltas.pop((key, s), 0)):
+                    self.rows.pop(_delta_row(key, s, seq), None)
+                for item in self.item_rows.pop((key, s), ()):
                     self.rows.pop(_item_row(key, s, item), None)
                 self.rows.pop(_window_row(key, s), None)
                 continue
             old_items = {} if ow is None else ow.items
             # the core stamps changed_at on every change of a window's items
             if ow is None or ow.changed_at != nw.changed_at or len(old_items) != len(nw.items):
-                for item, c in nw.items.items():
-                    if old_items.get(item) is not c:
-                        self.rows[_item_row(key, s, item)] = orjson.dumps([_meta(new)[0], c])
+                delta: dict[str, Any] = {item: c for item, c in nw.items.items() if old_items.get(item) is not c}
                 for item in old_items.keys() - nw.items.keys():
-                    self.rows.pop(_item_row(key, s, item), None)
+                    delta[item] = None
+                seq = self.deltas.get((key, s), 0)
+                if delta and self.writes_item_rows and not seq:
+                    self._write_items(key, s, _meta(new)[0], delta)
+                elif delta:
+                    self.rows[_delta_row(key, s, seq)] = orjson.dumps([_meta(new)[0], delta])
+                    self.deltas[(key, s)] = seq + 1
             before = (False, 0.0) if ow is None else (ow.final, ow.emitted_at)
             if before != (nw.final, nw.emitted_at):
                 self.rows[_window_row(key, s)] = orjson.dumps([nw.final, nw.dirty, nw.changed_at, nw.emitted_at])
         if _meta(old) != _meta(new):
             self.rows[_meta_row(key)] = orjson.dumps(list(_meta(new)))
         self.cache[key] = new
+
+    def _write_items(self, key: str, start: int, watermark: float | None, delta: dict[str, Any]) -> None:
+        """A delta as item rows, one per item (0.1's rows)."""
+        written = self.item_rows.setdefault((key, start), set())
+        for item, contribution in delta.items():
+            if contribution is None:
+                self.rows.pop(_item_row(key, start, item), None)
+                written.discard(item)
+            else:
+                self.rows[_item_row(key, start, item)] = orjson.dumps([watermark, contribution])
+                written.add(item)
 
     def items(self) -> Iterable[tuple[str, Windowed]]:
         self.rebuild(self.rows.items(), time.time())
@@ -98,6 +130,9 @@ class WindowStore:
     def rebuild(self, rows: Iterable[tuple[bytes, bytes]], now: float) -> None:
         """Rebuild the in-memory states from the table's rows (after a rebalance)."""
         self.cache.clear()
+        self.deltas.clear()
+        self.item_rows.clear()
+        deltas: list[tuple[str, int, int, Any]] = []
         for raw_key, raw in rows:
             parts = raw_key.decode().split(SEP)
             st = self.cache.setdefault(parts[0], Windowed())
@@ -110,11 +145,26 @@ class WindowStore:
                 if len(value) == 5:  # rows written before late counts were dropped: [final, late, ...]
                     del value[1]
                 w.final, w.dirty, w.changed_at, w.emitted_at = value
-            else:
+            elif parts[1] == "d":
+                deltas.append((parts[0], int(parts[2]), int(parts[3]), value))
+            else:  # an item row, written before delta rows
                 t, contribution = value
-                st.windows.setdefault(int(parts[2]), Window()).items[SEP.join(parts[3:])] = self.upgrade(contribution)
+                start, item = int(parts[2]), SEP.join(parts[3:])
+                st.windows.setdefault(start, Window()).items[item] = self.upgrade(contribution)
+                self.item_rows.setdefault((parts[0], start), set()).add(item)
                 if t is not None:
                     st.watermark = max(st.watermark, t)
+        # a window's deltas after its item rows (older), in the order written: the newest wins
+        for key, start, seq, (t, delta) in sorted(deltas, key=lambda d: d[2]):
+            st, w = self.cache[key], self.cache[key].windows.setdefault(start, Window())
+            for item, contribution in delta.items():
+                if contribution is None:
+                    w.items.pop(item, None)
+                else:
+                    w.items[item] = self.upgrade(contribution)
+            self.deltas[(key, start)] = max(self.deltas.get((key, start), 0), seq + 1)
+            if t is not None:
+                st.watermark = max(st.watermark, t)
         # Meta rows of open windows are written at flush only, so an open window may have changed
         # since: treat it as changed now (this can delay its final by one quiet period, never make
         # it premature).

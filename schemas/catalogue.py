@@ -37,4 +37,4 @@ TOPIC_RECORDS: dict[str, type | tuple[type, ...]] = {
 # Repartition topics carry bundles: one record per partition and input batch, a JSON array of
 # the records above whose keys hash to that partition (a record per item would cost the
 # consuming agent one Faust event each).
-BUNDLED_TOPICS = frozenset({topics.ATTEMPTS_BY_AGENT, topics.CALLS_BY_APP})
+BUNDLED_TOPICS = frozenset({topics.ATTEMPTS_BY_AGENT, topics.CALLS_BY_APP, topics.MISSED_BY_CALLER})

@@ -31,9 +31,14 @@ from schemas.timefmt import format_ts, parse_ts
 
 
 def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
-    """A caller fact of any kind (records without `kind` are missed facts). The key is the
-    record's (app:cli, as the fact says)."""
-    fact = read_fact(orjson.loads(value))
+    """The caller facts of a bundle (see `processors.bundles`), each keyed app:cli as it says, or
+    the one fact of a record written before bundles, keyed as the record is. Facts of any kind
+    (those without `kind` are missed facts)."""
+    data = orjson.loads(value)
+    if isinstance(data, list):
+        facts = [read_fact(item) for item in data]
+        return [(caller_key(fact.app, fact.cli), fact) for fact in facts]
+    fact = read_fact(data)
     return [((key or caller_key(fact.app, fact.cli).encode()).decode("utf-8", "replace"), fact)]
 
 

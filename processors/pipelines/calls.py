@@ -81,7 +81,7 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
                 m.CALLS_CLOSED.labels(rec.close_reason).inc()
             else:
                 m.REVISIONS.inc()
-        for fact in em.facts:  # missed and answered calls, for the callers pipeline
+        for fact in em.facts:  # missed and answered calls, for the callers pipeline (bundled)
             if isinstance(fact, MissedCallFact) and received is not None:
                 fact = replace(fact, received_at=format_ts(received))
             out.append(Output(missed, caller_key(fact.app, fact.cli).encode(), dumps(fact)))
@@ -128,6 +128,7 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
         store=lambda rows: JsonStore(rows, CallState.from_json, CallState.to_json),
         source=s.topic(topics.EVENTS), ticks=s.topic(topics.CALL_TICKS),
         decode=decode, step=step, due=lambda st: next_due(st, cfg),
-        bundled=frozenset({s.topic(topics.ATTEMPTS_BY_AGENT), s.topic(topics.CALLS_BY_APP)}),
+        bundled=frozenset({s.topic(topics.ATTEMPTS_BY_AGENT), s.topic(topics.CALLS_BY_APP)}
+                          | (set() if s.writes_0_1_formats else {missed})),
         tick_every=0.5, on_saved=on_saved, on_recovered=on_recovered,
     )

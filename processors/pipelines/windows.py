@@ -56,6 +56,6 @@ def windowed(name: str, table: str, source: str, ticks: str, out_topic: str, s: 
             log.warning("late contribution for %s at %s: its window's final is out; not counted", key, item["at"])
         return Result(st, (), next_flush(st, policy))
 
-    return Pipeline(name=name, table=table, store=lambda rows: WindowStore(rows, named),
+    return Pipeline(name=name, table=table, store=lambda rows: WindowStore(rows, named, item_rows=s.writes_0_1_formats),
                     source=source, ticks=ticks, decode=decode,
                     step=step, due=lambda st: next_flush(st, policy), tick_every=1.0)

@@ -15,6 +15,7 @@ from processors.core.callers import (
     CallerOutput,
     CallerState,
     apply_fact,
+    caller_key,
     expired,
     forget_at,
     read_fact,
@@ -285,6 +286,35 @@ def test_pipeline_decodes_every_fact_kind_and_routes_alerts_and_resolutions() ->
     from processors.runtime import TICK
 
     assert p.step("app:98", state, TICK, NOW + RETENTION_S) == Result(None)  # forgotten
+
+
+def test_caller_facts_travel_in_bundles_each_keyed_by_its_caller() -> None:
+    from config import topics
+    from config.kafka_producer import partition_for
+    from config.settings import Settings
+    from processors.bundles import bundle
+    from processors.pipelines import calls
+    from processors.pipelines.callers import decode
+
+    s = Settings(topic_prefix="p.")
+    topic = s.topic(topics.MISSED_BY_CALLER)
+    assert topic in calls.pipeline(s).bundled  # the calls pipeline sends them bundled
+    # one record each, as 0.1 reads them, while workers of 0.1 may still run (README "Upgrading")
+    assert topic not in calls.pipeline(Settings(topic_prefix="p.", upgrade_from="0.1")).bundled
+    facts: list[MissedCallFact | AnsweredCallFact] = [
+        missed("1", T0), answered("2", T0 + 60), missed("3", T0 + 90, cli="77"), missed("4", T0 + 120)]
+    placed = bundle([(topic, caller_key(f.app, f.cli).encode(), dumps(f)) for f in facts], 6)
+    decoded = {part: decode(None, value or b"") for _, part, _, value in placed}
+    for part, items in decoded.items():
+        assert all(partition_for(key.encode(), 6) == part for key, _ in items)  # co-partitioned
+    by_key: dict[str, list[object]] = {}
+    for items in decoded.values():
+        for key, fact in items:
+            by_key.setdefault(key, []).append(fact)
+    # every fact once, keyed app:cli, in the order sent for each caller
+    assert by_key == {"app:98": [facts[0], facts[1], facts[3]], "app:77": [facts[2]]}
+    with pytest.raises(ValueError):  # one bad fact: the bundle is the runtime's to dead-letter
+        decode(None, orjson.dumps([orjson.loads(dumps(facts[0])), {**orjson.loads(dumps(facts[1])), "kind": "x"}]))
 
 
 def replace_received(fact: MissedCallFact, received: float) -> MissedCallFact:

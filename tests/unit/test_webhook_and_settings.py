@@ -23,6 +23,9 @@ def test_settings_defaults_and_parsing() -> None:
         load({"AGENT_WINDOW_S": "soon"})
     with pytest.raises(SettingsError, match="PROVIDER_TZ"):
         load({"PROVIDER_TZ": "IST"})
+    assert load({"UPGRADE_FROM": "0.1"}).writes_0_1_formats and not s.writes_0_1_formats
+    with pytest.raises(SettingsError, match=r"UPGRADE_FROM='0\.0'"):
+        load({"UPGRADE_FROM": "0.0"})
 
 
 @pytest.mark.parametrize(("value", "expected"), [

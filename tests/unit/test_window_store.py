@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import orjson
+from hypothesis import given, settings, strategies
 
 from processors.core.windows import Window, Windowed, WindowPolicy, add, flush
 from processors.window_store import WindowStore
@@ -24,7 +25,7 @@ def test_rows_rebuild_the_same_state_and_dropped_windows_leave_no_rows() -> None
     change(store, "app:A1", lambda st: (add(st, "c2|1", H + 20, ["noanswer", None, 0], H + 21, P),
                                         add(st, "c2|1", H - 20, ["noanswer", None, 0], H + 21, P)))
     change(store, "app:A2", lambda st: add(st, "c3|1", H + 30, ["busy", None, 0], H + 23, P))
-    assert sum(1 for k in rows if b"\x1fi\x1f" in k) == 3  # one row per item, the moved one only once
+    assert sum(1 for k in rows if b"\x1fd\x1f" in k) == 3  # one row per window and batch that changed it
     assert sum(1 for k in rows if b"\x1fw\x1f" in k) == 0  # no window rows until a flush
     again = WindowStore(dict(rows))
     again.rebuild(rows.items(), H + 30)
@@ -91,3 +92,75 @@ def test_rows_written_with_late_counts_still_read() -> None:
     assert (st.watermark, st.closed_upto) == (H + 10, H - 3600)
     w = st.windows[H]
     assert (w.final, w.changed_at, w.emitted_at) == (True, H + 20.0, H + 30.0)
+
+
+def test_a_batch_writes_one_row_per_window_whatever_its_items() -> None:
+    rows: dict[bytes, bytes] = {}
+    store = WindowStore(rows)
+    change(store, "k", lambda st: [add(st, f"c{i}|1", H + i, [i], H, P) for i in range(50)])
+    assert list(rows) == [f"k\x1fd\x1f{H}\x1f0".encode(), b"k\x1fm"]
+
+
+@given(strategies.lists(strategies.lists(strategies.tuples(
+    strategies.sampled_from("abcdef"), strategies.integers(0, 2), strategies.integers(0, 3)),
+                         max_size=6), max_size=25),
+       strategies.lists(strategies.sampled_from([None, False, True]), min_size=25, max_size=25),
+       strategies.booleans())
+@settings(max_examples=300, deadline=None)
+def test_rows_rebuild_what_was_saved_across_moves_replacements_and_owners(
+        batches: list[list[tuple[str, int, int]]], owners: list[bool | None], item_rows: bool) -> None:
+    """Batches of items put (and moved between three windows, and replaced); after each, a new owner
+    rebuilt from the rows holds the same items and watermark, and may go on writing in its place
+    (its delta rows continue the count: none is overwritten), writing delta rows or, as 0.1 did,
+    item rows (UPGRADE_FROM=0.1), whatever the rows it found."""
+    rows: dict[bytes, bytes] = {}
+    store = WindowStore(rows, item_rows=item_rows)
+    for n, batch in enumerate(batches):
+        now = H + 10 + n
+
+        def work(st: Windowed, batch: list[tuple[str, int, int]] = batch, now: float = now) -> None:
+            for item, window, value in batch:
+                add(st, item, H + window * P.size_s + value, [value], now, P)
+
+        saved = change(store, "k", work)
+        again = WindowStore(rows)
+        again.rebuild(list(rows.items()), now)
+        rebuilt = again.cache.get("k", Windowed())
+        assert {s: w.items for s, w in rebuilt.windows.items() if w.items} == \
+            {s: w.items for s, w in saved.windows.items() if w.items}
+        assert rebuilt.watermark == saved.watermark
+        if owners[n] is not None:  # a new owner, of either version
+            store = WindowStore(rows, item_rows=bool(owners[n]))
+            store.rebuild(list(rows.items()), now)
+
+
+def test_rows_written_before_deltas_are_read_replaced_removed_and_dropped() -> None:
+    rows = {f"k\x1fi\x1f{H}\x1fa".encode(): orjson.dumps([H + 1, [1]]),
+            f"k\x1fi\x1f{H}\x1fb".encode(): orjson.dumps([H + 2, [2]])}
+    store = WindowStore(rows)
+    store.rebuild(list(rows.items()), H + 5)
+    change(store, "k", lambda st: (add(st, "a", H + 1, [10], H + 6, P), add(st, "b", H + 3700, [2], H + 6, P)))
+    again = WindowStore(rows)
+    again.rebuild(list(rows.items()), H + 7)
+    assert again.cache["k"].windows[H].items == {"a": [10]}  # replaced by the delta; b moved out
+    assert again.cache["k"].windows[H + 3600].items == {"b": [2]}
+    change(again, "k", lambda st: flush(st, H + 3 * 3600, P))  # final
+    change(again, "k", lambda st: flush(st, H + 4 * 3600, P))  # kept long enough: dropped
+    assert [k for k in rows if b"\x1fi\x1f" in k or b"\x1fd\x1f" in k] == []
+
+
+def test_upgrading_from_0_1_item_rows_are_written_until_a_window_has_deltas() -> None:
+    rows: dict[bytes, bytes] = {}
+    old_format = WindowStore(rows, item_rows=True)
+    change(old_format, "k", lambda st: [add(st, f"c{i}|1", H + i, [i], H, P) for i in range(3)])
+    assert sorted(k.split(b"\x1f")[1] for k in rows) == [b"i", b"i", b"i", b"m"]  # what 0.1 writes and reads
+    new_format = WindowStore(rows)
+    new_format.rebuild(list(rows.items()), H + 1)
+    change(new_format, "k", lambda st: add(st, "c0|1", H, [7], H + 2, P))
+    assert sum(1 for k in rows if b"\x1fd\x1f" in k) == 1
+    old_format.rebuild(list(rows.items()), H + 3)  # a window with deltas goes on with deltas
+    change(old_format, "k", lambda st: add(st, "c1|1", H, [8], H + 4, P))
+    assert sum(1 for k in rows if b"\x1fd\x1f" in k) == 2
+    final = WindowStore(rows)
+    final.rebuild(list(rows.items()), H + 5)
+    assert final.cache["k"].windows[H].items == {"c0|1": [7], "c1|1": [8], "c2|1": [2]}
