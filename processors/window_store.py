@@ -1,12 +1,12 @@
 """Metric windows persisted row by row, so a batch writes a few small rows per key, not a blob.
 
-Rows (in one table, changelogged):  KEY\x1fm                -> [watermark, closed_upto]
-                                    KEY\x1fw\x1fSTART        -> [final, dirty, changed_at, emitted_at]
-                                    KEY\x1fd\x1fSTART\x1fSEQ  -> [watermark when written, {ITEM: contribution
+Rows (in one table, changelogged):  KEY\\x1fm                -> [watermark, closed_upto]
+                                    KEY\\x1fw\\x1fSTART        -> [final, dirty, changed_at, emitted_at]
+                                    KEY\\x1fd\\x1fSTART\\x1fSEQ  -> [watermark when written, {ITEM: contribution
                                                                                     or null (removed)}]
 A batch writes one `d` (delta) row per window it changed: the items it put or removed there
 (SEQ counts a window's delta rows from 0; read in that order, the newest wins). One row per item,
-as 0.1 wrote them (`KEY\x1fi\x1fSTART\x1fITEM -> [watermark, contribution]`: still read, and written
+as 0.1 wrote them (`KEY\\x1fi\\x1fSTART\\x1fITEM -> [watermark, contribution]`: still read, and written
 while `UPGRADE_FROM=0.1`), cost a changelog record for every contribution: ~1.4 per call for the
 agent windows, 1 for the app's, more than the calls pipeline's own changelog.
 The owner keeps every key's `Windowed` state in memory, rebuilt from the rows after a rebalance;

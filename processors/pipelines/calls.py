@@ -81,7 +81,7 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
                 m.CALLS_CLOSED.labels(rec.close_reason).inc()
             else:
                 m.REVISIONS.inc()
-        for fact in em.facts:  # missed and answered calls, for the callers pipeline (bundled)
+        for fact in em.facts:  # missed and answered calls for the callers pipeline (bundled but with UPGRADE_FROM=0.1)
             if isinstance(fact, MissedCallFact) and received is not None:
                 fact = replace(fact, received_at=format_ts(received))
             out.append(Output(missed, caller_key(fact.app, fact.cli).encode(), dumps(fact)))

@@ -240,3 +240,18 @@ def test_a_run_waiting_for_room_is_not_put_after_its_partition_was_sought(consum
     soon = asyncio.get_event_loop().create_task(reread_soon())
     _, seeks = drain(consumer, [{SRC: fetched(SRC, [1, 2])}, {SRC: fetched(SRC, [3, 4])}])
     assert len(inbox) == 0 and seeks == [] and soon.done()
+
+
+def test_a_batch_acknowledged_at_once_is_booked_as_each_message_would_be(consumer: SafeConsumer) -> None:
+    consumer._committed_offset[SRC] = 208
+    batch = [message(o, generation=4) for o in range(208, 212)] + [message(212, generation=3)]
+    consumer.track(batch)
+    assert len(consumer._unacked_messages) == 1  # a rebalance waits for the batch
+    consumer.ack_batch(batch)
+    one_by_one = [message(o, generation=4) for o in range(208, 212)]
+    assert all(m.acked for m in batch) and not consumer._unacked_messages
+    # the stale message (fetched before the rebalance) is not booked, the others are, once
+    assert consumer._acked[SRC] == [m.offset for m in one_by_one] and consumer._n_acked == 4
+    consumer.ack_batch(batch)  # acknowledged again: nothing changes
+    assert consumer._acked[SRC] == [208, 209, 210, 211] and consumer._n_acked == 4
+    assert consumer._new_offset(SRC) == 212
