@@ -97,7 +97,6 @@ class Output:
 class Result(Generic[S]):
     state: S | None  # None: forget the key
     outputs: Sequence[Output] = ()
-    due: float | None = None  # when the step next wants a tick (None: never)
 
 
 class Store(Protocol[S]):
@@ -148,7 +147,8 @@ class Pipeline(Generic[S]):
                 to the dead-letter topic
     step        the pure step: (key, state or None, input or TICK, now) -> Result, or None
                 when nothing changes
-    due         a stored state's next deadline (to rebuild the index after a rebalance)
+    due         a state's next deadline (None: never), asked once per key and batch when the key
+                is saved, and for every state held after a rebalance
     bundled     output topics whose records are bundled per partition (see `bundles`)
     tick_every  how often the timer looks for due keys (seconds)
     on_saved    called after each batch with the keys saved (gauges)
@@ -198,7 +198,6 @@ class _Key(Generic[S]):
     state: S | None
     source: Source
     journal: list[Any] = field(default_factory=list)
-    due: float | None = None
     changed: bool = False
 
 
@@ -223,6 +222,7 @@ class Runner(Generic[S]):
         self.due = DeadlineIndex()
         self.next_offset: dict[int, int] = {}  # per source partition: the next record to handle
         self.parked: dict[int, set[str]] = {}  # ticks held until their partition catches up
+        self.latency: dict[str, Any] = {}  # the latency histogram's children, by label
 
     # --- ticks ----------------------------------------------------------------------------------
 
@@ -246,7 +246,7 @@ class Runner(Generic[S]):
         self.next_offset = {p: o or 0 for p, o in committed.items()}  # None: nothing committed yet
         states = list(self.store.items())
         for key, state in states:
-            self.due.set(key, self.p.due(state))
+            self.due.set(key, self._deadline(state))
         if self.p.on_recovered is not None:
             self.p.on_recovered(states)
         log.info("%s: deadline index rebuilt, %d keys", self.p.name, len(self.due))
@@ -273,7 +273,7 @@ class Runner(Generic[S]):
             with self.acting(k.source):
                 self.store.save(key, k.state)
             saved[key] = k.state
-            self.due.set(key, None if k.state is None else k.due)
+            self.due.set(key, None if k.state is None else self._deadline(k.state))
         if self.p.on_saved is not None and saved:
             self.p.on_saved(saved)
         plain: list[Record] = []
@@ -305,9 +305,12 @@ class Runner(Generic[S]):
             m.DELIVER_SECONDS.observe(time.perf_counter() - started)
         if self.delivered is not None:
             self.delivered(offsets, batch.changelog)
+        latency = self.latency
         for o in batch.outputs:
             if o.latency is not None and o.received is not None:
-                m.LATENCY.labels(o.latency).observe(max(0.0, acked - o.received))
+                if o.latency not in latency:  # labels() takes a lock and builds a tuple: once per label
+                    latency[o.latency] = m.LATENCY.labels(o.latency)
+                latency[o.latency].observe(max(0.0, acked - o.received))
 
     def _record(self, record: Source, keys: dict[str, _Key[S]], now: float) -> list[Output]:
         """One record (or tick) against the batch's keys: its outputs, or its dead letter."""
@@ -335,7 +338,7 @@ class Runner(Generic[S]):
                 k.journal.append(item)
                 returned.append(key)
                 if result is not None:
-                    k.state, k.due, k.changed, k.source = result.state, result.due, True, record
+                    k.state, k.changed, k.source = result.state, True, record
                     out.extend(result.outputs)
         except StoreError:
             raise  # the worker's fault, not the record's: the batch must not be acknowledged
@@ -343,6 +346,19 @@ class Runner(Generic[S]):
             self._undo(keys, touched, returned, now)
             return [self._dead_letter(record, error)]
         return out
+
+    def _deadline(self, state: S) -> float | None:
+        """The saved state's next deadline: asked here, once per key and batch, not after every
+        step (a state's deadline depends on nothing else). A `due` that raises is a bug in the
+        pipeline, and no record is to blame for it: the key is kept without a deadline (its next
+        record asks again) and the error is logged (not the key: it may hold a caller's number),
+        so the partition goes on."""
+        try:
+            return self.p.due(state)
+        except Exception as error:
+            log.error("%s: a key's deadline could not be computed (%s); it has none until its next record",
+                      self.p.name, type(error).__name__, exc_info=error)
+            return None
 
     def _load(self, record: Source, key: str) -> S | None:
         try:
@@ -360,12 +376,12 @@ class Runner(Generic[S]):
             earlier = k.journal[:len(k.journal) - returned.count(key)]
             with self.acting(k.source):
                 state = self.store.load(key)
-            k.state, k.changed, k.due, k.journal = state, False, None, []
+            k.state, k.changed, k.journal = state, False, []
             for item in earlier:
                 result = self.p.step(key, k.state, item, now)
                 k.journal.append(item)
                 if result is not None:
-                    k.state, k.due, k.changed = result.state, result.due, True
+                    k.state, k.changed = result.state, True
 
     def _dead_letter(self, record: Source, error: Exception) -> Output:
         m.UNPROCESSABLE.labels(self.p.name).inc()

@@ -8,23 +8,60 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
 
 from schemas.timefmt import parse_ts
 
 REGISTRY = CollectorRegistry(auto_describe=True)
 
-EVENTS = Counter("ivr_worker_events_total", "Events processed, by type", ["event"], registry=REGISTRY)
-DUPLICATES = Counter("ivr_worker_duplicates_total", "Repeated deliveries absorbed", registry=REGISTRY)
-LATE_EVENTS = Counter("ivr_worker_late_events_total", "Events for calls already closed", registry=REGISTRY)
+
+class Tally:
+    """A counter for the per-event path, exposed as a Prometheus counter like any other.
+
+    prometheus-client's `Counter` takes a lock on every increment (and `labels` another, and
+    builds a tuple); at one or two increments an event that was a measurable share of a worker's
+    CPU. A tally is a plain dict: only the event loop's thread bumps it, and a scrape (served on
+    that same loop) reads a copy.
+    """
+
+    def __init__(self, name: str, documentation: str, label: str | None = None,
+                 registry: CollectorRegistry = REGISTRY) -> None:
+        self.name, self.documentation, self.label = name, documentation, label
+        self.counts: dict[str, float] = {}
+        self.created: dict[str, float] = {}
+        if label is None:
+            self.inc("", 0)  # an unlabelled counter shows 0 from the start
+        registry.register(self)
+
+    def inc(self, value: str = "", amount: float = 1) -> None:
+        """Add `amount` under the label value `value` ("" when unlabelled)."""
+        counts = self.counts
+        if value in counts:
+            counts[value] += amount
+        else:
+            counts[value] = amount
+            self.created[value] = time.time()
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self.name, self.documentation, labels=None if self.label is None else [self.label])
+        for value, count in list(self.counts.items()):
+            family.add_metric([] if self.label is None else [value], count, created=self.created[value])
+        yield family
+
+
+EVENTS = Tally("ivr_worker_events_total", "Events processed, by type", "event")
+DUPLICATES = Tally("ivr_worker_duplicates_total", "Repeated deliveries absorbed")
+LATE_EVENTS = Tally("ivr_worker_late_events_total", "Events for calls already closed")
 UNPROCESSABLE = Counter("ivr_worker_unprocessable_events_total",
                         "Records a pipeline could not process (unreadable, or its step raised): sent to "
                         "ivr.events.unprocessable with the error", ["pipeline"], registry=REGISTRY)
 CALLS_OPEN = Gauge("ivr_worker_calls_open", "Calls open on this worker", registry=REGISTRY)
-CALLS_CLOSED = Counter("ivr_worker_calls_closed_total", "Calls closed, by reason", ["reason"], registry=REGISTRY)
-REVISIONS = Counter("ivr_worker_call_revisions_total", "Completed-call revisions after the first", registry=REGISTRY)
+CALLS_CLOSED = Tally("ivr_worker_calls_closed_total", "Calls closed, by reason", "reason")
+REVISIONS = Tally("ivr_worker_call_revisions_total", "Completed-call revisions after the first")
 ALERTS = Counter("ivr_worker_alerts_raised_total", "Missed-call alerts raised", registry=REGISTRY)
 RESOLUTIONS = Counter("ivr_worker_alerts_resolved_total", "Missed-call alerts resolved, by how", ["how"],
                       registry=REGISTRY)

@@ -70,7 +70,7 @@ def pipeline(s: Settings) -> Pipeline[CallerState]:
                     out.append(Output(calls_by_app, c.key.encode(), dumps(MetricContribution(
                         app=rec.app, key=c.key, item=c.item_id, at=format_ts(c.t), values=c.values,
                         at_received=True))))
-        return Result(state, out, forget_at(state))
+        return Result(state, out)
 
     return Pipeline(
         name="callers", table="callers",

@@ -17,7 +17,7 @@ from processors.core.call_metrics import Contribution, agent_contributions, app_
 from processors.core.call_record import CallView
 from processors.core.call_state import CallState
 from processors.core.callers import caller_key
-from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
+from processors.core.lifecycle import NOTHING, Applied, LifecycleConfig, apply, next_due, tick
 from processors.json_store import JsonStore
 from processors.runtime import TICK, Output, Pipeline, Result
 from schemas.codec import dumps
@@ -64,12 +64,13 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
     cfg = lifecycle_config(s)
     completed, missed = s.topic(topics.CALLS_COMPLETED), s.topic(topics.MISSED_BY_CALLER)
     open_calls: set[str] = set()
-    event_counters: dict[str, Any] = {}
 
-    def outputs(applied: Applied, received: float | None) -> list[Output]:
-        """The emission's records. `received`: the ingress receipt of the webhook that closed
-        (or revised) the call; for a call closed by a timer, that of its hang-up, if any."""
+    def outputs(applied: Applied, event: Any) -> list[Output]:
+        """The emission's records. Their `received`: the ingress receipt of the webhook that
+        closed (or revised) the call (`event`); for a call closed by a timer, that of its hang-up,
+        if any."""
         state, em, out = applied.state, applied.emission, []
+        received = None if event is TICK else parse_ts(event["received_at"])
         if received is None and state is not None and "H" in state.facts:
             received = state.facts["H"].received
         if em.completed is not None:
@@ -78,7 +79,7 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
             assert em.view is not None  # a record comes with the view it was made from
             out.extend(metric_contributions(rec, s, em.view))
             if rec.revision == 1:
-                m.CALLS_CLOSED.labels(rec.close_reason).inc()
+                m.CALLS_CLOSED.inc(rec.close_reason)
             else:
                 m.REVISIONS.inc()
         for fact in em.facts:  # missed and answered calls for the callers pipeline (bundled but with UPGRADE_FROM=0.1)
@@ -92,14 +93,8 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
             if state is None:
                 return None
             applied = tick(state, now, cfg)
-            received = None
         else:
-            kind = str(item.get("event"))
-            counter = event_counters.get(kind)
-            if counter is None:  # labels() takes a lock and builds a tuple: once per event type
-                counter = event_counters[kind] = m.EVENTS.labels(kind)
-            counter.inc()
-            received = parse_ts(item["received_at"])
+            m.EVENTS.inc(str(item.get("event")))
             applied = apply(state, item, now, cfg)
             if applied.late:
                 m.LATE_EVENTS.inc()
@@ -107,8 +102,9 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
                 m.DUPLICATES.inc()
             if applied.healed:
                 reconcile_metrics.EVENTS_HEALED.inc()
-        st = applied.state
-        return Result(st, outputs(applied, received), None if st is None else next_due(st, cfg))
+        if applied.emission is NOTHING:  # most events: the call goes on, nothing to write
+            return Result(applied.state)
+        return Result(applied.state, outputs(applied, item))
 
     def on_saved(saved: dict[str, CallState | None]) -> None:
         for uid, st in saved.items():

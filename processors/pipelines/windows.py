@@ -48,13 +48,13 @@ def windowed(name: str, table: str, source: str, ticks: str, out_topic: str, s: 
                 record = to_record(key, start, w)
                 m.observe_window_record(record, s.metrics_agent_label)
                 out.append(Output(out_topic, record_key(key, start).encode(), dumps(record)))
-            return Result(st, out, next_flush(st, policy))
+            return Result(st, out)
         st = st or Windowed()
         if add(st, item["item"], parse_ts(item["at"]), item["values"], now, policy,
                advance=not item.get("at_received", False)) == "late":
             late.inc()
             log.warning("late contribution for %s at %s: its window's final is out; not counted", key, item["at"])
-        return Result(st, (), next_flush(st, policy))
+        return Result(st)
 
     return Pipeline(name=name, table=table, store=lambda rows: WindowStore(rows, named, item_rows=s.writes_0_1_formats),
                     source=source, ticks=ticks, decode=decode,

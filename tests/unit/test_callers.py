@@ -267,7 +267,7 @@ def test_pipeline_decodes_every_fact_kind_and_routes_alerts_and_resolutions() ->
     outputs = []
     for key, item in items:
         r = p.step(key, state, item, NOW)
-        assert isinstance(r, Result) and r.due == NOW + RETENTION_S
+        assert isinstance(r, Result) and r.state is not None and p.due(r.state) == NOW + RETENTION_S
         state = r.state
         outputs += list(r.outputs)
     resolved, by_app = "p." + topics.ALERTS_RESOLVED, "p." + topics.CALLS_BY_APP

@@ -86,17 +86,25 @@ def step(key: str, state: dict[str, Any] | None, item: Any, now: float) -> Resul
     state = state or {"total": 0}
     if item == "noop":
         return None
+    if item == "no deadline":  # a state `due` cannot read: see `due`
+        return Result({**state, "due": "never"})
     state["total"] += 1 if item == "boom" else item
+    state["due"] = now + 10
     if item == "boom":
         raise OverflowError("cannot convert float infinity to integer")
     return Result(state, [Output(OUT, key.encode(), str(state["total"]).encode(), received=now - 1,
-                                 latency="completed")], due=now + 10)
+                                 latency="completed")])
+
+
+def due(state: dict[str, Any]) -> float | None:
+    """What the step set (ten seconds after its last item), else 1.0 for a big total, else never."""
+    return float(state["due"]) if "due" in state else 1.0 if state["total"] >= 100 else None
 
 
 def runner(recovered: list[Any] | None = None) -> tuple[Runner[dict[str, Any]], CountingRows, Delivery, Position]:
     rows, delivery, position = CountingRows(), Delivery(), Position()
     pipe = Pipeline(name="counter", table="counters", store=lambda r: JsonStore(r, dict, dict), source=SRC,
-                    ticks=TICKS, decode=decode, step=step, due=lambda st: 1.0 if st["total"] >= 100 else None,
+                    ticks=TICKS, decode=decode, step=step, due=due,
                     on_recovered=None if recovered is None else recovered.extend)
     return Runner(pipe, pipe.store(rows), delivery, position, DLQ), rows, delivery, position
 
@@ -226,7 +234,7 @@ def test_a_bundle_that_fails_undoes_every_key_it_touched() -> None:
 def test_ticks_wait_until_the_partition_has_caught_up() -> None:
     r, rows, delivery, position = runner()
     handle(r, [ev(0, "k", 100)])
-    assert r.due_keys(1005.0) == [] and r.due_keys(1010.0) == ["k"]  # the step's due: now + 10
+    assert r.due_keys(1005.0) == [] and r.due_keys(1010.0) == ["k"]  # the saved state's due: now + 10
     position.ends[0] = 5  # four more records on the partition, not read yet
     handle(r, [Rec(TICKS, 0, 0, b"k", b"")])
     assert b"k" in rows and delivery.records(OUT) == [(b"k", b"100")]
@@ -301,3 +309,14 @@ def test_a_table_that_cannot_be_read_fails_the_batch_instead_of_dead_lettering_i
         handle(r, [ev(0, "k", 1), ev(1, "k", 2)])
     assert isinstance(raised.value.__cause__, RuntimeError)
     assert delivery.batches == []  # nothing delivered, nothing dead-lettered: the batch is read again
+
+
+def test_a_deadline_that_cannot_be_computed_leaves_the_key_without_one(caplog: pytest.LogCaptureFixture) -> None:
+    r, rows, delivery, _ = runner()
+    handle(r, [ev(0, "k", 1), ev(1, "k", "no deadline"), ev(2, "j", 1)])
+    assert orjson.loads(rows[b"k"]) == {"total": 1, "due": "never"}  # saved all the same
+    assert r.due_keys(5000.0) == ["j"]  # k: no deadline (it raised), j: its own
+    assert "a key's deadline could not be computed (ValueError)" in caplog.text
+    assert delivery.records(DLQ) == []  # no record is to blame
+    handle(r, [ev(3, "k", 2)])
+    assert r.due_keys(5000.0) == ["k"]  # its next record asks again
