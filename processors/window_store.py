@@ -2,10 +2,14 @@
 
 Rows (in one table, changelogged):  KEY\\x1fm                -> [watermark, closed_upto]
                                     KEY\\x1fw\\x1fSTART        -> [final, dirty, changed_at, emitted_at]
-                                    KEY\\x1fd\\x1fSTART\\x1fSEQ  -> [watermark when written, {ITEM: contribution
-                                                                                    or null (removed)}]
+                                    KEY\\x1fd\\x1fSTART\\x1fSEQ\\x1fOWNER  -> [watermark when written,
+                                                                     {ITEM: contribution or null (removed)}]
 A batch writes one `d` (delta) row per window it changed: the items it put or removed there
-(SEQ counts a window's delta rows from 0; read in that order, the newest wins). One row per item,
+(SEQ counts a window's delta rows from 0; read in that order, the newest wins). OWNER is drawn
+afresh each time the store is rebuilt, i.e. per ownership of the partition: a worker that lost the
+partition but still delivers a batch writes rows under its own OWNER, so its rows and the new
+owner's, numbered alike, are both kept (compaction would keep only one of two rows with the same
+key, and every change of the other). One row per item,
 as 0.1 wrote them (`KEY\\x1fi\\x1fSTART\\x1fITEM -> [watermark, contribution]`: still read, and written
 while `UPGRADE_FROM=0.1`), cost a changelog record for every contribution: ~1.4 per call for the
 agent windows, 1 for the app's, more than the calls pipeline's own changelog.
@@ -17,6 +21,7 @@ Works over any MutableMapping[bytes, bytes]: a Faust table in the worker, a dict
 from __future__ import annotations
 
 import math
+import secrets
 import time
 from collections.abc import Callable, Iterable, MutableMapping
 from typing import Any
@@ -36,12 +41,12 @@ def _window_row(key: str, start: int) -> bytes:
     return f"{key}{SEP}w{SEP}{start}".encode()
 
 
-def _delta_row(key: str, start: int, seq: int) -> bytes:
-    return f"{key}{SEP}d{SEP}{start}{SEP}{seq}".encode()
+def _delta_row(key: str, start: int, seq: int, owner: str) -> bytes:
+    return f"{key}{SEP}d{SEP}{start}{SEP}{seq}{SEP}{owner}".encode()
 
 
 def _item_row(key: str, start: int, item: str) -> bytes:
-    """The row of one item, as written before delta rows."""
+    """The row of one item, as written before delta rows (and while `UPGRADE_FROM=0.1`)."""
     return f"{key}{SEP}i{SEP}{start}{SEP}{item}".encode()
 
 
@@ -71,7 +76,9 @@ class WindowStore:
         #: would otherwise be read back in the wrong order)
         self.writes_item_rows = item_rows
         self.cache: dict[str, Windowed] = {}
-        self.deltas: dict[tuple[str, int], int] = {}  # (key, window start) -> its delta rows
+        self.owner = secrets.token_hex(4)  # see the module doc; drawn again by `rebuild`
+        self.next_seq: dict[tuple[str, int], int] = {}  # (key, window start) -> its next delta's SEQ
+        self.deltas: dict[tuple[str, int], list[bytes]] = {}  # (key, window start) -> its delta rows
         self.item_rows: dict[tuple[str, int], set[str]] = {}  # (key, window start) -> its items' rows
 
     def load(self, key: str) -> Windowed | None:
@@ -87,8 +94,9 @@ class WindowStore:
         for s in old.windows.keys() | new.windows.keys():
             ow, nw = old.windows.get(s), new.windows.get(s)
             if nw is None:  # dropped: final and kept long enough
-                for seq in range(self.deltas.pop((key, s), 0)):
-                    self.rows.pop(_delta_row(key, s, seq), None)
+                self.next_seq.pop((key, s), None)
+                for row in self.deltas.pop((key, s), ()):
+                    self.rows.pop(row, None)
                 for item in self.item_rows.pop((key, s), ()):
                     self.rows.pop(_item_row(key, s, item), None)
                 self.rows.pop(_window_row(key, s), None)
@@ -99,12 +107,14 @@ class WindowStore:
                 delta: dict[str, Any] = {item: c for item, c in nw.items.items() if old_items.get(item) is not c}
                 for item in old_items.keys() - nw.items.keys():
                     delta[item] = None
-                seq = self.deltas.get((key, s), 0)
+                seq = self.next_seq.get((key, s), 0)
                 if delta and self.writes_item_rows and not seq:
                     self._write_items(key, s, _meta(new)[0], delta)
                 elif delta:
-                    self.rows[_delta_row(key, s, seq)] = orjson.dumps([_meta(new)[0], delta])
-                    self.deltas[(key, s)] = seq + 1
+                    row = _delta_row(key, s, seq, self.owner)
+                    self.rows[row] = orjson.dumps([_meta(new)[0], delta])
+                    self.next_seq[(key, s)] = seq + 1
+                    self.deltas.setdefault((key, s), []).append(row)
             before = (False, 0.0) if ow is None else (ow.final, ow.emitted_at)
             if before != (nw.final, nw.emitted_at):
                 self.rows[_window_row(key, s)] = orjson.dumps([nw.final, nw.dirty, nw.changed_at, nw.emitted_at])
@@ -130,9 +140,11 @@ class WindowStore:
     def rebuild(self, rows: Iterable[tuple[bytes, bytes]], now: float) -> None:
         """Rebuild the in-memory states from the table's rows (after a rebalance)."""
         self.cache.clear()
+        self.owner = secrets.token_hex(4)
+        self.next_seq.clear()
         self.deltas.clear()
         self.item_rows.clear()
-        deltas: list[tuple[str, int, int, Any]] = []
+        deltas: list[tuple[str, int, int, str, bytes, Any]] = []
         for raw_key, raw in rows:
             parts = raw_key.decode().split(SEP)
             st = self.cache.setdefault(parts[0], Windowed())
@@ -145,8 +157,8 @@ class WindowStore:
                 if len(value) == 5:  # rows written before late counts were dropped: [final, late, ...]
                     del value[1]
                 w.final, w.dirty, w.changed_at, w.emitted_at = value
-            elif parts[1] == "d":
-                deltas.append((parts[0], int(parts[2]), int(parts[3]), value))
+            elif parts[1] == "d":  # (rows without an OWNER: written before it was added)
+                deltas.append((parts[0], int(parts[2]), int(parts[3]), SEP.join(parts[4:]), raw_key, value))
             else:  # an item row, written before delta rows
                 t, contribution = value
                 start, item = int(parts[2]), SEP.join(parts[3:])
@@ -155,14 +167,17 @@ class WindowStore:
                 if t is not None:
                     st.watermark = max(st.watermark, t)
         # a window's deltas after its item rows (older), in the order written: the newest wins
-        for key, start, seq, (t, delta) in sorted(deltas, key=lambda d: d[2]):
+        # (two owners' rows with the same SEQ: a worker that lost the partition and the one that
+        # took it over, which replayed the same input; their order is then arbitrary)
+        for key, start, seq, _owner, raw_key, (t, delta) in sorted(deltas, key=lambda d: (d[2], d[3])):
             st, w = self.cache[key], self.cache[key].windows.setdefault(start, Window())
             for item, contribution in delta.items():
                 if contribution is None:
                     w.items.pop(item, None)
                 else:
                     w.items[item] = self.upgrade(contribution)
-            self.deltas[(key, start)] = max(self.deltas.get((key, start), 0), seq + 1)
+            self.next_seq[(key, start)] = max(self.next_seq.get((key, start), 0), seq + 1)
+            self.deltas.setdefault((key, start), []).append(raw_key)
             if t is not None:
                 st.watermark = max(st.watermark, t)
         # Meta rows of open windows are written at flush only, so an open window may have changed

@@ -98,7 +98,45 @@ def test_a_batch_writes_one_row_per_window_whatever_its_items() -> None:
     rows: dict[bytes, bytes] = {}
     store = WindowStore(rows)
     change(store, "k", lambda st: [add(st, f"c{i}|1", H + i, [i], H, P) for i in range(50)])
-    assert list(rows) == [f"k\x1fd\x1f{H}\x1f0".encode(), b"k\x1fm"]
+    assert list(rows) == [f"k\x1fd\x1f{H}\x1f0\x1f{store.owner}".encode(), b"k\x1fm"]
+
+
+def test_two_owners_of_a_partition_never_write_the_same_row() -> None:
+    """A worker that lost the partition delivers its last batch after the new owner rebuilt
+    without it: both batches' rows are kept (compaction keeps the last of two rows with one key)."""
+    changelog: dict[bytes, bytes] = {}
+    old = WindowStore(changelog)
+    change(old, "k", lambda st: add(st, "a", H, [1], H, P))
+    recovered_from = dict(changelog)
+    change(old, "k", lambda st: add(st, "b", H + 1, [2], H + 1, P))  # delivered late, after the hand-over
+    late = {k: v for k, v in changelog.items() if k not in recovered_from}
+    new = WindowStore(dict(recovered_from))
+    new.rebuild(list(new.rows.items()), H + 2)
+    change(new, "k", lambda st: add(st, "c", H + 2, [3], H + 2, P))  # numbered as the late batch was
+    compacted = {**new.rows, **late}
+    final = WindowStore(compacted)
+    final.rebuild(list(compacted.items()), H + 3)
+    assert set(final.cache["k"].windows[H].items) == {"a", "b", "c"}
+    assert sum(1 for k in compacted if b"\x1fd\x1f" in k) == 3
+    # ... and every one of them goes when the window is dropped
+    st = final.load("k")
+    assert st is not None
+    st.windows.clear()
+    final.save("k", st)
+    assert [k for k in compacted if b"\x1fd\x1f" in k] == []
+
+
+def test_delta_rows_written_without_an_owner_are_read_and_dropped() -> None:
+    rows = {f"k\x1fd\x1f{H}\x1f0".encode(): orjson.dumps([H, {"a": [1]}]),
+            f"k\x1fd\x1f{H}\x1f1".encode(): orjson.dumps([H + 1, {"a": None, "b": [2]}])}
+    store = WindowStore(rows)
+    store.rebuild(list(rows.items()), H + 2)
+    assert store.cache["k"].windows[H].items == {"b": [2]} and store.next_seq[("k", H)] == 2
+    st = store.load("k")
+    assert st is not None
+    st.windows.clear()
+    store.save("k", st)
+    assert [k for k in rows if b"\x1fd\x1f" in k] == []
 
 
 @given(strategies.lists(strategies.lists(strategies.tuples(
