@@ -38,3 +38,6 @@ TOPIC_RECORDS: dict[str, type | tuple[type, ...]] = {
 # the records above whose keys hash to that partition (a record per item would cost the
 # consuming agent one Faust event each).
 BUNDLED_TOPICS = frozenset({topics.ATTEMPTS_BY_AGENT, topics.CALLS_BY_APP, topics.MISSED_BY_CALLER})
+# ... and, of those, the ones that also carry single records: 0.1 wrote the caller facts one by
+# one, and a 0.2 worker still does while UPGRADE_FROM=0.1 (README "Upgrading").
+SINGLE_TOO_TOPICS = frozenset({topics.MISSED_BY_CALLER})

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import orjson
 
-from schemas.catalogue import BUNDLED_TOPICS, TOPIC_RECORDS
+from schemas.catalogue import BUNDLED_TOPICS, SINGLE_TOO_TOPICS, TOPIC_RECORDS
 from schemas.jsonschema import schema_for
 
 OUT = Path(__file__).parent / "json"
@@ -20,7 +20,8 @@ OUT = Path(__file__).parent / "json"
 def rendered() -> dict[Path, bytes]:
     return {
         OUT / f"{topic}.schema.json":
-            orjson.dumps(schema_for(cls, topic, topic in BUNDLED_TOPICS), option=orjson.OPT_INDENT_2) + b"\n"
+            orjson.dumps(schema_for(cls, topic, topic in BUNDLED_TOPICS, topic in SINGLE_TOO_TOPICS),
+                         option=orjson.OPT_INDENT_2) + b"\n"
         for topic, cls in TOPIC_RECORDS.items()
     }
 

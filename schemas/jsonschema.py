@@ -62,9 +62,10 @@ def _object(cls: type, defs: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def schema_for(cls: type | tuple[type, ...], topic: str, bundled: bool = False) -> dict[str, Any]:
+def schema_for(cls: type | tuple[type, ...], topic: str, bundled: bool = False,
+               single_too: bool = False) -> dict[str, Any]:
     """The topic's record: one `cls` object (or one of several, told apart by their `kind`), or
-    (bundled) a JSON array of them."""
+    (bundled) a JSON array of them, or (bundled and `single_too`) either."""
     defs: dict[str, Any] = {}
     if isinstance(cls, tuple):
         body: dict[str, Any] = {"oneOf": [_object(c, defs) for c in cls]}
@@ -79,6 +80,11 @@ def schema_for(cls: type | tuple[type, ...], topic: str, bundled: bool = False) 
         "description": description,
         **({"type": "array", "items": body} if bundled else body),
     }
+    if bundled and single_too:
+        del out["type"], out["items"]
+        out["title"] = f"{title}, or a bundle of them"
+        defs["record"] = body
+        out["oneOf"] = [{"type": "array", "items": {"$ref": "#/$defs/record"}}, {"$ref": "#/$defs/record"}]
     if defs:
         out["$defs"] = defs
     return out

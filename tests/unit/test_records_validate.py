@@ -31,7 +31,12 @@ def test_completed_and_missed_records_validate() -> None:
         validator(topics.CALLS_COMPLETED).validate(orjson.loads(dumps(rec)))
     assert missed.missed and answered.answered
     # the callers' repartition topic carries bundles: a JSON array of facts of any kind
-    validator(topics.MISSED_BY_CALLER).validate([orjson.loads(dumps(f)) for f in [*missed.missed, *answered.answered]])
+    facts = [orjson.loads(dumps(f)) for f in [*missed.missed, *answered.answered]]
+    validator(topics.MISSED_BY_CALLER).validate(facts)
+    for fact in facts:  # ... or, as 0.1 wrote them (and 0.2 while UPGRADE_FROM=0.1), one by one
+        validator(topics.MISSED_BY_CALLER).validate(fact)
+    for bad in ([{**facts[0], "kind": "maybe"}], {**facts[0], "kind": "maybe"}, [facts]):
+        assert not validator(topics.MISSED_BY_CALLER).is_valid(bad)
 
 
 def test_alert_and_resolution_records_validate() -> None:
