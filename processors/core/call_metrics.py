@@ -45,8 +45,13 @@ REACHED_SUFFIX = "|reached"
 class Contribution:
     key: str  # app:agent or app
     item_id: str
-    t: float  # event time that picks the window
+    at: str  # event time that picks the window, as the records write it (`schemas.timefmt`)
     values: dict[str, Any]  # {"v": 1, <ATTEMPT_FIELDS or CALL_FIELDS>}
+
+    @property
+    def t(self) -> float:
+        """`at` in epoch seconds."""
+        return parse_ts(self.at)
 
 
 def named(values: Any) -> dict[str, Any]:
@@ -68,20 +73,19 @@ def agent_key(app: str, agent: str) -> str:
 def agent_contributions(call: CompletedCall) -> list[Contribution]:
     """One per attempt: its result, ring time when answered, talk time."""
     out = []
-    call_start = parse_ts(call.started_at)
     answering = next((a.attemptid for a in call.attempts if a.result == "answered"), None)
     for a in call.attempts:
-        t = parse_ts(a.started_at) if a.started_at else call_start
         answered = a.result == "answered"
         talk = call.talk_s if a.attemptid == answering else 0.0
-        out.append(Contribution(agent_key(call.app, a.to), f"{call.uniqueid}|{a.attemptid}", t, {
-            "v": CONTRIBUTION_VERSION, "result": a.result, "ring_s": a.ring_s if answered else None,
-            "talk_s": talk}))
+        out.append(Contribution(agent_key(call.app, a.to), f"{call.uniqueid}|{a.attemptid}",
+                                a.started_at or call.started_at, {
+                                    "v": CONTRIBUTION_VERSION, "result": a.result,
+                                    "ring_s": a.ring_s if answered else None, "talk_s": talk}))
     return out
 
 
 def app_contribution(call: CompletedCall, short_abandon_s: float, service_level_s: float) -> Contribution:
-    return Contribution(call.app, call.uniqueid, parse_ts(call.started_at), {
+    return Contribution(call.app, call.uniqueid, call.started_at, {
         "v": CONTRIBUTION_VERSION, "outcome": call.outcome, "missed_reason": call.missed_reason, "wait_s": call.wait_s,
         "short_abandon": is_short_abandon(call.outcome, call.close_reason, call.wait_s, short_abandon_s),
         "within_service_level": answered_within(call.outcome, call.wait_s, service_level_s),
@@ -92,7 +96,8 @@ def reached_contribution(app: str, uniqueid: str, started: float) -> Contributio
     """A missed call's caller was reached again: counted in the window of the missed call's start.
     `started` is as the callers pipeline knows it, perhaps a receive-time stand-in: the pipeline
     marks it so, and it never advances the watermark (the call's own contribution does)."""
-    return Contribution(app, f"{uniqueid}{REACHED_SUFFIX}", started, {"v": CONTRIBUTION_VERSION, "reached_again": True})
+    return Contribution(app, f"{uniqueid}{REACHED_SUFFIX}", format_ts(started),
+                        {"v": CONTRIBUTION_VERSION, "reached_again": True})
 
 
 def receive_timed(uniqueid: str, v: CallView) -> frozenset[str]:

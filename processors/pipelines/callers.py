@@ -27,7 +27,7 @@ from processors.json_store import JsonStore
 from processors.runtime import TICK, Output, Pipeline, Result
 from schemas.codec import dumps
 from schemas.records import MetricContribution, MissedCallAlert, MissedCallFact
-from schemas.timefmt import format_ts, parse_ts
+from schemas.timefmt import parse_ts
 
 
 def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
@@ -68,7 +68,7 @@ def pipeline(s: Settings) -> Pipeline[CallerState]:
                     # the app's watermark (the missed call's own contribution does, if clocked)
                     c = reached_contribution(rec.app, rec.uniqueid, started)
                     out.append(Output(calls_by_app, c.key.encode(), dumps(MetricContribution(
-                        app=rec.app, key=c.key, item=c.item_id, at=format_ts(c.t), values=c.values,
+                        app=rec.app, key=c.key, item=c.item_id, at=c.at, values=c.values,
                         at_received=True))))
         return Result(state, out)
 

@@ -36,7 +36,7 @@ def lifecycle_config(s: Settings) -> LifecycleConfig:
 
 
 def contribution(app_id: str, c: Contribution, at_received: bool = False) -> bytes:
-    return dumps(MetricContribution(app=app_id, key=c.key, item=c.item_id, at=format_ts(c.t), values=c.values,
+    return dumps(MetricContribution(app=app_id, key=c.key, item=c.item_id, at=c.at, values=c.values,
                                     at_received=at_received))
 
 
@@ -45,8 +45,8 @@ def metric_contributions(rec: CompletedCall, s: Settings, v: CallView) -> list[O
     agent and by app (sent from here: the record is in hand, and a stateless re-keying step needs
     no topic of its own)."""
     unclocked = receive_timed(rec.uniqueid, v)
-    out = [Output(s.topic(topics.ATTEMPTS_BY_AGENT), c.key.encode(),
-                  contribution(rec.app, c, c.item_id in unclocked))
+    by_agent = s.topic(topics.ATTEMPTS_BY_AGENT)
+    out = [Output(by_agent, c.key.encode(), contribution(rec.app, c, c.item_id in unclocked))
            for c in agent_contributions(rec)]
     c = app_contribution(rec, s.short_abandon_s, s.service_level_s)
     out.append(Output(s.topic(topics.CALLS_BY_APP), c.key.encode(), contribution(rec.app, c, c.item_id in unclocked)))

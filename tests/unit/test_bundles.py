@@ -9,6 +9,7 @@ from config.kafka_producer import partition_for
 from processors.bundles import bundle, unbundle
 from processors.core.call_metrics import Contribution
 from processors.pipelines.calls import contribution
+from schemas.timefmt import format_ts
 
 TOPIC = "ivr.internal.attempts-by-agent"
 
@@ -16,7 +17,7 @@ TOPIC = "ivr.internal.attempts-by-agent"
 def records(n: int) -> list[tuple[str, bytes, bytes]]:
     out = []
     for i in range(n):
-        c = Contribution(key=f"app:A{i % 7}", item_id=f"call.{i}.1", t=1_700_000_000 + i,
+        c = Contribution(key=f"app:A{i % 7}", item_id=f"call.{i}.1", at=format_ts(1_700_000_000 + i),
                          values={"v": 1, "result": "answered", "ring_s": 3.0, "talk_s": 60.0})
         out.append((TOPIC, c.key.encode(), contribution("app", c)))
     return out
