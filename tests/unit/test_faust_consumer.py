@@ -255,3 +255,34 @@ def test_a_batch_acknowledged_at_once_is_booked_as_each_message_would_be(consume
     consumer.ack_batch(batch)  # acknowledged again: nothing changes
     assert consumer._acked[SRC] == [208, 209, 210, 211] and consumer._n_acked == 4
     assert consumer._new_offset(SRC) == 212
+
+
+def test_a_batch_acknowledged_at_once_leaves_what_acknowledging_each_message_leaves(consumer: SafeConsumer) -> None:
+    """Several partitions and topics, one whose acknowledgements are off, offsets already
+    committed, an offset twice, a stale message: `ack_batch` books as `ack` does, message by message."""
+    one_by_one = SafeTransport(consumer.app.conf.broker_consumer, consumer.app).create_consumer(
+        callback=consumer.callback, on_partitions_revoked=consumer._on_partitions_revoked,
+        on_partitions_assigned=consumer._on_partitions_assigned)
+    assert isinstance(one_by_one, SafeConsumer)
+    other, quiet = TP(SRC.topic, 1), TP("quiet", 0)  # "quiet": not an acking topic
+    for c in (consumer, one_by_one):
+        c._committed_offset.update({SRC: 100, other: None, quiet: 7})
+
+    def batch() -> list[Message]:
+        made = [(SRC, o, 4) for o in (98, 100, 101, 101, 103)] + [(other, o, 4) for o in (0, 1)]
+        made += [(quiet, 7, 4), (quiet, 8, 4), (SRC, 104, 3), (other, 2, 4)]
+        return [Message(tp.topic, tp.partition, o, 0.0, 0, None, b"k", b"v", None, generation_id=g)
+                for tp, o, g in made]
+
+    at_once, each = batch(), batch()
+    consumer.track(at_once)
+    consumer.ack_batch(at_once)
+    for m in each:
+        one_by_one._unacked_messages.add(m)
+        one_by_one.ack(m)
+    for attr in ("_acked", "_acked_index"):
+        assert {tp: v for tp, v in getattr(consumer, attr).items() if v} == \
+               {tp: v for tp, v in getattr(one_by_one, attr).items() if v}, attr
+    assert consumer._n_acked == one_by_one._n_acked == 6  # src 100, 101, 103; src/1 0, 1, 2 (not 98, quiet, stale)
+    assert [m.acked for m in at_once] == [m.acked for m in each]
+    assert not consumer._unacked_messages  # (Faust's `ack` leaves a message it did not book there until collected)
