@@ -5,11 +5,15 @@ Rows (in one table, changelogged):  KEY\\x1fm                -> [watermark, clos
                                     KEY\\x1fd\\x1fSTART\\x1fSEQ\\x1fOWNER  -> [watermark when written,
                                                                      {ITEM: contribution or null (removed)}]
 A batch writes one `d` (delta) row per window it changed: the items it put or removed there
-(SEQ counts a window's delta rows from 0; read in that order, the newest wins). OWNER is drawn
-afresh each time the store is rebuilt, i.e. per ownership of the partition: a worker that lost the
-partition but still delivers a batch writes rows under its own OWNER, so its rows and the new
-owner's, numbered alike, are both kept (compaction would keep only one of two rows with the same
-key, and every change of the other). One row per item,
+(SEQ counts a window's delta rows from 0). OWNER is `EPOCH.TOKEN`, taken afresh each time the
+store is rebuilt, i.e. per ownership of the partition: EPOCH one more than the highest among the
+rows rebuilt from, TOKEN random. A worker that lost the partition but still delivers a batch (it
+does not know yet) writes rows under its own, older OWNER: its rows and the new owner's, numbered
+alike, are both kept (compaction would keep only one of two rows with the same key, and every
+change of the other), and its rows are read first, so the new owner's replay wins. Rows are read
+by (EPOCH, SEQ); rows without an OWNER (written before it was added) first. Rows such a late batch
+leaves for a window the new owner has dropped since are ignored when read, and deleted by the
+key's next save. One row per item,
 as 0.1 wrote them (`KEY\\x1fi\\x1fSTART\\x1fITEM -> [watermark, contribution]`: still read, and written
 while `UPGRADE_FROM=0.1`), cost a changelog record for every contribution: ~1.4 per call for the
 agent windows, 1 for the app's, more than the calls pipeline's own changelog.
@@ -76,7 +80,8 @@ class WindowStore:
         #: would otherwise be read back in the wrong order)
         self.writes_item_rows = item_rows
         self.cache: dict[str, Windowed] = {}
-        self.owner = secrets.token_hex(4)  # see the module doc; drawn again by `rebuild`
+        self.owner = f"0.{secrets.token_hex(4)}"  # see the module doc; taken again by `rebuild`
+        self.orphans: dict[str, list[bytes]] = {}  # key -> rows of windows it had dropped (see `rebuild`)
         self.next_seq: dict[tuple[str, int], int] = {}  # (key, window start) -> its next delta's SEQ
         self.deltas: dict[tuple[str, int], list[bytes]] = {}  # (key, window start) -> its delta rows
         self.item_rows: dict[tuple[str, int], set[str]] = {}  # (key, window start) -> its items' rows
@@ -90,6 +95,9 @@ class WindowStore:
         change only when flushed (their dirty/changed_at are rebuilt, see `rebuild`)."""
         if new is None:
             new = Windowed()
+        if self.orphans and key in self.orphans:
+            for row in self.orphans.pop(key):
+                self.rows.pop(row, None)
         old = self.cache.get(key) or Windowed()
         for s in old.windows.keys() | new.windows.keys():
             ow, nw = old.windows.get(s), new.windows.get(s)
@@ -140,11 +148,12 @@ class WindowStore:
     def rebuild(self, rows: Iterable[tuple[bytes, bytes]], now: float) -> None:
         """Rebuild the in-memory states from the table's rows (after a rebalance)."""
         self.cache.clear()
-        self.owner = secrets.token_hex(4)
+        self.orphans.clear()
         self.next_seq.clear()
         self.deltas.clear()
         self.item_rows.clear()
-        deltas: list[tuple[str, int, int, str, bytes, Any]] = []
+        deltas: list[tuple[str, int, int, int, str, bytes, Any]] = []
+        rows_of: dict[tuple[str, int], list[bytes]] = {}  # every row of a window's items, by window
         for raw_key, raw in rows:
             parts = raw_key.decode().split(SEP)
             st = self.cache.setdefault(parts[0], Windowed())
@@ -157,19 +166,22 @@ class WindowStore:
                 if len(value) == 5:  # rows written before late counts were dropped: [final, late, ...]
                     del value[1]
                 w.final, w.dirty, w.changed_at, w.emitted_at = value
-            elif parts[1] == "d":  # (rows without an OWNER: written before it was added)
-                deltas.append((parts[0], int(parts[2]), int(parts[3]), SEP.join(parts[4:]), raw_key, value))
+            elif parts[1] == "d":
+                epoch, _, token = SEP.join(parts[4:]).partition(".")
+                deltas.append((parts[0], int(parts[2]), int(epoch) if token and epoch.isdigit() else -1,
+                               int(parts[3]), token, raw_key, value))
+                rows_of.setdefault((parts[0], int(parts[2])), []).append(raw_key)
             else:  # an item row, written before delta rows
                 t, contribution = value
                 start, item = int(parts[2]), SEP.join(parts[3:])
                 st.windows.setdefault(start, Window()).items[item] = self.upgrade(contribution)
                 self.item_rows.setdefault((parts[0], start), set()).add(item)
+                rows_of.setdefault((parts[0], start), []).append(raw_key)
                 if t is not None:
                     st.watermark = max(st.watermark, t)
-        # a window's deltas after its item rows (older), in the order written: the newest wins
-        # (two owners' rows with the same SEQ: a worker that lost the partition and the one that
-        # took it over, which replayed the same input; their order is then arbitrary)
-        for key, start, seq, _owner, raw_key, (t, delta) in sorted(deltas, key=lambda d: (d[2], d[3])):
+        # a window's deltas after its item rows (older), by ownership then in the order written:
+        # the newest wins
+        for key, start, _epoch, seq, _token, raw_key, (t, delta) in sorted(deltas, key=lambda d: d[2:5]):
             st, w = self.cache[key], self.cache[key].windows.setdefault(start, Window())
             for item, contribution in delta.items():
                 if contribution is None:
@@ -180,6 +192,17 @@ class WindowStore:
             self.deltas.setdefault((key, start), []).append(raw_key)
             if t is not None:
                 st.watermark = max(st.watermark, t)
+        self.owner = f"{1 + max((d[2] for d in deltas), default=-1)}.{secrets.token_hex(4)}"
+        # A window that ends before the key's `closed_upto` was dropped (see `Windowed`): rows of
+        # it can only be a late batch's of an earlier owner (see the module doc). Not rebuilt;
+        # deleted by the key's next save (rebuilding happens outside any event, writes do not).
+        for key, st in self.cache.items():
+            for start in [s for s in st.windows if s < st.closed_upto]:
+                del st.windows[start]
+                self.next_seq.pop((key, start), None)
+                self.deltas.pop((key, start), None)
+                self.item_rows.pop((key, start), None)
+                self.orphans.setdefault(key, []).extend([*rows_of.get((key, start), ()), _window_row(key, start)])
         # Meta rows of open windows are written at flush only, so an open window may have changed
         # since: treat it as changed now (this can delay its final by one quiet period, never make
         # it premature).

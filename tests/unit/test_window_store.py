@@ -101,29 +101,52 @@ def test_a_batch_writes_one_row_per_window_whatever_its_items() -> None:
     assert list(rows) == [f"k\x1fd\x1f{H}\x1f0\x1f{store.owner}".encode(), b"k\x1fm"]
 
 
-def test_two_owners_of_a_partition_never_write_the_same_row() -> None:
-    """A worker that lost the partition delivers its last batch after the new owner rebuilt
-    without it: both batches' rows are kept (compaction keeps the last of two rows with one key)."""
+def handed_over(late_change: object) -> tuple[WindowStore, dict[bytes, bytes], dict[bytes, bytes]]:
+    """An owner's first batch, then its last, delivered late: after a new owner rebuilt without it.
+    -> (the new owner, the rows it rebuilt from, the late batch's rows)."""
     changelog: dict[bytes, bytes] = {}
     old = WindowStore(changelog)
+    old.owner = "0.ffffffff"  # a token that sorts after any other: the order must not rest on it
     change(old, "k", lambda st: add(st, "a", H, [1], H, P))
     recovered_from = dict(changelog)
-    change(old, "k", lambda st: add(st, "b", H + 1, [2], H + 1, P))  # delivered late, after the hand-over
+    change(old, "k", late_change)
     late = {k: v for k, v in changelog.items() if k not in recovered_from}
     new = WindowStore(dict(recovered_from))
     new.rebuild(list(new.rows.items()), H + 2)
-    change(new, "k", lambda st: add(st, "c", H + 2, [3], H + 2, P))  # numbered as the late batch was
-    compacted = {**new.rows, **late}
+    assert new.owner.startswith("1.")  # one more than the epoch of the rows it rebuilt from
+    new.owner = "1.00000000"
+    return new, recovered_from, late
+
+
+def test_two_owners_of_a_partition_never_write_the_same_row_and_the_new_one_wins() -> None:
+    new, _, late = handed_over(lambda st: (add(st, "a", H, [7], H + 1, P), add(st, "b", H + 1, [2], H + 1, P)))
+    change(new, "k", lambda st: (add(st, "a", H, [9], H + 2, P), add(st, "c", H + 2, [3], H + 2, P)))
+    compacted = {**new.rows, **late}  # compaction keeps the last of two rows with one key
+    assert sum(1 for k in compacted if b"\x1fd\x1f" in k) == 3  # numbered alike, both kept
     final = WindowStore(compacted)
     final.rebuild(list(compacted.items()), H + 3)
-    assert set(final.cache["k"].windows[H].items) == {"a", "b", "c"}
-    assert sum(1 for k in compacted if b"\x1fd\x1f" in k) == 3
-    # ... and every one of them goes when the window is dropped
+    assert final.cache["k"].windows[H].items == {"a": [9], "b": [2], "c": [3]}  # a: the new owner's
     st = final.load("k")
     assert st is not None
     st.windows.clear()
     final.save("k", st)
-    assert [k for k in compacted if b"\x1fd\x1f" in k] == []
+    assert [k for k in compacted if b"\x1fd\x1f" in k] == []  # and every row goes with the window
+
+
+def test_a_late_batch_for_a_window_dropped_since_does_not_bring_it_back() -> None:
+    new, _, late = handed_over(lambda st: add(st, "b", H + 1, [2], H + 1, P))
+
+    def drop(st: Windowed) -> None:  # as the core drops a final window kept long enough
+        st.windows.clear()
+        st.closed_upto = H + P.size_s
+    change(new, "k", drop)
+    compacted = {**new.rows, **late}
+    final = WindowStore(compacted)
+    final.rebuild(list(compacted.items()), H + 3)
+    assert final.cache["k"].windows == {}  # not rebuilt: its final would go out again with "b" alone
+    assert [k for k in compacted if b"\x1fd\x1f" in k] == list(late)  # until the key's next save
+    change(final, "k", lambda st: add(st, "x", H + P.size_s, [1], H + 4, P))
+    assert [k for k in compacted if b"\x1fd\x1f" in k and f"{H}".encode() in k] == []
 
 
 def test_delta_rows_written_without_an_owner_are_read_and_dropped() -> None:
