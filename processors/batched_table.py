@@ -106,7 +106,8 @@ def read(store: Any, partition: int | None, key: bytes) -> bytes | None:
     """A read from the store's partition (the partition of the event being handled): what Faust's
     `table[key]` does, without its serializer calls for keys and values that are bytes already."""
     if isinstance(store, RocksDBStore):
-        assert partition is not None  # the table is co-partitioned with its source, never the partitioner's
+        if partition is None:  # (not an assert: `python -O` would drop it, and read partition None)
+            raise RuntimeError("a table read with no event to take its partition from")
         value: bytes | None = store._db_for_partition(partition).get(key)
         if value is not None:
             store._key_index[key] = partition

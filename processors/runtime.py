@@ -247,8 +247,7 @@ class Runner(Generic[S]):
         self.parked.clear()
         self.next_offset = {p: o or 0 for p, o in committed.items()}  # None: nothing committed yet
         states = list(self.store.items())
-        for key, state in states:
-            self.due.set(key, self._deadline(state))
+        self._set_deadlines(states)
         if self.p.on_recovered is not None:
             self.p.on_recovered(states)
         log.info("%s: deadline index rebuilt, %d keys", self.p.name, len(self.due))
@@ -275,7 +274,7 @@ class Runner(Generic[S]):
             with self.acting(k.source):
                 self.store.save(key, k.state)
             saved[key] = k.state
-            self.due.set(key, None if k.state is None else self._deadline(k.state))
+        self._set_deadlines(saved.items())
         if self.p.on_saved is not None and saved:
             self.p.on_saved(saved)
         plain: list[Record] = []
@@ -349,18 +348,24 @@ class Runner(Generic[S]):
             return [self._dead_letter(record, error)]
         return out
 
-    def _deadline(self, state: S) -> float | None:
-        """The saved state's next deadline: asked here, once per key and batch, not after every
-        step (a state's deadline depends on nothing else). A `due` that raises is a bug in the
-        pipeline, and no record is to blame for it: the key is kept without a deadline (its next
-        record asks again) and the error is logged (not the key: it may hold a caller's number),
-        so the partition goes on."""
-        try:
-            return self.p.due(state)
-        except Exception as error:
-            log.error("%s: a key's deadline could not be computed (%s); it has none until its next record",
-                      self.p.name, type(error).__name__, exc_info=error)
-            return None
+    def _set_deadlines(self, states: Iterable[tuple[str, S | None]]) -> None:
+        """The keys' next deadlines, from their saved states: asked here, once per key and batch
+        (or recovery), not after every step (a state's deadline depends on nothing else). A `due`
+        that raises is a bug in the pipeline, and no record is to blame for it: the key is kept
+        without a deadline (its next record asks again) and the errors are logged, once per call
+        (not the keys: they may hold a caller's number), so the partition goes on."""
+        failed, first = 0, None
+        for key, state in states:
+            due = None
+            if state is not None:
+                try:
+                    due = self.p.due(state)
+                except Exception as error:
+                    failed, first = failed + 1, first or error
+            self.due.set(key, due)
+        if first is not None:
+            log.error("%s: the deadline of %d key(s) could not be computed (%s); they have none until their "
+                      "next record", self.p.name, failed, type(first).__name__, exc_info=first)
 
     def _load(self, record: Source, key: str) -> S | None:
         try:

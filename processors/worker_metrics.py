@@ -43,8 +43,8 @@ class Tally:
         if value in counts:
             counts[value] += amount
         else:
+            self.created[value] = time.time()  # first: `collect` reads it for every count it sees
             counts[value] = amount
-            self.created[value] = time.time()
 
     def collect(self) -> Iterator[Metric]:
         family = CounterMetricFamily(self.name, self.documentation, labels=None if self.label is None else [self.label])

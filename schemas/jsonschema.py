@@ -80,7 +80,9 @@ def schema_for(cls: type | tuple[type, ...], topic: str, bundled: bool = False,
         "description": description,
         **({"type": "array", "items": body} if bundled else body),
     }
-    if bundled and single_too:
+    assert bundled or not single_too, "single_too is for bundled topics"
+    if single_too:
+        assert "record" not in defs, "a record type named `record` would clash with the bundle's own"
         del out["type"], out["items"]
         out["title"] = f"{title}, or a bundle of them"
         defs["record"] = body
