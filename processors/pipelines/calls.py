@@ -82,7 +82,8 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
                 m.CALLS_CLOSED.inc(rec.close_reason)
             else:
                 m.REVISIONS.inc()
-        for fact in em.facts:  # missed and answered calls for the callers pipeline (bundled but with UPGRADE_FROM=0.1)
+        # missed and answered calls for the callers pipeline (bundled, except with UPGRADE_FROM=0.1)
+        for fact in em.facts:
             if isinstance(fact, MissedCallFact) and received is not None:
                 fact = replace(fact, received_at=format_ts(received))
             out.append(Output(missed, caller_key(fact.app, fact.cli).encode(), dumps(fact)))
