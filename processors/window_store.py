@@ -102,12 +102,8 @@ class WindowStore:
         for s in old.windows.keys() | new.windows.keys():
             ow, nw = old.windows.get(s), new.windows.get(s)
             if nw is None:  # dropped: final and kept long enough
-                self.next_seq.pop((key, s), None)
-                for row in self.deltas.pop((key, s), ()):
+                for row in self._forget(key, s):
                     self.rows.pop(row, None)
-                for item in self.item_rows.pop((key, s), ()):
-                    self.rows.pop(_item_row(key, s, item), None)
-                self.rows.pop(_window_row(key, s), None)
                 continue
             old_items = {} if ow is None else ow.items
             # the core stamps changed_at on every change of a window's items
@@ -129,6 +125,12 @@ class WindowStore:
         if _meta(old) != _meta(new):
             self.rows[_meta_row(key)] = orjson.dumps(list(_meta(new)))
         self.cache[key] = new
+
+    def _forget(self, key: str, start: int) -> list[bytes]:
+        """Forget a window's rows: the keys of all of them (deltas, items, the window's own)."""
+        self.next_seq.pop((key, start), None)
+        items = self.item_rows.pop((key, start), ())
+        return [*self.deltas.pop((key, start), ()), *(_item_row(key, start, i) for i in items), _window_row(key, start)]
 
     def _write_items(self, key: str, start: int, watermark: float | None, delta: dict[str, Any]) -> None:
         """A delta as item rows, one per item (0.1's rows)."""
@@ -153,7 +155,6 @@ class WindowStore:
         self.deltas.clear()
         self.item_rows.clear()
         deltas: list[tuple[str, int, int, int, str, bytes, Any]] = []
-        rows_of: dict[tuple[str, int], list[bytes]] = {}  # every row of a window's items, by window
         for raw_key, raw in rows:
             parts = raw_key.decode().split(SEP)
             st = self.cache.setdefault(parts[0], Windowed())
@@ -170,13 +171,11 @@ class WindowStore:
                 epoch, _, token = SEP.join(parts[4:]).partition(".")
                 deltas.append((parts[0], int(parts[2]), int(epoch) if token and epoch.isdigit() else -1,
                                int(parts[3]), token, raw_key, value))
-                rows_of.setdefault((parts[0], int(parts[2])), []).append(raw_key)
             else:  # an item row, written before delta rows
                 t, contribution = value
                 start, item = int(parts[2]), SEP.join(parts[3:])
                 st.windows.setdefault(start, Window()).items[item] = self.upgrade(contribution)
                 self.item_rows.setdefault((parts[0], start), set()).add(item)
-                rows_of.setdefault((parts[0], start), []).append(raw_key)
                 if t is not None:
                     st.watermark = max(st.watermark, t)
         # a window's deltas after its item rows (older), by ownership then in the order written:
@@ -199,10 +198,7 @@ class WindowStore:
         for key, st in self.cache.items():
             for start in [s for s in st.windows if s < st.closed_upto]:
                 del st.windows[start]
-                self.next_seq.pop((key, start), None)
-                self.deltas.pop((key, start), None)
-                self.item_rows.pop((key, start), None)
-                self.orphans.setdefault(key, []).extend([*rows_of.get((key, start), ()), _window_row(key, start)])
+                self.orphans.setdefault(key, []).extend(self._forget(key, start))
         # Meta rows of open windows are written at flush only, so an open window may have changed
         # since: treat it as changed now (this can delay its final by one quiet period, never make
         # it premature).
