@@ -73,6 +73,9 @@ class Settings:
     worker_session_timeout_s: float = 30.0
     worker_batch_max: int = 2000  # reached only with a backlog; BENCHMARKS.md "Round seven"
     worker_batch_window_s: float = 0.02
+    # one produce batch per topic partition and request: below the broker's default
+    # message.max.bytes (1 MiB); BENCHMARKS.md "Round eight"
+    worker_produce_batch_bytes: int = 524288
     worker_stall_timeout_s: float = 120.0
     worker_stall_exit_s: float = 180.0
     processor_id: str = "ivr-processor"
@@ -148,6 +151,8 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError("AGENT_WINDOW_S must be positive")
     if settings.worker_batch_max <= 0:
         raise SettingsError("WORKER_BATCH_MAX must be positive")
+    if settings.worker_produce_batch_bytes < 1024:
+        raise SettingsError("WORKER_PRODUCE_BATCH_BYTES must be at least 1024")
     if settings.log_caller_numbers not in ("masked", "full"):
         raise SettingsError(f"LOG_CALLER_NUMBERS={settings.log_caller_numbers!r}: use masked or full")
     if settings.worker_stall_timeout_s <= 0:

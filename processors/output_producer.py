@@ -7,6 +7,10 @@ batch per partition and returns once the broker has acknowledged every record (a
 idempotent). Only then does the runtime let Faust acknowledge the inputs, so a crash re-sends
 outputs (identical, see README "Delivery") and never loses one. While the broker is away it
 keeps retrying: the pipeline waits, which is all it could do.
+
+Batches are large (`WORKER_PRODUCE_BATCH_BYTES`, 512 KiB): aiokafka puts one batch per partition
+in a request and has one request at a time in flight per broker, so with its default of 16 KiB
+a batch's changelog alone took a dozen round trips while the pipeline waited.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ import logging
 from collections.abc import Sequence
 
 from aiokafka import AIOKafkaProducer
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError, RecordListTooLargeError
 
 from config.kafka_client import aiokafka_kwargs
 from config.kafka_producer import FATAL_PRODUCER_ERRORS, partition_for, start_producer
@@ -36,6 +40,8 @@ class OutputProducer:
         self._settings = kafka if isinstance(kafka, Settings) else None
         self._client = aiokafka_kwargs(kafka) if isinstance(kafka, Settings) else {"bootstrap_servers": kafka}
         self._client_id = client_id
+        self._batch_bytes = (kafka.worker_produce_batch_bytes if isinstance(kafka, Settings)
+                             else Settings().worker_produce_batch_bytes)
         self._producer: AIOKafkaProducer | None = None
         self._partitions: dict[str, int] = {}
         self._starting = asyncio.Lock()  # several pipelines share the producer: start one, not one each
@@ -44,7 +50,7 @@ class OutputProducer:
         return AIOKafkaProducer(**self._client, client_id=self._client_id, acks="all",
                                 enable_idempotence=True,
                                 linger_ms=0,  # a batch handed to send_all is complete: nothing to wait for
-                                retry_backoff_ms=200)
+                                retry_backoff_ms=200, max_batch_size=self._batch_bytes)
 
     async def _ready(self) -> AIOKafkaProducer:
         if self._producer is not None:
@@ -107,6 +113,9 @@ class OutputProducer:
                     last = getattr(result, "offset", -1) + len(items) - 1
                     delivered[tp] = max(delivered.get(tp, -1), last)
             pending = failed
+            if pending and isinstance(error, (MessageSizeTooLargeError, RecordListTooLargeError)):
+                log.error("the broker refuses batches this large: set WORKER_PRODUCE_BATCH_BYTES (now %d) below "
+                          "its message.max.bytes (and the topics' max.message.bytes)", self._batch_bytes)
             if pending:
                 log.warning("outputs not acknowledged (%s); retrying %d batches in %.1fs",
                             type(error).__name__, len(pending), delay)
