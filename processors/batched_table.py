@@ -28,6 +28,7 @@ from __future__ import annotations
 from typing import Any, cast
 
 from faust import Table
+from faust.stores import rocksdb as faust_rocksdb
 from faust.stores.rocksdb import Store as RocksDBStore
 from faust.types import TP
 
@@ -92,9 +93,7 @@ class BatchedTable(Table):  # type: ignore[type-arg]
         them to the local store, and remember, per partition, how far it is backed by the changelog
         (Faust resumes its recovery from there)."""
         store = self.data
-        for _, partition, key, value in records:
-            assert key is not None  # a table key
-            write(store, partition, key, value)
+        write_all(store, records)
         self._pending.delivered(records)
         topic = self.changelog_topic.get_topic_name()
         for (t, partition), offset in offsets.items():
@@ -115,18 +114,33 @@ def read(store: Any, partition: int | None, key: bytes) -> bytes | None:
     return cast("bytes | None", store.get(key))  # the memory store: one dict for every partition
 
 
-def write(store: Any, partition: int, key: bytes, value: bytes | None) -> None:
-    """A write to the store's partition (Faust's store takes it from the event being handled,
-    and the batch is over)."""
-    if isinstance(store, RocksDBStore):
-        db = store._db_for_partition(partition)
+def write_all(store: Any, records: list[Placed]) -> None:
+    """Writes to the store's partitions, in order (Faust's store takes the partition from the
+    event being handled, and the batch is over). RocksDB: one write batch per partition, as Faust's
+    own changelog recovery writes (`apply_changelog_batch`), not a write each (a third of the cost
+    a key here)."""
+    if not isinstance(store, RocksDBStore):  # the memory store: one dict for every partition
+        for _, _, key, value in records:
+            if value is None:
+                store.pop(key, None)
+            else:
+                store[key] = value
+        return
+    binding: Any = faust_rocksdb  # the RocksDB binding Faust found (rocksdict, else python-rocksdb)
+    new_batch = ((lambda: binding.rocksdict.WriteBatch(raw_mode=True)) if store.use_rocksdict
+                 else binding.rocksdb.WriteBatch)
+    batches: dict[int, Any] = {}
+    index = store._key_index
+    for _, partition, key, value in records:
+        assert key is not None  # a table key
+        batch = batches.get(partition)
+        if batch is None:
+            batch = batches[partition] = new_batch()
         if value is None:
-            db.delete(key)
-            store._key_index.pop(key, None)
+            batch.delete(key)
+            index.pop(key, None)
         else:
-            db.put(key, value)
-            store._key_index[key] = partition
-    elif value is None:  # the memory store: one dict for every partition
-        store.pop(key, None)
-    else:
-        store[key] = value
+            batch.put(key, value)
+            index[key] = partition
+    for partition, batch in batches.items():
+        store._db_for_partition(partition).write(batch)
