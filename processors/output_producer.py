@@ -88,38 +88,47 @@ class OutputProducer:
             chunks.setdefault((topic, partition_for(key, partitions[topic])), []).append((key, value))
         for topic, part, maybe_key, maybe_value in placed:
             chunks.setdefault((topic, part), []).append((maybe_key, maybe_value))
-        pending = [(tp, items) for tp, items in chunks.items()]
+        pending = list(chunks.items())
         delay = 0.2
         while pending:
             producer = await self._ready()
-            failed: list[tuple[tuple[str, int], list[KV]]] = []
-            error: BaseException | None = None
+            # per topic partition: the index of its first record not known delivered this round.
+            # Everything from there goes again, the later batches too even if they were delivered:
+            # the partition then ends in the order given (a compacted changelog keeps each key's
+            # last value). A record sent twice is a duplicate, which outputs and changelog allow.
+            again: dict[tuple[str, int], int] = {}
+            errors: list[BaseException] = []
             sent = []
             for tp, items in pending:
+                start = 0
                 for batch, batch_items in self._split(producer, tp[0], items):
                     try:
-                        sent.append((tp, batch_items, await producer.send_batch(batch, tp[0], partition=tp[1])))
+                        future = await producer.send_batch(batch, tp[0], partition=tp[1])
                     except (KafkaError, OSError) as e:
-                        failed.append((tp, batch_items))
-                        error = e
-            results = await asyncio.gather(*(fut for _, _, fut in sent), return_exceptions=True)
-            for (tp, items, _), result in zip(sent, results, strict=True):
+                        again[tp] = start
+                        errors.append(e)
+                        break  # not the partition's later batches: they would overtake this one
+                    sent.append((tp, start, len(batch_items), future))
+                    start += len(batch_items)
+            results = await asyncio.gather(*(future for *_, future in sent), return_exceptions=True)
+            for (tp, start, count, _), result in zip(sent, results, strict=True):
                 if isinstance(result, asyncio.CancelledError):
                     raise result
                 if isinstance(result, BaseException):
-                    failed.append((tp, items))
-                    error = result
+                    again[tp] = min(again.get(tp, start), start)
+                    errors.append(result)
                 else:  # the batch's metadata: the offset of its first record
-                    last = getattr(result, "offset", -1) + len(items) - 1
+                    last = getattr(result, "offset", -1) + count - 1
                     delivered[tp] = max(delivered.get(tp, -1), last)
-            pending = failed
-            if pending and isinstance(error, (MessageSizeTooLargeError, RecordListTooLargeError)):
-                log.error("the broker refuses batches this large: set WORKER_PRODUCE_BATCH_BYTES (now %d) below "
-                          "its message.max.bytes (and the topics' max.message.bytes)", self._batch_bytes)
+            items_of = dict(pending)
+            pending = [(tp, items_of[tp][start:]) for tp, start in again.items()]
             if pending:
-                log.warning("outputs not acknowledged (%s); retrying %d batches in %.1fs",
-                            type(error).__name__, len(pending), delay)
-                if isinstance(error, FATAL_PRODUCER_ERRORS) and self._producer is producer:
+                if any(isinstance(e, (MessageSizeTooLargeError, RecordListTooLargeError)) for e in errors):
+                    log.error("the broker refuses batches this large: set WORKER_PRODUCE_BATCH_BYTES (now %d) "
+                              "below its message.max.bytes (and the topics' max.message.bytes)", self._batch_bytes)
+                log.warning("outputs not acknowledged (%s); retrying %d topic partitions in %.1fs",
+                            ", ".join(sorted({type(e).__name__ for e in errors})), len(pending), delay)
+                if any(isinstance(e, FATAL_PRODUCER_ERRORS) for e in errors) and self._producer is producer:
                     await self.stop()  # a fresh producer id; the next round starts a new one
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, 5.0)
