@@ -26,7 +26,7 @@ run: $(STAMP)
 	exec $(BIN)/python -m deploy.run_local
 
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

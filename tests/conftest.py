@@ -14,6 +14,22 @@ TOKEN = "test-token-0123456789"
 OTHER_TOKEN = "rotated-token-abcdef"
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--known-flaky", action="store_true",
+                     help="also run the tests marked known_flaky (non-strict xfails: they cannot fail the run)")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    # A known-intermittent test marked xfail(strict=False) passes the run either way: in CI it
+    # would only spend minutes of the time budget. It runs on demand (`--known-flaky`).
+    if config.getoption("--known-flaky"):
+        return
+    skip = pytest.mark.skip(reason="known intermittent, run with --known-flaky (README: What CI checks)")
+    for item in items:
+        if "known_flaky" in item.keywords:
+            item.add_marker(skip)
+
+
 @pytest.fixture(scope="session")
 def kafka(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KafkaBroker]:
     broker = KafkaBroker(tmp_path_factory.mktemp("kafka"), partitions=3)

@@ -350,6 +350,7 @@ def test_losing_a_broker_and_the_controller_under_load_loses_nothing(cluster: Ka
     assert any(f["accepted"] for f in faults)
 
 
+@pytest.mark.known_flaky
 @pytest.mark.xfail(strict=False, reason="known, intermittent (1 in about 4 runs, 2026-11-27): a call's H is lost in "
                    "the rolling restart and the call closes by timeout; the one-broker rolling test stays strict")
 def test_rolling_restart_of_two_workers_under_load_loses_nothing(cluster_stack: Stack) -> None:
