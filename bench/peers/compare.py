@@ -111,6 +111,7 @@ async def measure(proc: subprocess.Popen[bytes], bootstrap: str, group: str, sou
     its time not. Counted: the events committed within the span. Every system commits every
     second, so each has up to a second of work done and not yet committed at either end.
     """
+    launched = (time.perf_counter(), tree_cpu_s(proc.pid))  # the system was just started
     async with Watch(bootstrap, group, source, sink) as watch:
         out_before = await watch.written()
         output: tuple[float, float] | None = None  # at the first output
@@ -131,10 +132,12 @@ async def measure(proc: subprocess.Popen[bytes], bootstrap: str, group: str, sou
                 n = total - first[2]
                 if n >= total // 2:
                     return n / (now - first[0]), (cpu - first[1]) / n * 100_000
-                # a run too short to span several commits (--quick): from the first output instead
+                # a run too short to span several commits (--quick): from the first output instead,
+                # or from the launch when the output and the last commit came in the same look
+                since, what = (output, "the first output") if now - output[0] >= 0.5 else (launched, "its launch")
                 print(f"  {group}: {first[2]} of {total} events were committed at the first look; "
-                      "timed from the first output", file=sys.stderr)
-                return total / (now - output[0]), (cpu - output[1]) / total * 100_000
+                      f"timed from {what}", file=sys.stderr)
+                return total / (now - since[0]), (cpu - since[1]) / total * 100_000
             await asyncio.sleep(0.2)
     raise TimeoutError(f"{group}: input not committed within {limit_s}s")
 
@@ -241,7 +244,8 @@ def report(runs: list[Run], meta: dict[str, Any]) -> dict[str, Any]:
     print(f"{'system':<20} {'events/s':>10} {'CPU-s/100k':>11} {'ours/them speed':>16} {'their/our CPU':>14}")
     for n in names:
         eps, cpu = med[n]
-        print(f"{n:<20} {eps:>10,.0f} {cpu:>11.2f} {ours[0] / eps:>16.2f} {cpu / ours[1]:>14.2f}")
+        cpu_ratio = f"{cpu / ours[1]:>14.2f}" if ours[1] > 0 else f"{'n/a':>14}"  # too short to see CPU used
+        print(f"{n:<20} {eps:>10,.0f} {cpu:>11.2f} {ours[0] / eps:>16.2f} {cpu_ratio}")
     return {**meta, "runs": [r.__dict__ for r in runs],
             "median": {n: {"events_per_s": e, "cpu_s_per_100k": c} for n, (e, c) in med.items()}}
 
