@@ -25,8 +25,8 @@ from processors.core.callers import (
 )
 from processors.json_store import JsonStore
 from processors.runtime import TICK, Output, Pipeline, Result
-from schemas.codec import dumps
-from schemas.records import MetricContribution, MissedCallAlert, MissedCallFact
+from schemas.codec import contribution_json, dumps
+from schemas.records import MissedCallAlert, MissedCallFact
 from schemas.timefmt import parse_ts
 
 
@@ -67,9 +67,8 @@ def pipeline(s: Settings) -> Pipeline[CallerState]:
                     # the start as known here may be a receive-time stand-in: it must not move
                     # the app's watermark (the missed call's own contribution does, if clocked)
                     c = reached_contribution(rec.app, rec.uniqueid, started)
-                    out.append(Output(calls_by_app, c.key.encode(), dumps(MetricContribution(
-                        app=rec.app, key=c.key, item=c.item_id, at=c.at, values=c.values,
-                        at_received=True))))
+                    out.append(Output(calls_by_app, c.key.encode(),
+                                      contribution_json(rec.app, c.key, c.item_id, c.at, c.values, at_received=True)))
         return Result(state, out)
 
     return Pipeline(

@@ -20,8 +20,8 @@ from processors.core.callers import caller_key
 from processors.core.lifecycle import NOTHING, Applied, LifecycleConfig, apply, next_due, tick
 from processors.json_store import JsonStore
 from processors.runtime import TICK, Output, Pipeline, Result
-from schemas.codec import dumps
-from schemas.records import CompletedCall, MetricContribution, MissedCallFact
+from schemas.codec import contribution_json, dumps
+from schemas.records import CompletedCall, MissedCallFact
 from schemas.timefmt import format_ts, parse_ts
 
 
@@ -36,8 +36,7 @@ def lifecycle_config(s: Settings) -> LifecycleConfig:
 
 
 def contribution(app_id: str, c: Contribution, at_received: bool = False) -> bytes:
-    return dumps(MetricContribution(app=app_id, key=c.key, item=c.item_id, at=c.at, values=c.values,
-                                    at_received=at_received))
+    return contribution_json(app_id, c.key, c.item_id, c.at, c.values, at_received)
 
 
 def metric_contributions(rec: CompletedCall, s: Settings, v: CallView) -> list[Output]:

@@ -65,3 +65,28 @@ def test_event_record_validates_and_bad_record_does_not() -> None:
     validator(topics.EVENTS).validate(data)
     data["time"] = "2017-06-22 05:47:18"
     assert not validator(topics.EVENTS).is_valid(data)
+
+
+def test_contribution_json_is_the_records_json() -> None:
+    """The calls and callers pipelines write contributions without the dataclass: the bytes must
+    stay those of `MetricContribution`, whatever fields it gains (a default too)."""
+    from dataclasses import fields
+
+    from schemas.codec import contribution_json
+    from schemas.records import MetricContribution
+
+    cases = [
+        ("app-1", "app-1:agent-7", "c1|a1", format_ts(T0), {"v": 1, "result": "answered", "ring_s": 4.2,
+                                                          "talk_s": 61.0}, False),
+        ("app-1", "app-1", "c1", format_ts(T0 + 0.5), {"v": 1, "outcome": "missed", "missed_reason": None,
+                                                       "wait_s": 3.0, "short_abandon": True,
+                                                       "within_service_level": False}, True),
+        ("app-1", "app-1", "c1|reached", format_ts(T0), {"v": 1, "reached_again": True}, True),
+    ]
+    for app, key, item, at, values, at_received in cases:
+        record = MetricContribution(app=app, key=key, item=item, at=at, values=values, at_received=at_received)
+        written = contribution_json(app, key, item, at, values, at_received)
+        assert written == dumps(record)
+        assert list(orjson.loads(written)) == [f.name for f in fields(MetricContribution)]
+        # the topics carry bundles: JSON arrays of contributions
+        validator(topics.ATTEMPTS_BY_AGENT if ":" in key else topics.CALLS_BY_APP).validate([orjson.loads(written)])
