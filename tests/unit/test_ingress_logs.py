@@ -77,3 +77,24 @@ def test_client_gone_mid_response_is_one_info_line_not_an_error_traceback() -> N
     assert gone.levelno == logging.INFO and gone.exc_info is None and "client closed" in gone.getMessage()
     real = record(RuntimeError("a real bug"))
     assert QuietDisconnects().filter(real) and real.levelno == logging.ERROR and real.exc_info is not None
+
+
+def test_exception_text_is_cleaned_too() -> None:
+    """A traceback is formatted by the handler, after the filters: the filter formats it, cleaned."""
+    import io
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logger = logging.getLogger("ingress.test_exception_text")
+    logger.addHandler(handler)
+    logger.addFilter(RedactSecrets([TOKEN]))
+    try:
+        try:
+            raise ValueError(f"bad request /webhooks/ivr?token={TOKEN}&cli=9716700271")
+        except ValueError:
+            logger.exception("request failed")
+    finally:
+        logger.removeHandler(handler)
+    text = stream.getvalue()
+    assert "ValueError: bad request" in text and "request failed" in text  # the traceback is there
+    assert TOKEN not in text and "9716700271" not in text and "cli=***0271" in text
