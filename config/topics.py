@@ -44,6 +44,9 @@ class TopicSpec:
     config: tuple[tuple[str, str], ...] = ()
     prefixed: bool = True  # False: `base` is the full name (the worker's changelog topics)
     partitions: int | None = None  # None: TOPIC_PARTITIONS
+    # read by the worker, keyed like its tables: exactly TOPIC_PARTITIONS partitions, or records
+    # meet the wrong table partition (bundles and ticks are placed by TOPIC_PARTITIONS)
+    co_partitioned: bool = False
 
     def name(self, settings: Settings) -> str:
         return settings.topic(self.base) if self.prefixed else self.base
@@ -52,7 +55,7 @@ class TopicSpec:
 # Every topic the project writes. The latest revision of a call, an agent window or an app
 # window replaces the earlier ones, so those topics are compacted.
 CATALOGUE: tuple[TopicSpec, ...] = (
-    TopicSpec(EVENTS, (("retention.ms", str(WEEK_MS)),)),
+    TopicSpec(EVENTS, (("retention.ms", str(WEEK_MS)),), co_partitioned=True),
     TopicSpec(EVENTS_INVALID, (("retention.ms", str(4 * WEEK_MS)),)),
     TopicSpec(EVENTS_UNPROCESSABLE, (("retention.ms", str(4 * WEEK_MS)),)),
     TopicSpec(CALLS_COMPLETED, (("cleanup.policy", "compact"),)),
@@ -60,13 +63,13 @@ CATALOGUE: tuple[TopicSpec, ...] = (
     TopicSpec(ALERTS_RESOLVED, (("retention.ms", str(WEEK_MS)),)),
     TopicSpec(METRICS_AGENTS, (("cleanup.policy", "compact"),)),
     TopicSpec(METRICS_APPS, (("cleanup.policy", "compact"),)),
-    TopicSpec(MISSED_BY_CALLER, (("retention.ms", str(WEEK_MS)),)),
-    TopicSpec(ATTEMPTS_BY_AGENT, (("retention.ms", str(WEEK_MS)),)),
-    TopicSpec(CALLS_BY_APP, (("retention.ms", str(WEEK_MS)),)),
-    TopicSpec(CALL_TICKS, (("retention.ms", str(DAY_MS)),)),
-    TopicSpec(AGENT_WINDOW_TICKS, (("retention.ms", str(DAY_MS)),)),
-    TopicSpec(APP_WINDOW_TICKS, (("retention.ms", str(DAY_MS)),)),
-    TopicSpec(CALLER_TICKS, (("retention.ms", str(DAY_MS)),)),
+    TopicSpec(MISSED_BY_CALLER, (("retention.ms", str(WEEK_MS)),), co_partitioned=True),
+    TopicSpec(ATTEMPTS_BY_AGENT, (("retention.ms", str(WEEK_MS)),), co_partitioned=True),
+    TopicSpec(CALLS_BY_APP, (("retention.ms", str(WEEK_MS)),), co_partitioned=True),
+    TopicSpec(CALL_TICKS, (("retention.ms", str(DAY_MS)),), co_partitioned=True),
+    TopicSpec(AGENT_WINDOW_TICKS, (("retention.ms", str(DAY_MS)),), co_partitioned=True),
+    TopicSpec(APP_WINDOW_TICKS, (("retention.ms", str(DAY_MS)),), co_partitioned=True),
+    TopicSpec(CALLER_TICKS, (("retention.ms", str(DAY_MS)),), co_partitioned=True),
     TopicSpec(RECONCILE_CURSOR, (("cleanup.policy", "compact"),), partitions=1),  # a few records: one partition
 )
 
@@ -99,10 +102,31 @@ async def ensure_topics(settings: Settings, bases: tuple[str, ...] | None = None
         for topic in new:  # one request each: one refused as existing does not hide the others
             with contextlib.suppress(TopicAlreadyExistsError):  # another process created it first
                 await admin.create_topics([topic])
+        await _check_partitions(admin, {s.name(settings): settings.topic_partitions for s in wanted
+                                        if s.co_partitioned and s.name(settings) in existing})
         await _until_led(admin, {s.name(settings): s.partitions or settings.topic_partitions for s in wanted},
                          timeout_s)
     finally:
         await admin.close()
+
+
+class PartitionMismatch(Exception):
+    """A topic the worker reads exists with another partition count than TOPIC_PARTITIONS."""
+
+
+async def _check_partitions(admin: Any, want: dict[str, int]) -> None:
+    """Existing topics that must have exactly TOPIC_PARTITIONS partitions (created elsewhere, or
+    since altered): a mismatch is said at start, naming the topic and the setting, rather than
+    waited out (fewer) or let through (more: records would meet the wrong table partition)."""
+    if not want:
+        return
+    wrong = {t["topic"]: len(t.get("partitions") or []) for t in await admin.describe_topics(list(want))
+             if t.get("error_code", 0) == 0 and len(t.get("partitions") or []) != want[t["topic"]]}
+    if wrong:
+        found = ", ".join(f"{topic} has {n}" for topic, n in sorted(wrong.items()))
+        raise PartitionMismatch(f"topics the worker reads must have TOPIC_PARTITIONS={next(iter(want.values()))} "
+                                f"partitions; found: {found}. Set TOPIC_PARTITIONS to match (on the ingress and every "
+                                f"worker), or recreate the topics")
 
 
 async def _until_led(admin: Any, want: dict[str, int], timeout_s: float) -> None:

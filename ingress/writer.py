@@ -71,6 +71,8 @@ class KafkaWriter:
             await topics.ensure_topics(self._settings, (topics.EVENTS, topics.EVENTS_INVALID))
         except kafka_client.KafkaSetupError:
             raise  # refused credentials or certificates: stop at start (the line saying why is logged)
+        except topics.PartitionMismatch as e:  # the workers cannot start; the events are still kept
+            log.error("%s", e)
         except Exception as e:  # the broker may be down at start: the producer keeps trying
             log.warning("could not ensure topics at start (%s); continuing", type(e).__name__)
         self._starting = asyncio.create_task(self._start_loop())

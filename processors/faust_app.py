@@ -77,8 +77,8 @@ class IvrApp(faust.App):
         # Faust would create the changelogs itself, while its streams start: a stream reading
         # metadata that does not show the new topic's partitions yet fails (PartitionsMismatch,
         # "... has 0 partitions"). Created here, and waited for, nothing starts before they exist.
-        changelogs = [TopicSpec(t.changelog_topic.get_topic_name(), (("cleanup.policy", "compact"),), prefixed=False)
-                      for t in self.tables.values()]
+        changelogs = [TopicSpec(t.changelog_topic.get_topic_name(), (("cleanup.policy", "compact"),), prefixed=False,
+                                co_partitioned=True) for t in self.tables.values()]
         leader = TopicSpec(f"{self.conf.id}-{LEADER_TOPIC}", (("cleanup.policy", "compact"),), prefixed=False,
                            partitions=1)
         await ensure_topics(self.ivr_settings, extra=(*changelogs, leader))

@@ -1,0 +1,89 @@
+"""Topic creation on a real broker: the topics the worker reads must have TOPIC_PARTITIONS partitions."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import pytest
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+
+from config import topics
+from config.settings import Settings, load
+from config.topics import PartitionMismatch, ensure_topics
+from deploy.local_kafka import KafkaBroker
+from ingress.writer import KafkaWriter
+from tests.helpers import new_prefix
+
+pytestmark = pytest.mark.kafka
+
+
+def _settings(kafka: KafkaBroker, prefix: str, partitions: int) -> Settings:
+    return load({"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix,
+                 "TOPIC_PARTITIONS": str(partitions)})
+
+
+def _partitions(kafka: KafkaBroker, names: list[str]) -> dict[str, int]:
+    async def go() -> dict[str, int]:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
+        finally:
+            await admin.close()
+
+    return asyncio.run(go())
+
+
+def _create(kafka: KafkaBroker, name: str, partitions: int) -> None:
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            await admin.create_topics([NewTopic(name, partitions, 1)])
+        finally:
+            await admin.close()
+
+    asyncio.run(go())
+
+
+def test_a_topic_the_worker_reads_with_other_partitions_is_refused_by_name(kafka: KafkaBroker) -> None:
+    prefix = new_prefix()
+    asyncio.run(ensure_topics(_settings(kafka, prefix, 3)))
+    assert _partitions(kafka, [f"{prefix}{topics.EVENTS}"]) == {f"{prefix}{topics.EVENTS}": 3}
+    asyncio.run(ensure_topics(_settings(kafka, prefix, 3)))  # again: as they are
+    with pytest.raises(PartitionMismatch) as refused:
+        asyncio.run(ensure_topics(_settings(kafka, prefix, 4)))
+    message = str(refused.value)
+    assert "TOPIC_PARTITIONS=4" in message and f"{prefix}{topics.EVENTS} has 3" in message
+    assert f"{prefix}{topics.CALL_TICKS} has 3" in message
+    assert f"{prefix}{topics.CALLS_COMPLETED}" not in message  # an output: any count will do
+
+
+def test_an_output_topic_may_have_its_own_partitions(kafka: KafkaBroker) -> None:
+    prefix = new_prefix()
+    _create(kafka, f"{prefix}{topics.CALLS_COMPLETED}", 5)  # e.g. sized for its consumers
+    asyncio.run(ensure_topics(_settings(kafka, prefix, 3)))
+    counts = _partitions(kafka, [f"{prefix}{topics.CALLS_COMPLETED}", f"{prefix}{topics.EVENTS}"])
+    assert counts == {f"{prefix}{topics.CALLS_COMPLETED}": 5, f"{prefix}{topics.EVENTS}": 3}
+
+
+def test_the_ingress_starts_and_says_why_the_workers_will_not(kafka: KafkaBroker,
+                                                               caplog: pytest.LogCaptureFixture) -> None:
+    prefix = new_prefix()
+    _create(kafka, f"{prefix}{topics.EVENTS}", 2)
+
+    async def go() -> None:
+        writer = KafkaWriter(_settings(kafka, prefix, 3))
+        await writer.start()  # does not raise: webhooks are still kept
+        try:
+            await writer.write(f"{prefix}{topics.EVENTS}", b"u1", b"{}")
+        finally:
+            await writer.stop()
+
+    with caplog.at_level(logging.ERROR):
+        asyncio.run(go())
+    assert any(r.levelno == logging.ERROR and f"{prefix}{topics.EVENTS} has 2" in r.getMessage()
+               for r in caplog.records)
+    # the ingress's other topic was created all the same
+    assert _partitions(kafka, [f"{prefix}{topics.EVENTS_INVALID}"]) == {f"{prefix}{topics.EVENTS_INVALID}": 3}
