@@ -34,7 +34,7 @@ class RedactSecrets(logging.Filter):
             record.args = tuple(self._clean(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
             record.msg = self._clean(record.msg)
-        if record.exc_info and record.exc_info[1] is not None and not record.exc_text:
+        if isinstance(record.exc_info, tuple) and record.exc_info[1] is not None and not record.exc_text:
             # an exception's text (a URL with its query, a value echoed back) is formatted by the
             # handler, after the filters: format it here, cleaned; handlers use `exc_text` as given
             record.exc_text = self._clean(_EXCEPTIONS.formatException(record.exc_info))

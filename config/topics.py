@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from config.kafka_client import aiokafka_kwargs, check_connection
 from config.settings import Settings
@@ -105,7 +106,7 @@ async def ensure_topics(settings: Settings, bases: tuple[str, ...] | None = None
         await _check_partitions(admin, {s.name(settings): settings.topic_partitions for s in wanted
                                         if s.co_partitioned and s.name(settings) in existing})
         await _until_led(admin, {s.name(settings): s.partitions or settings.topic_partitions for s in wanted},
-                         timeout_s)
+                         timeout_s, exact={s.name(settings) for s in wanted if s.co_partitioned})
     finally:
         await admin.close()
 
@@ -123,14 +124,20 @@ async def _check_partitions(admin: Any, want: dict[str, int]) -> None:
     wrong = {t["topic"]: len(t.get("partitions") or []) for t in await admin.describe_topics(list(want))
              if t.get("error_code", 0) == 0 and len(t.get("partitions") or []) != want[t["topic"]]}
     if wrong:
-        found = ", ".join(f"{topic} has {n}" for topic, n in sorted(wrong.items()))
-        raise PartitionMismatch(f"topics the worker reads must have TOPIC_PARTITIONS={next(iter(want.values()))} "
-                                f"partitions; found: {found}. Set TOPIC_PARTITIONS to match (on the ingress and every "
-                                f"worker), or recreate the topics")
+        _mismatch(next(iter(want.values())), wrong)
 
 
-async def _until_led(admin: Any, want: dict[str, int], timeout_s: float) -> None:
-    """Until every topic in `want` has at least its partitions, each with a leader."""
+def _mismatch(wanted: int, found: dict[str, int]) -> NoReturn:
+    listed = ", ".join(f"{topic} has {n}" for topic, n in sorted(found.items()))
+    raise PartitionMismatch(f"topics the worker reads must have TOPIC_PARTITIONS={wanted} partitions; found: "
+                            f"{listed}. Set TOPIC_PARTITIONS to match (on the ingress and every worker), or "
+                            f"recreate the topics (which deletes the records they hold)")
+
+
+async def _until_led(admin: Any, want: dict[str, int], timeout_s: float, exact: AbstractSet[str] = frozenset()) -> None:
+    """Until every topic in `want` has at least its partitions, each with a leader. One of
+    `exact` found with more is refused (another process created it meanwhile, with another
+    TOPIC_PARTITIONS: the check of the existing topics did not see it)."""
     deadline = asyncio.get_running_loop().time() + timeout_s
     pending = dict(want)
     while True:
@@ -138,6 +145,8 @@ async def _until_led(admin: Any, want: dict[str, int], timeout_s: float) -> None
             parts = t.get("partitions") or []
             if t.get("error_code", 0) == 0 and len(parts) >= pending.get(t["topic"], 1) and \
                     all(p.get("leader", -1) >= 0 for p in parts):
+                if t["topic"] in exact and len(parts) != pending[t["topic"]]:
+                    _mismatch(pending[t["topic"]], {t["topic"]: len(parts)})
                 pending.pop(t["topic"], None)
         if not pending:
             return

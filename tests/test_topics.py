@@ -10,7 +10,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from config import topics
 from config.settings import Settings, load
-from config.topics import PartitionMismatch, ensure_topics
+from config.topics import PartitionMismatch, TopicSpec, ensure_topics
 from deploy.local_kafka import KafkaBroker
 from ingress.writer import KafkaWriter
 from tests.helpers import new_prefix
@@ -87,3 +87,39 @@ def test_the_ingress_starts_and_says_why_the_workers_will_not(kafka: KafkaBroker
                for r in caplog.records)
     # the ingress's other topic was created all the same
     assert _partitions(kafka, [f"{prefix}{topics.EVENTS_INVALID}"]) == {f"{prefix}{topics.EVENTS_INVALID}": 3}
+
+
+def test_more_partitions_than_the_setting_are_refused_too(kafka: KafkaBroker) -> None:
+    """The case that went through unnoticed before: records would meet the wrong table partition."""
+    prefix = new_prefix()
+    changelog = TopicSpec(f"{prefix}worker-calls-changelog", (("cleanup.policy", "compact"),), prefixed=False,
+                          co_partitioned=True)
+    asyncio.run(ensure_topics(_settings(kafka, prefix, 4), extra=(changelog,)))
+    with pytest.raises(PartitionMismatch) as refused:
+        asyncio.run(ensure_topics(_settings(kafka, prefix, 3), extra=(changelog,)))
+    message = str(refused.value)
+    assert "TOPIC_PARTITIONS=3" in message and f"{prefix}{topics.EVENTS} has 4" in message
+    assert f"{changelog.base} has 4" in message  # the worker's changelogs are checked as well
+
+
+def test_created_meanwhile_by_another_process_with_more_is_refused(kafka: KafkaBroker) -> None:
+    """Another process won the race to create a topic, with another TOPIC_PARTITIONS: the check of
+    the topics that existed before did not see it; waiting for its leaders does."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from config.topics import _until_led
+
+    prefix = new_prefix()
+    name = f"{prefix}{topics.CALL_TICKS}"
+    _create(kafka, name, 4)
+
+    async def go() -> None:
+        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+        await admin.start()
+        try:
+            await _until_led(admin, {name: 3}, 30, exact={name})
+        finally:
+            await admin.close()
+
+    with pytest.raises(PartitionMismatch, match=f"{name} has 4"):
+        asyncio.run(go())
