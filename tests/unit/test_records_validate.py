@@ -75,7 +75,7 @@ def test_contribution_json_is_the_records_json() -> None:
     from schemas.codec import contribution_json
     from schemas.records import MetricContribution
 
-    cases = [
+    cases: list[tuple[str, str, str, str, dict[str, Any], bool]] = [
         ("app-1", "app-1:agent-7", "c1|a1", format_ts(T0), {"v": 1, "result": "answered", "ring_s": 4.2,
                                                           "talk_s": 61.0}, False),
         ("app-1", "app-1", "c1", format_ts(T0 + 0.5), {"v": 1, "outcome": "missed", "missed_reason": None,
