@@ -103,8 +103,8 @@ async def ensure_topics(settings: Settings, bases: tuple[str, ...] | None = None
         for topic in new:  # one request each: one refused as existing does not hide the others
             with contextlib.suppress(TopicAlreadyExistsError):  # another process created it first
                 await admin.create_topics([topic])
-        await _check_partitions(admin, {s.name(settings): settings.topic_partitions for s in wanted
-                                        if s.co_partitioned and s.name(settings) in existing})
+        kept = [s.name(settings) for s in wanted if s.co_partitioned and s.name(settings) in existing]
+        await _check_partitions(admin, kept, settings.topic_partitions)
         await _until_led(admin, {s.name(settings): s.partitions or settings.topic_partitions for s in wanted},
                          timeout_s, exact={s.name(settings) for s in wanted if s.co_partitioned})
     finally:
@@ -115,16 +115,16 @@ class PartitionMismatch(Exception):
     """A topic the worker reads exists with another partition count than TOPIC_PARTITIONS."""
 
 
-async def _check_partitions(admin: Any, want: dict[str, int]) -> None:
+async def _check_partitions(admin: Any, names: list[str], partitions: int) -> None:
     """Existing topics that must have exactly TOPIC_PARTITIONS partitions (created elsewhere, or
     since altered): a mismatch is said at start, naming the topic and the setting, rather than
     waited out (fewer) or let through (more: records would meet the wrong table partition)."""
-    if not want:
+    if not names:
         return
-    wrong = {t["topic"]: len(t.get("partitions") or []) for t in await admin.describe_topics(list(want))
-             if t.get("error_code", 0) == 0 and len(t.get("partitions") or []) != want[t["topic"]]}
+    wrong = {t["topic"]: len(t.get("partitions") or []) for t in await admin.describe_topics(names)
+             if t.get("error_code", 0) == 0 and len(t.get("partitions") or []) != partitions}
     if wrong:
-        _mismatch(next(iter(want.values())), wrong)
+        _mismatch(partitions, wrong)
 
 
 def _mismatch(wanted: int, found: dict[str, int]) -> NoReturn:

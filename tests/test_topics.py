@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -23,26 +25,28 @@ def _settings(kafka: KafkaBroker, prefix: str, partitions: int) -> Settings:
                  "TOPIC_PARTITIONS": str(partitions)})
 
 
+@contextlib.asynccontextmanager
+async def _admin(kafka: KafkaBroker) -> AsyncIterator[AIOKafkaAdminClient]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
+    await admin.start()
+    try:
+        yield admin
+    finally:
+        await admin.close()
+
+
 def _partitions(kafka: KafkaBroker, names: list[str]) -> dict[str, int]:
     async def go() -> dict[str, int]:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-        await admin.start()
-        try:
+        async with _admin(kafka) as admin:
             return {t["topic"]: len(t["partitions"]) for t in await admin.describe_topics(names)}
-        finally:
-            await admin.close()
 
     return asyncio.run(go())
 
 
 def _create(kafka: KafkaBroker, name: str, partitions: int) -> None:
     async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-        await admin.start()
-        try:
+        async with _admin(kafka) as admin:
             await admin.create_topics([NewTopic(name, partitions, 1)])
-        finally:
-            await admin.close()
 
     asyncio.run(go())
 
@@ -105,8 +109,6 @@ def test_more_partitions_than_the_setting_are_refused_too(kafka: KafkaBroker) ->
 def test_created_meanwhile_by_another_process_with_more_is_refused(kafka: KafkaBroker) -> None:
     """Another process won the race to create a topic, with another TOPIC_PARTITIONS: the check of
     the topics that existed before did not see it; waiting for its leaders does."""
-    from aiokafka.admin import AIOKafkaAdminClient
-
     from config.topics import _until_led
 
     prefix = new_prefix()
@@ -114,12 +116,8 @@ def test_created_meanwhile_by_another_process_with_more_is_refused(kafka: KafkaB
     _create(kafka, name, 4)
 
     async def go() -> None:
-        admin = AIOKafkaAdminClient(bootstrap_servers=kafka.bootstrap)
-        await admin.start()
-        try:
+        async with _admin(kafka) as admin:
             await _until_led(admin, {name: 3}, 30, exact={name})
-        finally:
-            await admin.close()
 
     with pytest.raises(PartitionMismatch, match=f"{name} has 4"):
         asyncio.run(go())
