@@ -1,4 +1,5 @@
-"""The repartition topics' wire format: one record per partition and batch, a JSON array.
+"""The repartition topics' wire format: one record per partition and batch, a JSON array (or
+more than one, when a batch sends that partition more than fits in one record).
 
 A record per contribution would cost the consuming pipeline one Faust event each (~100 µs here);
 a bundle costs one for all the contributions a batch sends to that partition. Every key in a
@@ -20,13 +21,30 @@ from schemas.timefmt import parse_ts
 CONTRIBUTION_FIELDS = frozenset({"key", "item", "at", "values"})
 
 
-def bundle(records: Sequence[Record], partitions: int) -> list[Placed]:
-    """Keyed records for a bundled topic, one per topic partition: a JSON array of the values
-    whose keys hash to it, in their order."""
+# A bundle's size when none is given: a quarter of the producer's default batch (`Runner` passes
+# its own, from WORKER_PRODUCE_BATCH_BYTES).
+MAX_BYTES = 128 * 1024
+
+
+def bundle(records: Sequence[Record], partitions: int, max_bytes: int = MAX_BYTES) -> list[Placed]:
+    """Keyed records for a bundled topic, per topic partition: a JSON array of the values whose
+    keys hash to it, in their order, split into several arrays (in order) where one would exceed
+    `max_bytes`. Unsplit, a batch that closes thousands of calls of one app (ticks after an
+    outage) made a bundle larger than the producer's batch: undeliverable, the batch failed again
+    on every restart."""
     groups: dict[tuple[str, int], list[bytes]] = {}
     for topic, key, value in records:
         groups.setdefault((topic, partition_for(key, partitions)), []).append(value)
-    return [(topic, part, None, b"[" + b",".join(values) + b"]") for (topic, part), values in groups.items()]
+    out: list[Placed] = []
+    for (topic, part), values in groups.items():
+        start, size = 0, 2
+        for i, value in enumerate(values):
+            if size + len(value) + 1 > max_bytes and i > start:
+                out.append((topic, part, None, b"[" + b",".join(values[start:i]) + b"]"))
+                start, size = i, 2
+            size += len(value) + 1
+        out.append((topic, part, None, b"[" + b",".join(values[start:]) + b"]"))
+    return out
 
 
 def unbundle(raw: bytes) -> list[dict[str, Any]]:

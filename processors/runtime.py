@@ -42,8 +42,8 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from config import topics
+from processors import bundles
 from processors import worker_metrics as m
-from processors.bundles import bundle
 from processors.core.deadlines import DeadlineIndex
 from processors.inbox import Inbox
 from processors.output_producer import Offsets, Placed, Record
@@ -211,7 +211,7 @@ class Runner(Generic[S]):
                  dead_letters: str, acting: Callable[[Any], Any] | None = None,
                  changelog: Callable[[], list[Placed]] = list,
                  delivered: Callable[[Offsets, list[Placed]], None] | None = None,
-                 partitions: int = 1) -> None:
+                 partitions: int = 1, bundle_bytes: int = bundles.MAX_BYTES) -> None:
         self.p = pipeline
         self.store = store
         self.deliver = deliver
@@ -221,6 +221,7 @@ class Runner(Generic[S]):
         self.changelog = changelog
         self.delivered = delivered
         self.partitions = partitions
+        self.bundle_bytes = bundle_bytes
         self.due = DeadlineIndex()
         self.next_offset: dict[int, int] = {}  # per source partition: the next record to handle
         self.parked: dict[int, set[str]] = {}  # ticks held until their partition catches up
@@ -281,7 +282,7 @@ class Runner(Generic[S]):
         to_bundle: list[Record] = []
         for o in outputs:
             (to_bundle if o.topic in self.p.bundled else plain).append((o.topic, o.key, o.value))
-        return Prepared(outputs, plain, bundle(to_bundle, self.partitions), self.changelog())
+        return Prepared(outputs, plain, bundles.bundle(to_bundle, self.partitions, self.bundle_bytes), self.changelog())
 
     async def complete(self, batch: Prepared, after: Awaitable[Any] | None = None) -> None:
         """Once `after` (the batch prepared before this one) is complete, deliver this one and
@@ -504,6 +505,7 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
         pipeline, pipeline.store(table), deliver, _Highwater(app), s.topic(topics.EVENTS_UNPROCESSABLE),
         acting=acting_for,
         changelog=table.take_changelog, delivered=table.delivered, partitions=parts,
+        bundle_bytes=s.worker_produce_batch_bytes // 4,  # well within a producer batch
     )
 
     # Subscribed through Faust's conductor; the consumer hands the fetched records to the inbox

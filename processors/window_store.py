@@ -5,7 +5,8 @@ Rows (in one table, changelogged):  KEY\\x1fm                -> [watermark, clos
                                     KEY\\x1fd\\x1fSTART\\x1fSEQ\\x1fOWNER  -> [watermark when written,
                                                                      {ITEM: contribution or null (removed)}]
 A batch writes one `d` (delta) row per window it changed: the items it put or removed there
-(SEQ counts a window's delta rows from 0). OWNER is `EPOCH.TOKEN`, taken afresh each time the
+(SEQ counts a window's delta rows from 0), or several with part of them each where one would be
+larger than `row_bytes`. OWNER is `EPOCH.TOKEN`, taken afresh each time the
 store is rebuilt, i.e. per ownership of the partition: EPOCH one more than the highest among the
 rows rebuilt from, TOKEN random. A worker that lost the partition but still delivers a batch (it
 does not know yet) writes rows under its own, older OWNER: its rows and the new owner's, numbered
@@ -73,8 +74,10 @@ class WindowStore:
     """The `Store` of the metric pipelines (see `processors.runtime`)."""
 
     def __init__(self, rows: MutableMapping[bytes, bytes],
-                 upgrade: Callable[[Any], Any] = lambda contribution: contribution, item_rows: bool = False) -> None:
+                 upgrade: Callable[[Any], Any] = lambda contribution: contribution, item_rows: bool = False,
+                 row_bytes: int = 64 * 1024) -> None:
         self.rows = rows
+        self.row_bytes = row_bytes  # a delta row's size, above which it is split (see `_encoded`)
         self.upgrade = upgrade  # a contribution as stored -> as the core reads it now (older rows)
         #: write item rows, as 0.1 did (a window that has delta rows already gets deltas: its items
         #: would otherwise be read back in the wrong order)
@@ -115,16 +118,31 @@ class WindowStore:
                 if delta and self.writes_item_rows and not seq:
                     self._write_items(key, s, _meta(new)[0], delta)
                 elif delta:
-                    row = _delta_row(key, s, seq, self.owner)
-                    self.rows[row] = orjson.dumps([_meta(new)[0], delta])
-                    self.next_seq[(key, s)] = seq + 1
-                    self.deltas.setdefault((key, s), []).append(row)
+                    rows = self.deltas.setdefault((key, s), [])
+                    for raw in self._encoded(_meta(new)[0], delta):
+                        row = _delta_row(key, s, seq, self.owner)
+                        self.rows[row] = raw
+                        rows.append(row)
+                        seq += 1
+                    self.next_seq[(key, s)] = seq
             before = (False, 0.0) if ow is None else (ow.final, ow.emitted_at)
             if before != (nw.final, nw.emitted_at):
                 self.rows[_window_row(key, s)] = orjson.dumps([nw.final, nw.dirty, nw.changed_at, nw.emitted_at])
         if _meta(old) != _meta(new):
             self.rows[_meta_row(key)] = orjson.dumps(list(_meta(new)))
         self.cache[key] = new
+
+    def _encoded(self, watermark: float | None, delta: dict[str, Any]) -> list[bytes]:
+        """A delta's rows: one, or, where it would exceed `row_bytes`, several, each with part of
+        the items (read back in SEQ order, they add up to the same). A window that takes thousands
+        of contributions in one batch (a backlog read after an outage) otherwise wrote a
+        changelog record larger than the producer's batch: undeliverable, on every restart."""
+        raw = orjson.dumps([watermark, delta])
+        if len(raw) <= self.row_bytes or len(delta) == 1:
+            return [raw]
+        items = list(delta.items())
+        half = len(items) // 2
+        return self._encoded(watermark, dict(items[:half])) + self._encoded(watermark, dict(items[half:]))
 
     def _forget(self, key: str, start: int) -> list[bytes]:
         """Forget a window's rows: the keys of all of them (deltas, items, the window's own)."""

@@ -102,3 +102,83 @@ def test_a_poison_event_alone_and_inside_a_backlog_batch_affects_no_other_call(
         assert d["topic"] == topic and d["pipeline"] == "calls" and d["error_type"] == "OverflowError"
         assert '"duration":1e308' in d["value"] and d["value_base64"] is None
         assert isinstance(d["partition"], int) and isinstance(d["offset"], int)
+
+
+def big_call(uid: str, attempts: int) -> list[tuple[bytes, bytes]]:
+    """A call that rang agents `attempts` times before its caller hung up."""
+    zone, start = ZoneInfo("Asia/Kolkata"), time.time() - 3000
+    fields: list[dict[str, str]] = [{"event": "IN"}]
+    for n in range(attempts):
+        aid, to = f"{uid}.{n}", f"90000000{n % 10:02d}"
+        fields += [{"event": "TA", "attemptid": aid, "to": to},
+                   {"event": "TE", "attemptid": aid, "to": to, "result": "noanswer", "duration": "1"}]
+    fields.append({"event": "H"})
+    return [(uid.encode(), dumps(normalise({"app": APP, "uniqueid": uid, "cli": "9810000777", **f}, start + i, zone)))
+            for i, f in enumerate(fields)]
+
+
+async def limit_record_size(bootstrap: str, marker: str, max_bytes: int, but: str) -> list[str]:
+    """Set max.message.bytes on every topic whose name holds `marker` (a test's own topics) but
+    `but`: what the broker then refuses is what a default broker refuses above 1 MB."""
+    from aiokafka.admin import AIOKafkaAdminClient
+    from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        names = [t for t in await admin.list_topics() if marker in t and t != but]
+        await admin.alter_configs([ConfigResource(ConfigResourceType.TOPIC, name, {"max.message.bytes": str(max_bytes)})
+                                   for name in names])
+        return names
+    finally:
+        await admin.close()
+
+
+def test_a_backlog_larger_than_a_record_holds_and_a_call_too_large_to_keep_stall_nothing(
+        kafka: KafkaBroker, tmp_path: Path) -> None:
+    """Every topic the worker writes takes records of 8 KiB at most, its producer batches 4 KiB.
+    150 calls then close in a few batches: the app's contributions (about 300 bytes each) no
+    longer fit one record, nor its window's changes one changelog record; they are split (under
+    a quarter of a batch). A call ringing 100 attempts outgrows the state a call may keep (half a
+    batch): the events of its later attempts go to the dead letters, and the call closes with
+    those it kept. Unsplit, the broker refused the records, and the worker retried them for ever:
+    the pipelines stalled (as they would above a default broker's 1 MB)."""
+    prefix = new_prefix()
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix, "TOPIC_PARTITIONS": "3",
+           "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": "memory://", "WORKER_DATA_DIR": str(tmp_path / "w"),
+           "WORKER_PRODUCE_BATCH_BYTES": "4096", "METRICS_INTERIM_INTERVAL_S": "1", **STACK_TIMINGS}
+    topic = f"{prefix}ivr.events"
+    profile = Profile(agents=8, p_duplicate=0.0, p_reorder=0.0, p_missing_hangup=0.0, mean_talk_s=30)
+    events, truth = generate(150, time.time() - 2400, 300, profile, seed=31, prefix="bk")
+    worker, port = start_worker(env, tmp_path / "worker.log")
+    try:
+        wait_worker_ready(worker)
+        limited = asyncio.run(limit_record_size(kafka.bootstrap, prefix.rstrip("."), 8192, but=topic))
+        assert f"{prefix}ivr.internal.calls-by-app" in limited and any("changelog" in t for t in limited)
+        asyncio.run(write_events(kafka.bootstrap, topic, events, progress=False))
+        asyncio.run(produce(kafka.bootstrap, topic, big_call("big-call", 100)))
+        assert truth_mismatches(kafka.bootstrap, prefix, truth, timeout=60) == 0
+        big: dict[str, Any] = {}
+        deadline = time.monotonic() + 60
+        while not big and time.monotonic() < deadline:
+            big = next((v for _, v in read_all(kafka.bootstrap, f"{prefix}ivr.calls.completed", settle=0.5)
+                        if v["uniqueid"] == "big-call"), {})
+        assert big, "the large call was not closed"
+        kept = len(big["attempts"])
+        assert 2 < kept < 100
+        dead = dead_letters(kafka.bootstrap, prefix, 2 * (100 - kept))
+        assert len(dead) == 2 * (100 - kept)  # the TA and the TE of every attempt past the limit
+        assert {(d["key"], d["pipeline"], d["error_type"]) for d in dead} == {("big-call", "calls", "CallTooLarge")}
+        # the app's window counts every call: its contributions all arrived, and its changelog too
+        offered: dict[str, int] = {}
+        deadline = time.monotonic() + 60
+        while sum(offered.values()) < 151 and time.monotonic() < deadline:
+            apps = read_all(kafka.bootstrap, f"{prefix}ivr.metrics.apps", settle=0.5)
+            offered = {v["window_start"]: v["offered"] for _, v in apps}
+        assert sum(offered.values()) == 151
+        assert worker.alive()
+        assert unprocessable_count(port) == len(dead)
+    finally:
+        worker.stop()
+    log = (tmp_path / "worker.log").read_text()
+    assert "MessageSizeTooLarge" not in log and "RecordListTooLarge" not in log

@@ -22,6 +22,11 @@ What it emits
 Two reports of one event (a repeated webhook, or the same event from the provider's call log) are
 one fact: `call_state.merge_fact` keeps what each adds, whatever the order they came in.
 A closed call is remembered for CLOSED_CALL_RETENTION_S to recognise late events, then forgotten.
+A call's state is bounded (`LifecycleConfig.max_state_bytes`, about a thousand attempts): an
+attempt's event (TA, TC, TE) that would add to a call already that large raises `CallTooLarge`
+(the worker sends it to the unprocessable-events topic) if it is the first of a new attempt: the
+call's state and record could no longer be written to Kafka. Its IN and H, and the events of
+attempts it holds, are still taken.
 """
 
 from __future__ import annotations
@@ -47,6 +52,17 @@ class LifecycleConfig:
     connected_idle_timeout_s: float = 14400.0
     retention_s: float = 86400.0
     short_abandon_s: float = 5.0
+    max_state_bytes: int = 256 * 1024  # a call's state (as JSON) that takes no new event
+
+
+# A fact's most bytes in a state's JSON: its key and four strings of at most 256 characters
+# (`schemas.webhook`), up to 4 bytes each, and a few numbers. A call with fewer facts than
+# `max_state_bytes` allows at this size cannot be too large: its size is not measured.
+MAX_FACT_BYTES = 8 * 1024
+
+
+class CallTooLarge(ValueError):
+    """An event that would add to a call whose state is as large as it may be."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +106,8 @@ def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: Li
     if state is None:
         state = CallState(uniqueid=event["uniqueid"], app=event["app"])
     seen = state.facts.get(key)
+    if seen is None and "|" in key:
+        _refuse_if_too_large(state, key, cfg)
     if seen is not None:
         merged, repeated = merge_fact(seen, fact, state.closed)
         if repeated:
@@ -112,6 +130,20 @@ def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: Li
     if _complete(state):
         return Applied(state, _close(state, now, cfg, how), healed=healed)
     return Applied(state, NOTHING, healed=healed)
+
+
+def _refuse_if_too_large(state: CallState, key: str, cfg: LifecycleConfig) -> None:
+    """Raise `CallTooLarge` for an attempt's event (`key`, not in the state) if the attempt is new
+    and the call's state is as large as it may be."""
+    if len(state.facts) < cfg.max_state_bytes // MAX_FACT_BYTES:
+        return
+    attempt = key.partition("|")[2]
+    if any(fact_key(e, attempt) in state.facts for e in ("TA", "TC", "TE")):
+        return  # an attempt the call holds: its events are taken
+    size = len(orjson.dumps(state.to_json()))
+    if size >= cfg.max_state_bytes:
+        raise CallTooLarge(f"call {state.uniqueid} already holds {len(state.facts)} events ({size} bytes of state, "
+                           f"the most is {cfg.max_state_bytes}): this {key.partition('|')[0]} is not counted")
 
 
 def tick(state: CallState, now: float, cfg: LifecycleConfig) -> Applied:

@@ -32,6 +32,7 @@ def lifecycle_config(s: Settings) -> LifecycleConfig:
         connected_idle_timeout_s=s.connected_idle_timeout_s,
         retention_s=s.closed_call_retention_s,
         short_abandon_s=s.short_abandon_s,
+        max_state_bytes=s.worker_produce_batch_bytes // 2,  # its record, about as large, fits a batch
     )
 
 

@@ -56,6 +56,7 @@ def windowed(name: str, table: str, source: str, ticks: str, out_topic: str, s: 
             log.warning("late contribution for %s at %s: its window's final is out; not counted", key, item["at"])
         return Result(st)
 
-    return Pipeline(name=name, table=table, store=lambda rows: WindowStore(rows, named, item_rows=s.writes_0_1_formats),
+    return Pipeline(name=name, table=table, store=lambda rows: WindowStore(rows, named, item_rows=s.writes_0_1_formats,
+                                                               row_bytes=s.worker_produce_batch_bytes // 4),
                     source=source, ticks=ticks, decode=decode,
                     step=step, due=lambda st: next_flush(st, policy), tick_every=1.0)

@@ -40,6 +40,23 @@ def test_every_contribution_comes_back_once_in_its_keys_partition_and_order() ->
         assert items == expected
 
 
+@pytest.mark.parametrize("max_bytes", [1, 300, 2000, 64 * 1024])
+def test_a_partition_with_more_than_a_bundle_holds_gets_several_each_within_the_size_in_order(max_bytes: int) -> None:
+    sent = records(400)
+    placed = bundle(sent, 3, max_bytes)
+    longest = max(len(v) for _, _, v in sent)
+    for _, _, _, value in placed:  # a value larger than the size alone is a bundle of one
+        assert value is not None and (len(value) <= max_bytes or len(unbundle(value)) == 1)
+        assert len(value) <= max(max_bytes, longest + 2)
+    for partition in range(3):
+        items = [i["item"] for _, p, _, v in placed if p == partition for i in unbundle(v or b"")]
+        assert items == [orjson.loads(v)["item"] for _, k, v in sent if partition_for(k, 3) == partition]
+    if max_bytes < 64 * 1024:
+        assert len(placed) > 3
+    else:  # all of it fits: one bundle per partition, as before
+        assert len(placed) == 3
+
+
 def test_a_single_record_from_before_bundles_is_read_as_a_bundle_of_one() -> None:
     (_, _, value), = records(1)
     assert unbundle(value) == [orjson.loads(value)]

@@ -11,9 +11,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.core.call_state import CallState
-from processors.core.lifecycle import Applied, LifecycleConfig, apply, next_due, tick
+from processors.core.lifecycle import MAX_FACT_BYTES, Applied, CallTooLarge, LifecycleConfig, apply, next_due, tick
 from schemas.records import AnsweredCallFact, CompletedCall, MissedCallFact
 from schemas.timefmt import format_ts
+from schemas.webhook import MAX_FIELD_CHARS
 from tests.unit.callgen import APP, T0, attempt, ev
 
 CFG = LifecycleConfig(hangup_grace_s=10, idle_timeout_s=600, connected_idle_timeout_s=7200, retention_s=86400,
@@ -408,3 +409,52 @@ def test_answered_calls_tell_the_callers_agent_unless_withheld() -> None:
     # (its late events carry a number: the answer also goes to that caller, who may have alerts open)
     # (every answered revision reports: the callers agent keeps one answer per call)
     assert {(a.uniqueid, a.cli) for a in run.answered} == {("wa", ""), ("wa", "9800000001")}
+
+
+def test_a_call_as_large_as_its_state_may_be_refuses_new_attempts_only() -> None:
+    """A call that rings agents for hours can gather thousands of attempts: past `max_state_bytes`
+    its state and record could not be written to Kafka (and the worker would fail the same batch
+    on every restart). The first event of a new attempt is refused then (the worker dead-letters
+    it); the IN, the H and the events of attempts already held are taken, and the call closes."""
+    cfg = LifecycleConfig(hangup_grace_s=10, idle_timeout_s=600, connected_idle_timeout_s=7200,
+                          retention_s=86400, short_abandon_s=5, max_state_bytes=40_000)
+    state = apply(None, ev("IN", "big", T0), NOW, cfg).state
+    refused: list[str] = []
+    for n in range(400):
+        for e in attempt("big", n, "9000000001", T0 + 1 + n, "noanswer", 2):
+            try:
+                state = apply(state, e, NOW, cfg).state
+            except CallTooLarge as error:
+                refused.append(f"{e['event']} {e['attemptid']}: {error}")
+    assert state is not None
+    taken = {k.split("|")[1] for k in state.facts if "|" in k}
+    assert 100 < len(taken) < 400 and len(refused) == 2 * (400 - len(taken))
+    assert all(f"TA|{a}" in state.facts and f"TE|{a}" in state.facts for a in taken)  # no attempt half-taken
+    assert "already holds" in refused[0] and "the most is 40000" in refused[0]
+    assert len(orjson.dumps(state.to_json())) < 40_000 + 1_000  # at most one attempt's event over
+    # an attempt it holds still gets its late events (a TC), and the hang-up closes the call
+    held = sorted(taken)[0]
+    state = apply(state, ev("TC", "big", T0 + 2, attempt=held, to="9000000001"), NOW, cfg).state
+    assert state is not None and f"TC|{held}" in state.facts
+    closed = apply(state, ev("H", "big", T0 + 500), NOW, cfg)
+    assert closed.emission.completed is not None
+    assert len(closed.emission.completed.attempts) == len(taken)
+    # a late TE of a new attempt, after the close: refused too (the record would grow)
+    with pytest.raises(CallTooLarge):
+        apply(closed.state, ev("TE", "big", T0 + 499, attempt="big.999", to="9000000001", result="busy",
+                               duration=1), NOW, cfg)
+
+
+def test_no_fact_is_larger_than_the_size_below_which_calls_are_not_measured() -> None:
+    """A call is measured from `max_state_bytes // MAX_FACT_BYTES` facts: no fact may be larger, or
+    a call of long fields could outgrow the limit unmeasured. The longest fields the ingress takes,
+    in characters of four UTF-8 bytes, from a webhook and then from the call log."""
+    long = "\U0001F600" * MAX_FIELD_CHARS
+    state = None
+    for e in [ev("IN", "long", T0, cli=long), ev("TA", "long", T0 + 1, attempt=long, to=long, cli=long)]:
+        state = apply(state, e, NOW, CFG).state
+    assert state is not None
+    fact = state.facts[f"TA|{long}"]
+    fact.result, fact.agent_name, fact.group, fact.duration = "noanswer", long, long, 1e300
+    one = len(orjson.dumps({f"TA|{long}": fact.to_json()}))
+    assert MAX_FIELD_CHARS * 4 * 5 < one <= MAX_FACT_BYTES  # the key and four strings

@@ -101,6 +101,26 @@ def test_a_batch_writes_one_row_per_window_whatever_its_items() -> None:
     assert list(rows) == [f"k\x1fd\x1f{H}\x1f0\x1f{store.owner}".encode(), b"k\x1fm"]
 
 
+def test_a_delta_larger_than_a_row_is_split_into_rows_read_back_as_one() -> None:
+    """A backlog batch puts thousands of contributions in one window: its delta is written as
+    several rows, each within `row_bytes` (a changelog record the producer can send), numbered on."""
+    rows: dict[bytes, bytes] = {}
+    store = WindowStore(rows, row_bytes=16 * 1024)
+    values = ["answered", 3.5, 61.25, "agent-0042", "x" * 40]
+    change(store, "k", lambda st: [add(st, f"call.{i}|1", H + i % 3000, values, H, P) for i in range(3000)])
+    deltas = sorted((k for k in rows if b"\x1fd\x1f" in k), key=lambda k: int(k.split(b"\x1f")[3]))
+    assert len(deltas) > 10
+    assert all(len(rows[k]) <= 16 * 1024 for k in deltas)
+    assert [int(k.split(b"\x1f")[3]) for k in deltas] == list(range(len(deltas)))
+    change(store, "k", lambda st: add(st, "call.x|1", H + 1, values, H + 1, P))  # the next batch's row follows
+    assert f"k\x1fd\x1f{H}\x1f{len(deltas)}\x1f{store.owner}".encode() in rows
+    again = WindowStore({})
+    again.rebuild(rows.items(), H + 2)
+    assert again.cache["k"].windows[H].items == store.cache["k"].windows[H].items
+    assert len(again.cache["k"].windows[H].items) == 3001
+    assert again.next_seq[("k", H)] == len(deltas) + 1
+
+
 def handed_over(late_change: object) -> tuple[WindowStore, dict[bytes, bytes], dict[bytes, bytes]]:
     """An owner's first batch, then its last, delivered late: after a new owner rebuilt without it.
     -> (the new owner, the rows it rebuilt from, the late batch's rows)."""
@@ -166,16 +186,17 @@ def test_delta_rows_written_without_an_owner_are_read_and_dropped() -> None:
     strategies.sampled_from("abcdef"), strategies.integers(0, 2), strategies.integers(0, 3)),
                          max_size=6), max_size=25),
        strategies.lists(strategies.sampled_from([None, False, True]), min_size=25, max_size=25),
-       strategies.booleans())
+       strategies.booleans(), strategies.sampled_from([64 * 1024, 40]))
 @settings(max_examples=300, deadline=None)
 def test_rows_rebuild_what_was_saved_across_moves_replacements_and_owners(
-        batches: list[list[tuple[str, int, int]]], owners: list[bool | None], item_rows: bool) -> None:
+        batches: list[list[tuple[str, int, int]]], owners: list[bool | None], item_rows: bool, row_bytes: int) -> None:
     """Batches of items put (and moved between three windows, and replaced); after each, a new owner
     rebuilt from the rows holds the same items and watermark, and may go on writing in its place
     (its delta rows continue the count: none is overwritten), writing delta rows or, as 0.1 did,
-    item rows (UPGRADE_FROM=0.1), whatever the rows it found."""
+    item rows (UPGRADE_FROM=0.1), whatever the rows it found; with deltas split into rows of one
+    or two items (`row_bytes` 40) or not split."""
     rows: dict[bytes, bytes] = {}
-    store = WindowStore(rows, item_rows=item_rows)
+    store = WindowStore(rows, item_rows=item_rows, row_bytes=row_bytes)
     for n, batch in enumerate(batches):
         now = H + 10 + n
 
@@ -191,7 +212,7 @@ def test_rows_rebuild_what_was_saved_across_moves_replacements_and_owners(
             {s: w.items for s, w in saved.windows.items() if w.items}
         assert rebuilt.watermark == saved.watermark
         if owners[n] is not None:  # a new owner, of either version
-            store = WindowStore(rows, item_rows=bool(owners[n]))
+            store = WindowStore(rows, item_rows=bool(owners[n]), row_bytes=row_bytes)
             store.rebuild(list(rows.items()), now)
 
 
