@@ -37,6 +37,9 @@ def bundle(records: Sequence[Record], partitions: int, max_bytes: int = MAX_BYTE
         groups.setdefault((topic, partition_for(key, partitions)), []).append(value)
     out: list[Placed] = []
     for (topic, part), values in groups.items():
+        if sum(map(len, values)) + len(values) + 1 <= max_bytes:  # the usual case: one bundle
+            out.append((topic, part, None, b"[" + b",".join(values) + b"]"))
+            continue
         start, size = 0, 2
         for i, value in enumerate(values):
             if size + len(value) + 1 > max_bytes and i > start:
