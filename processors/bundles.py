@@ -30,8 +30,8 @@ def bundle(records: Sequence[Record], partitions: int, max_bytes: int = MAX_BYTE
     """Keyed records for a bundled topic, per topic partition: a JSON array of the values whose
     keys hash to it, in their order, split into several arrays (in order) where one would exceed
     `max_bytes`. Unsplit, a batch that closes thousands of calls of one app (ticks after an
-    outage) made a bundle larger than the producer's batch: undeliverable, the batch failed again
-    on every restart."""
+    outage) could make a bundle larger than the broker takes (`max.message.bytes`): refused, and
+    retried for ever, it stalled the pipeline."""
     groups: dict[tuple[str, int], list[bytes]] = {}
     for topic, key, value in records:
         groups.setdefault((topic, partition_for(key, partitions)), []).append(value)

@@ -136,7 +136,7 @@ class WindowStore:
         """A delta's rows: one, or, where it would exceed `row_bytes`, several, each with part of
         the items (read back in SEQ order, they add up to the same). A window that takes thousands
         of contributions in one batch (a backlog read after an outage) otherwise wrote a
-        changelog record larger than the producer's batch: undeliverable, on every restart."""
+        changelog record larger than the broker takes: refused, and retried for ever."""
         raw = orjson.dumps([watermark, delta])
         if len(raw) <= self.row_bytes or len(delta) == 1:
             return [raw]
