@@ -22,7 +22,7 @@ What it emits
 Two reports of one event (a repeated webhook, or the same event from the provider's call log) are
 one fact: `call_state.merge_fact` keeps what each adds, whatever the order they came in.
 A closed call is remembered for CLOSED_CALL_RETENTION_S to recognise late events, then forgotten.
-A call's state is bounded (`LifecycleConfig.max_state_bytes`, about 1,200 attempts by default): an
+A call's state is bounded (`LifecycleConfig.max_state_bytes`, about a thousand attempts by default): an
 attempt's event (TA, TC, TE) that would add to a call already that large raises `CallTooLarge`
 (the worker sends it to the unprocessable-events topic) if it is the first of a new attempt: the
 call's state and record could no longer be written to Kafka. Its IN and H, and the events of
