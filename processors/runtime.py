@@ -10,8 +10,8 @@ For each batch of source records (and ticks) the runtime
   * confines a failure to its record: a record whose decoding or step raises goes to the
     dead-letter topic with the error (a table that cannot be read is the worker's failure, not
     the record's: the batch fails and is not acknowledged, see `fail`), the keys it touched are
-    put back as they were before it (their earlier inputs of the batch are replayed), its
-    outputs are dropped, the batch goes on;
+    put back as they were before it (their earlier inputs of the batch are replayed; not for a
+    step's `Refused`, raised before it changed anything), its outputs are dropped, the batch goes on;
   * delivers every output, dead letter and changelog record of the batch together (the local
     store is written once they are acknowledged: see `complete`) and only then lets the batch be
     acknowledged, while the next batch's steps already run (`IN_FLIGHT`; they read the state
@@ -45,6 +45,7 @@ from config import topics
 from processors import bundles
 from processors import worker_metrics as m
 from processors.core.deadlines import DeadlineIndex
+from processors.core.refusal import Refused
 from processors.inbox import Inbox
 from processors.output_producer import Offsets, Placed, Record
 from processors.read_order import Gap, ReadOrder
@@ -345,7 +346,8 @@ class Runner(Generic[S]):
         except StoreError:
             raise  # the worker's fault, not the record's: the batch must not be acknowledged
         except Exception as error:  # confined to this record: see the module doc
-            self._undo(keys, touched, returned, now)
+            if not (isinstance(error, Refused) and not returned):  # a refusal of its first input changed nothing
+                self._undo(keys, touched, returned, now)
             return [self._dead_letter(record, error)]
         return out
 
@@ -393,8 +395,12 @@ class Runner(Generic[S]):
 
     def _dead_letter(self, record: Source, error: Exception) -> Output:
         m.UNPROCESSABLE.labels(self.p.name).inc()
-        log.error("%s: record %s[%s]@%s could not be processed (%s); sent to %s", self.p.name, record.topic,
-                  record.partition, record.offset, type(error).__name__, self.dead_letters, exc_info=error)
+        if isinstance(error, Refused):  # a rule of the pipeline, with its reason: no traceback to read
+            log.warning("%s: record %s[%s]@%s refused (%s: %s); sent to %s", self.p.name, record.topic,
+                        record.partition, record.offset, type(error).__name__, error, self.dead_letters)
+        else:
+            log.error("%s: record %s[%s]@%s could not be processed (%s); sent to %s", self.p.name, record.topic,
+                      record.partition, record.offset, type(error).__name__, self.dead_letters, exc_info=error)
         return Output(self.dead_letters, record.key or b"", dumps(unprocessable(self.p.name, record, error)))
 
 

@@ -105,14 +105,16 @@ def test_a_poison_event_alone_and_inside_a_backlog_batch_affects_no_other_call(
 
 
 def big_call(uid: str, attempts: int) -> list[tuple[bytes, bytes]]:
-    """A call that rang agents `attempts` times before its caller hung up."""
+    """A call that rang agents `attempts` times; the last one answered, then the caller hung up."""
     zone, start = ZoneInfo("Asia/Kolkata"), time.time() - 3000
     fields: list[dict[str, str]] = [{"event": "IN"}]
-    for n in range(attempts):
+    for n in range(attempts - 1):
         aid, to = f"{uid}.{n}", f"90000000{n % 10:02d}"
         fields += [{"event": "TA", "attemptid": aid, "to": to},
                    {"event": "TE", "attemptid": aid, "to": to, "result": "noanswer", "duration": "1"}]
-    fields.append({"event": "H"})
+    aid, to = f"{uid}.{attempts - 1}", "9000000099"
+    fields += [{"event": "TA", "attemptid": aid, "to": to}, {"event": "TC", "attemptid": aid, "to": to},
+               {"event": "TE", "attemptid": aid, "to": to, "result": "answered", "duration": "40"}, {"event": "H"}]
     return [(uid.encode(), dumps(normalise({"app": APP, "uniqueid": uid, "cli": "9810000777", **f}, start + i, zone)))
             for i, f in enumerate(fields)]
 
@@ -140,9 +142,10 @@ def test_a_backlog_larger_than_a_record_holds_and_a_call_too_large_to_keep_stall
     150 calls then close in a few batches: the app's contributions (about 300 bytes each) no
     longer fit one record, nor its window's changes one changelog record; they are split (under
     a quarter of a batch). A call ringing 100 attempts outgrows the state a call may keep (half a
-    batch): the events of its later attempts go to the dead letters, and the call closes with
-    those it kept. Unsplit, the broker refused the records, and the worker retried them for ever:
-    the pipelines stalled (as they would above a default broker's 1 MB)."""
+    batch): the events of its later attempts go to the dead letters, but for the answer of the
+    last one, and the call closes answered with the attempts it kept. Unsplit, the broker refused
+    the records, and the worker retried them for ever: the pipelines stalled (as they would above
+    a default broker's 1 MB)."""
     prefix = new_prefix()
     env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix, "TOPIC_PARTITIONS": "3",
            "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": "memory://", "WORKER_DATA_DIR": str(tmp_path / "w"),
@@ -165,9 +168,10 @@ def test_a_backlog_larger_than_a_record_holds_and_a_call_too_large_to_keep_stall
                         if v["uniqueid"] == "big-call"), {})
         assert big, "the large call was not closed"
         kept = len(big["attempts"])
-        assert 2 < kept < 100
-        dead = dead_letters(kafka.bootstrap, prefix, 2 * (100 - kept))
-        assert len(dead) == 2 * (100 - kept)  # the TA and the TE of every attempt past the limit
+        assert 2 < kept < 100 and big["outcome"] == "answered" and big["answered_by"] == "9000000099"
+        refused = 2 * (100 - kept) + 1  # the TA and the TE of every attempt past the limit; the answer's TA
+        dead = dead_letters(kafka.bootstrap, prefix, refused)
+        assert len(dead) == refused
         assert {(d["key"], d["pipeline"], d["error_type"]) for d in dead} == {("big-call", "calls", "CallTooLarge")}
         # the app's window counts every call: its contributions all arrived, and its changelog too
         offered: dict[str, int] = {}
@@ -182,3 +186,4 @@ def test_a_backlog_larger_than_a_record_holds_and_a_call_too_large_to_keep_stall
         worker.stop()
     log = (tmp_path / "worker.log").read_text()
     assert "MessageSizeTooLarge" not in log and "RecordListTooLarge" not in log
+    assert log.count("refused (CallTooLarge") == refused and "Traceback" not in log  # a warning with its reason

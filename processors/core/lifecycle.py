@@ -22,11 +22,13 @@ What it emits
 Two reports of one event (a repeated webhook, or the same event from the provider's call log) are
 one fact: `call_state.merge_fact` keeps what each adds, whatever the order they came in.
 A closed call is remembered for CLOSED_CALL_RETENTION_S to recognise late events, then forgotten.
-A call's state is bounded (`LifecycleConfig.max_state_bytes`, about a thousand attempts by default): an
-attempt's event (TA, TC, TE) that would add to a call already that large raises `CallTooLarge`
-(the worker sends it to the unprocessable-events topic) if it is the first of a new attempt: the
-call's state and record could no longer be written to Kafka. Its IN and H, and the events of
-attempts it holds, are still taken.
+A call's state is bounded (`LifecycleConfig.max_state_bytes`), or its state and record could no
+longer be written to Kafka. Past three quarters of it, the first event of a new attempt is refused
+(`CallTooLarge`: the worker dead-letters it) unless it answers (a TC, an answered TE: an answer
+refused would make an answered call a missed one); the last quarter is for the events of attempts
+the call holds, answers and the call log's details. An attempt's event that would take the state
+past the bound is refused, whatever it is; the IN and the H never are (one of each, at most
+`MAX_FACT_BYTES`). A refusal changes nothing.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ import orjson
 
 from processors.core.call_record import CallView, completed_record, view
 from processors.core.call_state import CallState, Fact, fact_key, merge_fact
+from processors.core.refusal import Refused
 from processors.core.rules import alert_worthy
 from schemas.records import AnsweredCallFact, CallerFact, CompletedCall, MissedCallFact, SelfResolution
 from schemas.timefmt import format_ts, parse_ts
@@ -61,8 +64,8 @@ class LifecycleConfig:
 MAX_FACT_BYTES = 8 * 1024
 
 
-class CallTooLarge(ValueError):
-    """An event that would add to a call whose state is as large as it may be."""
+class CallTooLarge(Refused):
+    """An event that would take a call's state past its bound (see the module doc)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,19 +109,21 @@ def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: Li
     if state is None:
         state = CallState(uniqueid=event["uniqueid"], app=event["app"])
     seen = state.facts.get(key)
-    if seen is None and "|" in key:
-        _refuse_if_too_large(state, key, cfg)
     if seen is not None:
         merged, repeated = merge_fact(seen, fact, state.closed)
+        changed = merged != seen
+        if changed:
+            _make_room(state, key, merged, seen, cfg)
         if repeated:
             state.duplicates += 1
-        if merged == seen:  # a repeated delivery, or the call log confirming what is known
+        if not changed:  # a repeated delivery, or the call log confirming what is known
             return Applied(state, NOTHING, duplicate=repeated)
         state.facts[key] = merged
         if not state.closed:
             return Applied(state, NOTHING, duplicate=repeated)
         # a closed call: agent name/group filled in, or the call log's fields replaced by a webhook's
         return Applied(state, _revise(state, now, cfg, resolution_how(event)), late=True)
+    _make_room(state, key, fact, None, cfg)
     state.facts[key] = fact
     state.last_activity = now
     healed = fact.from_log
@@ -132,18 +137,42 @@ def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: Li
     return Applied(state, NOTHING, healed=healed)
 
 
-def _refuse_if_too_large(state: CallState, key: str, cfg: LifecycleConfig) -> None:
-    """Raise `CallTooLarge` for an attempt's event (`key`, not in the state) if the attempt is new
-    and the call's state is as large as it may be."""
+def _make_room(state: CallState, key: str, fact: Fact, seen: Fact | None, cfg: LifecycleConfig) -> None:
+    """Count `fact` (in place of `seen`) into a large call's size, or raise `CallTooLarge` if the
+    bound refuses it (see the module doc), before anything changed."""
     if len(state.facts) < cfg.max_state_bytes // MAX_FACT_BYTES:
+        return  # too few facts to come near the bound
+    if "|" not in key:
+        return  # the IN or the H: one of each, always taken (the call's start and end), counted after a load
+    if state.size is None:  # once per load: then kept fact by fact, O(1) an event
+        state.size = len(orjson.dumps(state.to_json()))
+    size = state.size + _fact_bytes(key, fact) - (0 if seen is None else _fact_bytes(key, seen))
+    attempts = cfg.max_state_bytes * 3 // 4
+    if size > cfg.max_state_bytes:
+        limit = f"no event past {cfg.max_state_bytes}"
+    elif size > attempts and seen is None and _new_attempt(state, key) and not _answers(key, fact):
+        limit = f"no new attempt past {attempts}"
+    else:
+        state.size = size
         return
+    raise CallTooLarge(f"call {state.uniqueid} holds {len(state.facts)} events, {state.size} bytes of state "
+                       f"({limit}): this {key.partition('|')[0]} is not taken")
+
+
+def _fact_bytes(key: str, fact: Fact) -> int:
+    """A fact's bytes in its state's JSON: its key, its list, a colon and a comma."""
+    return len(orjson.dumps(key)) + len(orjson.dumps(fact.to_json())) + 2
+
+
+def _new_attempt(state: CallState, key: str) -> bool:
+    if "|" not in key:
+        return False
     attempt = key.partition("|")[2]
-    if any(fact_key(e, attempt) in state.facts for e in ("TA", "TC", "TE")):
-        return  # an attempt the call holds: its events are taken
-    size = len(orjson.dumps(state.to_json()))
-    if size >= cfg.max_state_bytes:
-        raise CallTooLarge(f"call {state.uniqueid} already holds {len(state.facts)} events ({size} bytes of state, "
-                           f"the most is {cfg.max_state_bytes}): this {key.partition('|')[0]} is not counted")
+    return not any(fact_key(e, attempt) in state.facts for e in ("TA", "TC", "TE"))
+
+
+def _answers(key: str, fact: Fact) -> bool:
+    return key.startswith("TC|") or (key.startswith("TE|") and fact.result == "answered")
 
 
 def tick(state: CallState, now: float, cfg: LifecycleConfig) -> Applied:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import orjson
@@ -411,38 +411,135 @@ def test_answered_calls_tell_the_callers_agent_unless_withheld() -> None:
     assert {(a.uniqueid, a.cli) for a in run.answered} == {("wa", ""), ("wa", "9800000001")}
 
 
-def test_a_call_as_large_as_its_state_may_be_refuses_new_attempts_only() -> None:
-    """A call that rings agents for hours can gather thousands of attempts: past `max_state_bytes`
-    its state and record could not be written to Kafka (and the worker would fail the same batch
-    on every restart). The first event of a new attempt is refused then (the worker dead-letters
-    it); the IN, the H and the events of attempts already held are taken, and the call closes."""
-    cfg = LifecycleConfig(hangup_grace_s=10, idle_timeout_s=600, connected_idle_timeout_s=7200,
-                          retention_s=86400, short_abandon_s=5, max_state_bytes=40_000)
-    state = apply(None, ev("IN", "big", T0), NOW, cfg).state
+BIG = LifecycleConfig(hangup_grace_s=10, idle_timeout_s=600, connected_idle_timeout_s=7200, retention_s=86400,
+                      short_abandon_s=5, max_state_bytes=40_000)
+
+
+def size(state: CallState) -> int:
+    return len(orjson.dumps(state.to_json()))
+
+
+def ringing(uid: str, attempts: int, cfg: LifecycleConfig = BIG) -> tuple[CallState, list[str]]:
+    """A call that rang agents `attempts` times (unanswered): its state, and the refusals."""
+    state = apply(None, ev("IN", uid, T0), NOW, cfg).state
     refused: list[str] = []
-    for n in range(400):
-        for e in attempt("big", n, "9000000001", T0 + 1 + n, "noanswer", 2):
+    for n in range(attempts):
+        for e in attempt(uid, n, "9000000001", T0 + 1 + n, "noanswer", 2):
             try:
                 state = apply(state, e, NOW, cfg).state
             except CallTooLarge as error:
                 refused.append(f"{e['event']} {e['attemptid']}: {error}")
     assert state is not None
+    return state, refused
+
+
+def test_a_large_call_refuses_new_attempts_past_three_quarters_of_its_bound() -> None:
+    """A call that rings agents for hours can gather thousands of attempts: past `max_state_bytes`
+    its state and record could not be written to Kafka (and the worker would fail the same batch
+    on every restart). Past three quarters, the first event of a new attempt is refused (the
+    worker dead-letters it); the IN, the H and the events of attempts already held are taken, and
+    the call closes."""
+    state, refused = ringing("big", 400)
     taken = {k.split("|")[1] for k in state.facts if "|" in k}
     assert 100 < len(taken) < 400 and len(refused) == 2 * (400 - len(taken))
     assert all(f"TA|{a}" in state.facts and f"TE|{a}" in state.facts for a in taken)  # no attempt half-taken
-    assert "already holds" in refused[0] and "the most is 40000" in refused[0]
-    assert len(orjson.dumps(state.to_json())) < 40_000 + 1_000  # at most one attempt's event over
+    assert "no new attempt past 30000" in refused[0] and "this TA is not taken" in refused[0]
+    assert 30_000 - 500 < size(state) <= 30_000  # within one attempt of three quarters
     # an attempt it holds still gets its late events (a TC), and the hang-up closes the call
     held = sorted(taken)[0]
-    state = apply(state, ev("TC", "big", T0 + 2, attempt=held, to="9000000001"), NOW, cfg).state
-    assert state is not None and f"TC|{held}" in state.facts
-    closed = apply(state, ev("H", "big", T0 + 500), NOW, cfg)
+    answered = apply(roundtrip(state), ev("TC", "big", T0 + 2, attempt=held, to="9000000001"), NOW, BIG).state
+    assert answered is not None and f"TC|{held}" in answered.facts
+    closed = apply(answered, ev("H", "big", T0 + 500), NOW, BIG)
     assert closed.emission.completed is not None
     assert len(closed.emission.completed.attempts) == len(taken)
+    assert len(orjson.dumps(closed.emission.completed)) < 40_000  # its record fits as well
     # a late TE of a new attempt, after the close: refused too (the record would grow)
     with pytest.raises(CallTooLarge):
         apply(closed.state, ev("TE", "big", T0 + 499, attempt="big.999", to="9000000001", result="busy",
-                               duration=1), NOW, cfg)
+                               duration=1), NOW, BIG)
+
+
+def test_an_answer_past_three_quarters_is_taken_so_an_answered_call_is_not_missed() -> None:
+    """The attempt an agent answers may come after the call stopped taking new attempts: its TA is
+    refused, but its TC and its answered TE are taken, so the call is answered and nobody is asked
+    to call back."""
+    state, _ = ringing("ans", 400)
+    refused = 0
+    for e in attempt("ans", 500, "9000000002", T0 + 600, "answered", ring=3, talk=60):
+        try:
+            state = apply(roundtrip(state), e, NOW, BIG).state or state
+        except CallTooLarge:
+            refused += 1
+    assert refused == 1 and "TA|ans.500" not in state.facts and "TC|ans.500" in state.facts
+    run = Run()
+    run.state = state
+    run.feed([ev("H", "ans", T0 + 700)]).settle()
+    assert run.record.outcome == "answered" and run.missed == [] and run.raised == 0
+
+
+def test_a_call_full_to_its_bound_still_takes_its_hang_up_and_closes() -> None:
+    """The TAs first (new attempts stop at three quarters), then their TEs fill the last quarter:
+    past the bound a held attempt's TE is refused too, but the H is taken and the call closes (at
+    the grace: the attempts left without a TE end then)."""
+    state = apply(None, ev("IN", "full", T0), NOW, BIG).state
+    attempts = [attempt("full", n, "9000000001", T0 + 1 + n, "noanswer", 2) for n in range(400)]
+    refused = {"TA": 0, "TE": 0}
+    for e in [a[0] for a in attempts] + [a[1] for a in attempts]:
+        try:
+            state = apply(state, e, NOW, BIG).state
+        except CallTooLarge:
+            refused[e["event"]] += 1
+    assert state is not None and refused["TA"] > 0 and refused["TE"] > refused["TA"]  # some held TEs too
+    assert 40_000 - 200 < size(state) <= 40_000
+    hung_up = apply(roundtrip(state), ev("H", "full", T0 + 900, cli="9" * 200), NOW, BIG)  # more than the room left
+    assert hung_up.state is not None and "H" in hung_up.state.facts and hung_up.emission.completed is None
+    closed = tick(hung_up.state, next_due(hung_up.state, BIG), BIG).emission.completed
+    assert closed is not None and closed.close_reason == "hangup" and closed.outcome != "answered"
+
+
+def test_a_refusal_changes_nothing() -> None:
+    state, _ = ringing("same", 200)
+    before = orjson.dumps(state.to_json())
+    with pytest.raises(CallTooLarge):
+        apply(state, ev("TA", "same", T0 + 900, attempt="same.new", to="9000000001"), NOW, BIG)
+    assert orjson.dumps(state.to_json()) == before
+
+
+# field values: the longest the ingress takes (in characters of 1 and 4 bytes) often, any text else
+LONG = st.sampled_from(["", "9000000001", "x" * MAX_FIELD_CHARS, "\U0001F600" * MAX_FIELD_CHARS]) | st.text(
+    st.characters(codec="utf-8", exclude_categories=("Cc", "Cs")), max_size=MAX_FIELD_CHARS)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["TA", "TC", "TE", "log", "IN", "H"]), st.integers(0, 80), LONG),
+                min_size=150, max_size=300))
+def test_no_event_takes_a_call_past_its_bound(steps: list[tuple[str, int, str]]) -> None:
+    """Whatever arrives (new attempts, late events of held ones, answers, the call log's agent
+    names and groups, with the longest fields the ingress takes), a call's state stays within
+    `max_state_bytes` (give or take its bookkeeping: times, counters, an alert's number; and its IN
+    and H, always taken), and a refused event changes nothing. The state goes through its JSON
+    between events, as it does through the table, so its size is measured again after each load."""
+    cfg = replace(BIG, max_state_bytes=20_000)
+    state: CallState | None = None
+    for kind, n, text in steps:
+        aid = f"a{n}"
+        if kind == "log":  # the call log's report of a TE: adds the agent's name and group
+            e = ev("TE", "p", T0 + n, attempt=aid, to=text, result="noanswer", duration=1)
+            e.update(origin="call_log", agent_name=text, group=text)
+        elif kind in ("IN", "H"):
+            e = ev(kind, "p", T0 + n, cli=text)
+        else:
+            e = ev(kind, "p", T0 + n, attempt=aid, to=text, cli=text,
+                   result=None if kind != "TE" else "answered" if n % 3 == 0 else "busy",
+                   duration=None if kind != "TE" else 1.5)
+        before = None if state is None else orjson.dumps(state.to_json())
+        try:
+            state = apply(None if state is None else roundtrip(state), e, NOW, cfg).state
+        except CallTooLarge:
+            assert state is not None and orjson.dumps(state.to_json()) == before
+        assert state is not None
+        ends = sum(len(orjson.dumps({k: state.facts[k].to_json()})) for k in ("IN", "H") if k in state.facts)
+        assert size(state) - ends <= cfg.max_state_bytes + 1_500
 
 
 def test_no_fact_is_larger_than_the_size_below_which_calls_are_not_measured() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 import pytest
 
+from processors.core.refusal import Refused
 from processors.json_store import JsonStore
 from processors.output_producer import Offsets, Placed, Record
 from processors.runtime import TICK, Output, Pipeline, Result, Runner, StoreError
@@ -83,6 +84,8 @@ def step(key: str, state: dict[str, Any] | None, item: Any, now: float) -> Resul
         if state is not None and state["total"] >= 100:
             return Result(None, [Output(OUT, key.encode(), b"forgotten")])
         return None
+    if item == "refuse":  # a rule of the step: refused before anything changed
+        raise Refused("not taken")
     state = state or {"total": 0}
     if item == "noop":
         return None
@@ -229,6 +232,24 @@ def test_a_bundle_that_fails_undoes_every_key_it_touched() -> None:
     assert orjson.loads(rows[b"a"])["total"] == 101 and orjson.loads(rows[b"b"])["total"] == 1
     assert [v for _, v in delivery.records(OUT)] == [b"1", b"1", b"101"]  # the failed bundle's: dropped
     assert len(delivery.records(DLQ)) == 1
+
+
+def test_a_refused_record_is_dead_lettered_without_replaying_the_batch(caplog: pytest.LogCaptureFixture) -> None:
+    """A step's `Refused` comes before it changed anything: nothing is put back, so a batch of many
+    refusals costs one step each, not a replay of the key's earlier inputs each (a call past its
+    bound met thousands in one batch); the reason is logged as a warning, without a traceback."""
+    r, rows, delivery, _ = runner()
+    handle(r, [ev(0, "k", 5)])
+    handle(r, [ev(1, "k", 1), *[ev(i, "k", "refuse") for i in range(2, 200)], ev(200, "k", 2)])
+    assert rows.reads[b"k"] == 2  # once per batch: no reload to put the key back
+    assert orjson.loads(rows[b"k"])["total"] == 8
+    dead = [orjson.loads(v) for _, v in delivery.records(DLQ)]
+    assert len(dead) == 198 and {(d["error_type"], d["error"]) for d in dead} == {("Refused", "not taken")}
+    refusals = [rec for rec in caplog.records if "refused" in rec.getMessage()]
+    assert len(refusals) == 198 and {(rec.levelname, rec.exc_info) for rec in refusals} == {("WARNING", None)}
+    # a bundle refused after an earlier input changed a key: that key is put back all the same
+    handle(r, [Rec(SRC, 0, 201, None, orjson.dumps([["a", 10], ["k", "refuse"]]))])
+    assert b"a" not in rows and orjson.loads(rows[b"k"])["total"] == 8
 
 
 def test_ticks_wait_until_the_partition_has_caught_up() -> None:
