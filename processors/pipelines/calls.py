@@ -17,7 +17,7 @@ from processors.core.call_metrics import Contribution, agent_contributions, app_
 from processors.core.call_record import CallView
 from processors.core.call_state import CallState
 from processors.core.callers import caller_key
-from processors.core.lifecycle import NOTHING, Applied, LifecycleConfig, apply, next_due, tick
+from processors.core.lifecycle import NOTHING, Applied, CallTooLarge, LifecycleConfig, apply, next_due, tick
 from processors.json_store import JsonStore
 from processors.runtime import TICK, Output, Pipeline, Result
 from schemas.codec import contribution_json, dumps
@@ -96,7 +96,15 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
             applied = tick(state, now, cfg)
         else:
             m.EVENTS.inc(str(item.get("event")))
-            applied = apply(state, item, now, cfg)
+            try:
+                applied = apply(state, item, now, cfg)
+            except CallTooLarge:
+                if item.get("origin") != "call_log":
+                    raise  # dead-lettered once, with its reason
+                # the call log is read again on every reconcile pass: dead-lettered, the same
+                # event would be set aside (and alerted on) again and again
+                reconcile_metrics.EVENTS_REFUSED.inc()
+                return None
             if applied.late:
                 m.LATE_EVENTS.inc()
             if applied.duplicate:
