@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -12,28 +10,10 @@ import orjson
 from config import topics
 from config.settings import load
 from processors import reconcile_metrics
-from processors.output_producer import Offsets, Placed, Record
 from processors.pipelines import calls
 from processors.runtime import Runner
 from tests.unit.callgen import T0, attempt, ev
-
-
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
-
-
-class Delivered:
-    def __init__(self) -> None:
-        self.records: list[Record] = []
-
-    async def __call__(self, records: Sequence[Record], placed: Sequence[Placed]) -> Offsets:
-        self.records.extend(records)
-        return {}
+from tests.unit.test_runtime import Delivery, Rec
 
 
 class Unread:
@@ -47,7 +27,7 @@ def test_a_call_log_event_past_the_bound_is_counted_not_dead_lettered_on_every_p
     same calls again): it is counted, not dead-lettered each time (that alert would never clear)."""
     s = load({"WORKER_PRODUCE_BATCH_BYTES": "4096"})  # a call's state: 2 KiB at most
     pipe = calls.pipeline(s)
-    delivered, rows = Delivered(), dict[bytes, bytes]()
+    delivered, rows = Delivery(), dict[bytes, bytes]()
     runner = Runner(pipe, pipe.store(rows), delivered, Unread(), s.topic(topics.EVENTS_UNPROCESSABLE))
     events: list[dict[str, Any]] = [ev("IN", "full", T0)]
     for n in range(12):
@@ -58,7 +38,7 @@ def test_a_call_log_event_past_the_bound_is_counted_not_dead_lettered_on_every_p
     before = reconcile_metrics.EVENTS_REFUSED._value.get()
     asyncio.run(runner.handle([Rec(pipe.source, 0, i, b"full", orjson.dumps(e)) for i, e in enumerate(batch)],
                               T0 + 100))
-    dead = [orjson.loads(v) for t, _, v in delivered.records if t == s.topic(topics.EVENTS_UNPROCESSABLE)]
+    dead = [orjson.loads(v) for _, v in delivered.records(s.topic(topics.EVENTS_UNPROCESSABLE))]
     assert any(d["offset"] < len(events) for d in dead)  # the call did reach its bound
     assert all(d["error_type"] == "CallTooLarge" for d in dead)
     assert [d["offset"] for d in dead if d["offset"] >= len(events)] == [len(events)]  # the webhook's TA only
