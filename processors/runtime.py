@@ -10,8 +10,9 @@ For each batch of source records (and ticks) the runtime
   * confines a failure to its record: a record whose decoding or step raises goes to the
     dead-letter topic with the error (a table that cannot be read is the worker's failure, not
     the record's: the batch fails and is not acknowledged, see `fail`), the keys it touched are
-    put back as they were before it (their earlier inputs of the batch are replayed; not for a
-    step's `Refused`, raised before it changed anything), its outputs are dropped, the batch goes on;
+    put back as they were before it (their earlier inputs of the batch are replayed; not when a
+    step's `Refused` of the record's first input, raised before it changed anything, is all there
+    is to undo), its outputs are dropped, the batch goes on;
   * delivers every output, dead letter and changelog record of the batch together (the local
     store is written once they are acknowledged: see `complete`) and only then lets the batch be
     acknowledged, while the next batch's steps already run (`IN_FLIGHT`; they read the state

@@ -71,8 +71,8 @@ class CallState:
     alert_due: float | None = None  # pending: when the missed-call decision is due
     counted: bool = False  # a missed fact went out (perhaps a short abandon, without alert)
     alerted_cli: str | None = None  # the number the alert went out with (its caller key)
-    # bytes of `to_json()` as JSON at most, kept by the lifecycle once a call is large enough to
-    # be measured (`lifecycle.MAX_FACT_BYTES`); not stored: measured again after a load
+    # the state's JSON size when the lifecycle measured it (once a call is large enough, once per
+    # load), plus what attempts' facts added since (not the IN, the H or bookkeeping); not stored
     size: int | None = field(default=None, compare=False, repr=False)
 
     @property

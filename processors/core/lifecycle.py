@@ -23,12 +23,15 @@ Two reports of one event (a repeated webhook, or the same event from the provide
 one fact: `call_state.merge_fact` keeps what each adds, whatever the order they came in.
 A closed call is remembered for CLOSED_CALL_RETENTION_S to recognise late events, then forgotten.
 A call's state is bounded (`LifecycleConfig.max_state_bytes`), or its state and record could no
-longer be written to Kafka. Past three quarters of it, the first event of a new attempt is refused
-(`CallTooLarge`: the worker dead-letters it) unless it answers (a TC, an answered TE: an answer
-refused would make an answered call a missed one); the last quarter is for the events of attempts
-the call holds, answers and the call log's details. An attempt's event that would take the state
-past the bound is refused, whatever it is; the IN and the H never are (one of each, at most
-`MAX_FACT_BYTES`). A refusal changes nothing.
+longer be written to Kafka. An attempt's event that would take the state past a share of it is
+refused (`CallTooLarge`: the worker dead-letters it):
+  * the first event of a new attempt: past three quarters;
+  * the late events of attempts the call holds, the call log's agent names and groups: past
+    seven eighths;
+  * an answer (a TC, an answered TE, new or not): past the bound. The last eighth is kept for it,
+    whatever filled the rest first: an answer refused would make an answered call a missed one.
+The IN and the H are never refused (one of each, at most `MAX_FACT_BYTES`). A refusal changes
+nothing.
 """
 
 from __future__ import annotations
@@ -147,16 +150,17 @@ def _make_room(state: CallState, key: str, fact: Fact, seen: Fact | None, cfg: L
     if state.size is None:  # once per load: then kept fact by fact, O(1) an event
         state.size = len(orjson.dumps(state.to_json()))
     size = state.size + _fact_bytes(key, fact) - (0 if seen is None else _fact_bytes(key, seen))
-    attempts = cfg.max_state_bytes * 3 // 4
-    if size > cfg.max_state_bytes:
-        limit = f"no event past {cfg.max_state_bytes}"
-    elif size > attempts and seen is None and _new_attempt(state, key) and not _answers(key, fact):
-        limit = f"no new attempt past {attempts}"
+    if _answers(key, fact):
+        what, most = "answers", cfg.max_state_bytes
+    elif seen is None and _new_attempt(state, key):
+        what, most = "new attempts", cfg.max_state_bytes * 3 // 4
     else:
+        what, most = "other events of attempts", cfg.max_state_bytes * 7 // 8
+    if size <= most:
         state.size = size
         return
     raise CallTooLarge(f"call {state.uniqueid} holds {len(state.facts)} events, {state.size} bytes of state "
-                       f"({limit}): this {key.partition('|')[0]} is not taken")
+                       f"({what} stop at {most}): this {key.partition('|')[0]} is not taken")
 
 
 def _fact_bytes(key: str, fact: Fact) -> int:
