@@ -62,8 +62,8 @@ class LifecycleConfig:
 
 
 # A fact's most bytes in a state's JSON: its key and four strings of at most 256 characters
-# (`schemas.webhook`), up to 4 bytes each, and a few numbers. A call with fewer facts than
-# `max_state_bytes` allows at this size cannot be too large: its size is not measured.
+# (`schemas.webhook`), up to 4 bytes each, and a few numbers. A call with fewer facts than the
+# smallest share of `max_state_bytes` allows at this size cannot be too large: it is not measured.
 MAX_FACT_BYTES = 8 * 1024
 
 
@@ -143,7 +143,7 @@ def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: Li
 def _make_room(state: CallState, key: str, fact: Fact, seen: Fact | None, cfg: LifecycleConfig) -> None:
     """Count `fact` (in place of `seen`) into a large call's size, or raise `CallTooLarge` if the
     bound refuses it (see the module doc), before anything changed."""
-    if len(state.facts) < cfg.max_state_bytes // MAX_FACT_BYTES:
+    if len(state.facts) < cfg.max_state_bytes * 3 // 4 // MAX_FACT_BYTES:
         return  # too few facts to come near the bound
     if "|" not in key:
         return  # the IN or the H: one of each, always taken (the call's start and end), counted after a load

@@ -602,7 +602,7 @@ def test_no_event_takes_a_call_past_its_bound(steps: list[tuple[str, int, str]])
 
 
 def test_no_fact_is_larger_than_the_size_below_which_calls_are_not_measured() -> None:
-    """A call is measured from `max_state_bytes // MAX_FACT_BYTES` facts: no fact may be larger, or
+    """A call is measured from three quarters of `max_state_bytes // MAX_FACT_BYTES` facts: no fact may be larger, or
     a call of long fields could outgrow the limit unmeasured. The longest fields the ingress takes,
     in characters of four UTF-8 bytes, from a webhook and then from the call log."""
     long = "\U0001F600" * MAX_FIELD_CHARS
