@@ -169,8 +169,7 @@ def _fact_bytes(key: str, fact: Fact) -> int:
 
 
 def _new_attempt(state: CallState, key: str) -> bool:
-    if "|" not in key:
-        return False
+    """`key` (an attempt's event) is of an attempt the call holds no event of."""
     attempt = key.partition("|")[2]
     return not any(fact_key(e, attempt) in state.facts for e in ("TA", "TC", "TE"))
 

@@ -434,6 +434,25 @@ def ringing(uid: str, attempts: int, cfg: LifecycleConfig = BIG) -> tuple[CallSt
     return state, refused
 
 
+NAMES = {"agent_name": "Priya_Venkataraman_Iyer", "group": "Customer_Care_Tier_2_North"}
+
+
+def named(state: CallState, uid: str, kinds: tuple[str, ...]) -> tuple[CallState, int]:
+    """The call log's reports of the attempts the call holds, in their order, each with its agent's
+    name and group: the state, and how many were refused."""
+    refused = 0
+    for a in sorted({k.split("|")[1] for k in state.facts if "|" in k}, key=lambda a: int(a.split(".")[1])):
+        for kind in kinds:
+            e = ev(kind, uid, T0, attempt=a, to="9000000001", result="noanswer" if kind == "TE" else None,
+                   duration=2 if kind == "TE" else None)
+            e.update(origin="call_log", **NAMES)
+            try:
+                state = apply(state, e, NOW, BIG).state or state
+            except CallTooLarge:
+                refused += 1
+    return state, refused
+
+
 def test_a_large_call_refuses_new_attempts_past_three_quarters_of_its_bound() -> None:
     """A call that rings agents for hours can gather thousands of attempts: past `max_state_bytes`
     its state and record could not be written to Kafka (and the worker would fail the same batch
@@ -502,23 +521,11 @@ def test_the_last_eighth_is_kept_for_the_answer_whatever_filled_the_rest() -> No
     """The call log reports a call's attempts in order, the answered one last, each with its
     agent's name and group: those merges grow every held attempt. When the webhooks of the answer
     were lost, the call log's answer comes after all of them; it still finds room."""
-    state, _ = ringing("log", 400)
-    held = sorted({k.split("|")[1] for k in state.facts if "|" in k}, key=lambda a: int(a.split(".")[1]))
-    names = {"agent_name": "Priya_Venkataraman_Iyer", "group": "Customer_Care_Tier_2_North"}
-    refused = 0
-    for a in held:
-        for kind in ("TA", "TE"):
-            e = ev(kind, "log", T0, attempt=a, to="9000000001", result="noanswer" if kind == "TE" else None,
-                   duration=2 if kind == "TE" else None)
-            e.update(origin="call_log", **names)
-            try:
-                state = apply(state, e, NOW, BIG).state or state
-            except CallTooLarge:
-                refused += 1
+    state, refused = named(ringing("log", 400)[0], "log", ("TA", "TE"))
     assert refused > 0 and 35_000 - 200 < size(state) <= 35_000  # the names filled their share
     answer = attempt("log", 999, "9000000002", T0 + 800, "answered", ring=3, talk=60)
     for e in answer:
-        e.update(origin="call_log", **names)
+        e.update(origin="call_log", **NAMES)
         try:
             state = apply(state, e, NOW, BIG).state or state
         except CallTooLarge:
@@ -532,12 +539,7 @@ def test_the_last_eighth_is_kept_for_the_answer_whatever_filled_the_rest() -> No
 
 def test_a_refusal_changes_nothing() -> None:
     """Not the facts, the duplicates counted, the last activity (the idle deadline) or the size."""
-    state, _ = ringing("same", 400)
-    for a in sorted({k.split("|")[1] for k in state.facts if "|" in k}):  # the call log's names: up to 7/8
-        e = ev("TA", "same", T0, attempt=a, to="9000000001")
-        e.update(origin="call_log", agent_name="Priya_Venkataraman_Iyer", group="Customer_Care_Tier_2_North")
-        with contextlib.suppress(CallTooLarge):
-            state = apply(state, e, NOW, BIG).state or state
+    state, _ = named(ringing("same", 400)[0], "same", ("TA",))  # the call log's names: up to 7/8
     full = size(state)
     before = orjson.dumps(state.to_json())
     later = NOW + 300
@@ -602,9 +604,9 @@ def test_no_event_takes_a_call_past_its_bound(steps: list[tuple[str, int, str]])
 
 
 def test_no_fact_is_larger_than_the_size_below_which_calls_are_not_measured() -> None:
-    """A call is measured from three quarters of `max_state_bytes // MAX_FACT_BYTES` facts: no fact may be larger, or
-    a call of long fields could outgrow the limit unmeasured. The longest fields the ingress takes,
-    in characters of four UTF-8 bytes, from a webhook and then from the call log."""
+    """A call is measured from three quarters of `max_state_bytes // MAX_FACT_BYTES` facts: no fact
+    may be larger, or a call of long fields could outgrow the limit unmeasured. The longest fields
+    the ingress takes, in characters of four UTF-8 bytes, from a webhook and then from the call log."""
     long = "\U0001F600" * MAX_FIELD_CHARS
     state = None
     for e in [ev("IN", "long", T0, cli=long), ev("TA", "long", T0 + 1, attempt=long, to=long, cli=long)]:
