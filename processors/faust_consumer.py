@@ -51,6 +51,37 @@ from processors.inbox import Inbox
 log = logging.getLogger("processors.consumer")
 
 
+class InboxRecord:
+    """A fetched record of a pipeline's topic, as it goes to the pipeline's inbox: what Faust's
+    consumer bookkeeping reads of a message (`tp`, `offset`, `acked`, `generation_id`, weakly
+    held while unacknowledged) and what the runtime reads of a record (its `Source`). One object
+    a record, in place of Faust's message (16 fields, 1.5 µs to make) and the runtime's view of it.
+
+    Also what the runtime names as Faust's current event while it reads or writes a table: Faust's
+    tables take the partition from `event.message`, which is the record itself."""
+
+    __slots__ = ("__weakref__", "acked", "generation_id", "key", "offset", "partition", "topic", "tp", "value")
+
+    refcount = 0  # read by Faust's `wait_empty` when it reports what it waits for
+
+    def __init__(self, tp: Any, record: Any, generation_id: int) -> None:
+        self.tp = tp
+        self.topic: str = record.topic
+        self.partition: int = record.partition
+        self.offset: int = record.offset
+        self.key: bytes | None = record.key
+        self.value: bytes = record.value
+        self.generation_id = generation_id
+        self.acked = False
+
+    @property
+    def message(self) -> InboxRecord:
+        return self
+
+    def __repr__(self) -> str:
+        return f"<InboxRecord {self.topic}[{self.partition}]@{self.offset}>"
+
+
 class SafeConsumer(Consumer):
     #: a commit held back this long at the same offset: that partition is read again from there
     rewind_after_s = 10.0
@@ -268,20 +299,23 @@ class SafeConsumer(Consumer):
                         await self._unread(tp, fetched[0].offset)
                         continue
                     read = before = read_offsets[tp]
+                    inbox = inboxes.get(tp.topic)
+                    generation = self.app.consumer_generation_id
                     run = []
                     for record in fetched:
                         offset = record.offset
                         if read is None or offset >= read:
                             if read and offset - read > 1 and acks_enabled_for(tp.topic):
                                 await self._add_gap(tp, read + 1, offset)
-                            run.append(to_message(tp, record))
+                                generation = self.app.consumer_generation_id  # as Faust's: read when made
+                            run.append(to_message(tp, record) if inbox is None else InboxRecord(tp, record, generation))
                             read = offset
                     if not run:
                         continue
                     if commit_every is not None and self._n_acked >= commit_every:
                         self._n_acked = 0
                         await self.commit()
-                    undelivered = await self._hand_over(tp, inboxes.get(tp.topic), run, positions.get(tp))
+                    undelivered = await self._hand_over(tp, inbox, run, positions.get(tp))
                     if undelivered is not None:
                         await self._unread(tp, undelivered)
                         continue

@@ -47,6 +47,7 @@ from processors import bundles
 from processors import worker_metrics as m
 from processors.core.deadlines import DeadlineIndex
 from processors.core.refusal import Refused
+from processors.faust_consumer import InboxRecord
 from processors.inbox import Inbox
 from processors.output_producer import Offsets, Placed, Record
 from processors.read_order import Gap, ReadOrder
@@ -426,22 +427,6 @@ def _no_context(_: Any) -> Iterator[None]:
 
 # --- Faust ----------------------------------------------------------------------------------------
 
-class FaustRecord:
-    """A fetched Faust message seen as a `Source` (its fields copied once: the runtime reads them
-    several times a record). Also what `acting_for` names as Faust's current event: Faust's
-    tables read only `event.message` (its topic and partition) from it."""
-
-    __slots__ = ("__weakref__", "key", "message", "offset", "partition", "topic", "value")
-
-    def __init__(self, message: Any) -> None:
-        self.message = message
-        self.topic: str = message.topic
-        self.partition: int = message.partition
-        self.offset: int = message.offset
-        self.key: bytes | None = message.key
-        self.value: bytes = message.value
-
-
 class acting_for:
     """Table reads and writes inside the block go to the record's partition.
 
@@ -452,7 +437,7 @@ class acting_for:
 
     __slots__ = ("event", "token")
 
-    def __init__(self, record: FaustRecord) -> None:
+    def __init__(self, record: InboxRecord) -> None:
         self.event = record
 
     def __enter__(self) -> None:
@@ -576,7 +561,7 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
                 continue
             consumer.track(fresh)  # pending acknowledgement: a rebalance or a stop waits for it
             m.BATCH_EVENTS.observe(len(fresh))
-            prepared = runner.prepare([FaustRecord(msg) for msg in fresh], time.time())
+            prepared = runner.prepare(fresh, time.time())
             # delivered while the next batch runs; acknowledged once delivered, in order
             while in_flight and in_flight[0].done():
                 in_flight.popleft()

@@ -13,7 +13,7 @@ from faust.transport.consumer import Consumer as FaustConsumer
 from faust.types import TP
 from faust.types.tuples import Message
 
-from processors.faust_consumer import Fetched, SafeConsumer, SafeTransport
+from processors.faust_consumer import Fetched, InboxRecord, SafeConsumer, SafeTransport
 from processors.inbox import Inbox
 
 SRC = TP("src", 0)
@@ -167,8 +167,11 @@ def test_a_partitions_fetched_run_reaches_its_inbox_in_one_piece(consumer: SafeC
                                      {SRC: fetched(SRC, [6, 8, 11])}])  # 6 again (dropped); 9-10 missing (a gap)
     taken = inbox.take_nowait(100)
     assert [m.offset for m in taken] == [5, 6, 7, 8, 11]
-    assert all(m.generation_id == 4 and m.tp == SRC for m in taken)
+    assert all(type(m) is InboxRecord and m.generation_id == 4 and m.tp == SRC and not m.acked for m in taken)
+    assert [(m.topic, m.partition, m.key, m.value) for m in taken[:1]] == [(SRC.topic, SRC.partition, b"k", b"v")]
+    assert taken[0].message is taken[0]  # what Faust's tables read of the current event
     assert [m.offset for m in others] == [1, 2]  # other topics: one by one to Faust's conductor
+    assert all(isinstance(m, Message) for m in others)
     assert consumer._read_offset[SRC] == 11 and consumer._read_offset[OTHER] == 2
     assert consumer._gap[SRC].overlaps_point(9) and consumer._gap[SRC].overlaps_point(10)
     assert not consumer._gap[SRC].overlaps_point(8)
@@ -268,13 +271,11 @@ def test_a_batch_acknowledged_at_once_leaves_what_acknowledging_each_message_lea
     for c in (consumer, one_by_one):
         c._committed_offset.update({SRC: 100, other: None, quiet: 7})
 
-    def batch() -> list[Message]:
-        made = [(SRC, o, 4) for o in (98, 100, 101, 101, 103)] + [(other, o, 4) for o in (0, 1)]
-        made += [(quiet, 7, 4), (quiet, 8, 4), (SRC, 104, 3), (other, 2, 4)]
-        return [Message(tp.topic, tp.partition, o, 0.0, 0, None, b"k", b"v", None, generation_id=g)
-                for tp, o, g in made]
-
-    at_once, each = batch(), batch()
+    made = [(SRC, o, 4) for o in (98, 100, 101, 101, 103)] + [(other, o, 4) for o in (0, 1)]
+    made += [(quiet, 7, 4), (quiet, 8, 4), (SRC, 104, 3), (other, 2, 4)]
+    # the pipelines' records as the fetch loop makes them, against Faust's own messages
+    at_once = [InboxRecord(tp, fetched(tp, [o])[0], g) for tp, o, g in made]
+    each = [Message(tp.topic, tp.partition, o, 0.0, 0, None, b"k", b"v", None, generation_id=g) for tp, o, g in made]
     consumer.track(at_once)
     consumer.ack_batch(at_once)
     for m in each:
