@@ -43,11 +43,24 @@ class BatchedTable(Table):  # type: ignore[type-arg]
         super().__init__(*args, **kwargs)
         self._unsent: list[Placed] = []  # written, changelog not yet taken for delivery
         self._pending = PendingWrites()  # taken for delivery, not yet in the store
+        self._changelog_name: str | None = None
+        #: the partition reads and writes go to: the partition of the record whose keys are handled
+        #: (set by the runtime before each load and save: see `at`)
+        self.partition: int | None = None
+
+    def at(self, partition: int) -> None:
+        """Reads and writes from here on go to `partition` (Faust's table takes it from the event
+        being processed, a context variable it reads on every access; a batch has no such event)."""
+        self.partition = partition
 
     def _place(self, key: bytes, value: bytes | None) -> None:
-        partition = self.partition_for_key(key)  # the partition of the event being handled
-        assert partition is not None
-        self._unsent.append((self.changelog_topic.get_topic_name(), partition, key, value))
+        partition = self.partition
+        if partition is None:  # (not an assert: `python -O` would drop it)
+            raise RuntimeError("a table write with no partition to write to")
+        name = self._changelog_name
+        if name is None:
+            name = self._changelog_name = self.changelog_topic.get_topic_name()
+        self._unsent.append((name, partition, key, value))
 
     def __setitem__(self, key: Any, value: Any) -> None:
         self._place(key, value)  # the store is written once the changelog record is delivered
@@ -61,7 +74,7 @@ class BatchedTable(Table):  # type: ignore[type-arg]
         pending = self._pending.get(key)
         if pending is not None:
             return default if pending[3] is None else pending[3]
-        value = read(self.data, self.partition_for_key(key), key)
+        value = read(self.data, self.partition, key)
         return default if value is None else value
 
     def __getitem__(self, key: Any) -> Any:
@@ -102,14 +115,14 @@ class BatchedTable(Table):  # type: ignore[type-arg]
 
 
 def read(store: Any, partition: int | None, key: bytes) -> bytes | None:
-    """A read from the store's partition (the partition of the event being handled): what Faust's
-    `table[key]` does, without its serializer calls for keys and values that are bytes already."""
+    """A read from the store's partition: what Faust's `table[key]` does, without its serializer
+    calls for keys and values that are bytes already. (Faust's store also keeps a key -> partition
+    index, an LRU cache that takes a lock per entry, for its own reads that do not know the
+    partition; the worker's always do, so it is not kept here or in `write_all`.)"""
     if isinstance(store, RocksDBStore):
         if partition is None:  # (not an assert: `python -O` would drop it, and read partition None)
-            raise RuntimeError("a table read with no event to take its partition from")
+            raise RuntimeError("a table read with no partition to read from")
         value: bytes | None = store._db_for_partition(partition).get(key)
-        if value is not None:
-            store._key_index[key] = partition
         return value
     return cast("bytes | None", store.get(key))  # the memory store: one dict for every partition
 
@@ -130,7 +143,6 @@ def write_all(store: Any, records: list[Placed]) -> None:
     new_batch = ((lambda: binding.rocksdict.WriteBatch(raw_mode=True)) if store.use_rocksdict
                  else binding.rocksdb.WriteBatch)
     batches: dict[int, Any] = {}
-    index = store._key_index
     for _, partition, key, value in records:
         assert key is not None  # a table key
         batch = batches.get(partition)
@@ -138,9 +150,7 @@ def write_all(store: Any, records: list[Placed]) -> None:
             batch = batches[partition] = new_batch()
         if value is None:
             batch.delete(key)
-            index.pop(key, None)
         else:
             batch.put(key, value)
-            index[key] = partition
     for partition, batch in batches.items():
         store._db_for_partition(partition).write(batch)

@@ -55,10 +55,7 @@ class InboxRecord:
     """A fetched record of a pipeline's topic, as it goes to the pipeline's inbox: what Faust's
     consumer bookkeeping reads of a message (`tp`, `offset`, `acked`, `generation_id`, weakly
     held while unacknowledged) and what the runtime reads of a record (its `Source`). One object
-    a record, in place of Faust's message (16 fields, 1.5 µs to make) and the runtime's view of it.
-
-    Also what the runtime names as Faust's current event while it reads or writes a table: Faust's
-    tables take the partition from `event.message`, which is the record itself."""
+    a record, in place of Faust's message (16 fields, 1.5 µs to make) and the runtime's view of it."""
 
     __slots__ = ("__weakref__", "acked", "generation_id", "key", "offset", "partition", "topic", "tp", "value")
 
@@ -73,10 +70,6 @@ class InboxRecord:
         self.value: bytes = record.value
         self.generation_id = generation_id
         self.acked = False
-
-    @property
-    def message(self) -> InboxRecord:
-        return self
 
     def __repr__(self) -> str:
         return f"<InboxRecord {self.topic}[{self.partition}]@{self.offset}>"

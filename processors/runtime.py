@@ -35,10 +35,8 @@ import functools
 import logging
 import os
 import time
-import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Iterator, MutableMapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
@@ -47,7 +45,6 @@ from processors import bundles
 from processors import worker_metrics as m
 from processors.core.deadlines import DeadlineIndex
 from processors.core.refusal import Refused
-from processors.faust_consumer import InboxRecord
 from processors.inbox import Inbox
 from processors.output_producer import Offsets, Placed, Record
 from processors.read_order import Gap, ReadOrder
@@ -105,7 +102,8 @@ class Result(Generic[S]):
 
 
 class Store(Protocol[S]):
-    """A pipeline's keyed state over its table. Reads and writes happen inside `acting_for`."""
+    """A pipeline's keyed state over its table. Reads and writes go to the partition the runtime
+    last pointed it at (`Runner`'s `at`)."""
 
     def load(self, key: str) -> S | None: ...
 
@@ -208,10 +206,10 @@ class _Key(Generic[S]):
 
 class Runner(Generic[S]):
     """One pipeline's batch handling, free of Faust: the table is a `Store`, delivery a callable,
-    `acting` a context manager that points table access at a record's partition."""
+    `at` points table access at a record's partition (called before each load and save)."""
 
     def __init__(self, pipeline: Pipeline[S], store: Store[S], deliver: Delivery, position: Position,
-                 dead_letters: str, acting: Callable[[Any], Any] | None = None,
+                 dead_letters: str, at: Callable[[int], None] | None = None,
                  changelog: Callable[[], list[Placed]] = list,
                  delivered: Callable[[Offsets, list[Placed]], None] | None = None,
                  partitions: int = 1, bundle_bytes: int = bundles.MAX_BYTES) -> None:
@@ -220,7 +218,7 @@ class Runner(Generic[S]):
         self.deliver = deliver
         self.position = position
         self.dead_letters = dead_letters
-        self.acting = acting or _no_context
+        self.at = at or _anywhere
         self.changelog = changelog
         self.delivered = delivered
         self.partitions = partitions
@@ -275,8 +273,8 @@ class Runner(Generic[S]):
         for key, k in keys.items():
             if not k.changed:
                 continue
-            with self.acting(k.source):
-                self.store.save(key, k.state)
+            self.at(k.source.partition)
+            self.store.save(key, k.state)
             saved[key] = k.state
         self._set_deadlines(saved.items())
         if self.p.on_saved is not None and saved:
@@ -374,8 +372,8 @@ class Runner(Generic[S]):
 
     def _load(self, record: Source, key: str) -> S | None:
         try:
-            with self.acting(record):
-                return self.store.load(key)
+            self.at(record.partition)
+            return self.store.load(key)
         except Exception as error:
             raise StoreError(f"{self.p.name}: the table could not be read for {record.topic}[{record.partition}]"
                              f"@{record.offset}: {type(error).__name__}: {error}") from error
@@ -386,8 +384,8 @@ class Runner(Generic[S]):
         for key in dict.fromkeys(touched):
             k = keys[key]
             earlier = k.journal[:len(k.journal) - returned.count(key)]
-            with self.acting(k.source):
-                state = self.store.load(key)
+            self.at(k.source.partition)
+            state = self.store.load(key)
             k.state, k.changed, k.journal = state, False, []
             for item in earlier:
                 result = self.p.step(key, k.state, item, now)
@@ -420,39 +418,11 @@ def unprocessable(pipeline: str, record: Source, error: Exception) -> Unprocessa
     )
 
 
-@contextmanager
-def _no_context(_: Any) -> Iterator[None]:
-    yield
+def _anywhere(_: int) -> None:
+    """A store with one place for every partition (tests, the memory store)."""
 
 
 # --- Faust ----------------------------------------------------------------------------------------
-
-class acting_for:
-    """Table reads and writes inside the block go to the record's partition.
-
-    Faust picks a table's partition (changelog and store) from the event being processed. A
-    handler of a whole batch has no such event, so it names one: a record of the same partition
-    as the key. (A class, not a generator: entered for every key load and save.)
-    """
-
-    __slots__ = ("event", "token")
-
-    def __init__(self, record: InboxRecord) -> None:
-        self.event = record
-
-    def __enter__(self) -> None:
-        self.token = _faust_current_event().set(weakref.ref(self.event))
-
-    def __exit__(self, *exc: object) -> None:
-        _faust_current_event().reset(self.token)
-
-
-@functools.cache
-def _faust_current_event() -> Any:
-    from faust.streams import _current_event
-
-    return _current_event
-
 
 def survives(name: str, timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
     """A Faust timer that raises stops the whole worker: log the error and try again next time."""
@@ -495,7 +465,7 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
 
     runner: Runner[S] = Runner(
         pipeline, pipeline.store(table), deliver, _Highwater(app), s.topic(topics.EVENTS_UNPROCESSABLE),
-        acting=acting_for,
+        at=table.at,
         changelog=table.take_changelog, delivered=table.delivered, partitions=parts,
         bundle_bytes=s.worker_produce_batch_bytes // 4,  # well within a producer batch
     )

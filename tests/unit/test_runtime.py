@@ -131,6 +131,45 @@ def test_each_key_is_loaded_once_and_saved_once_per_batch() -> None:
     assert rows.reads[b"k0"] == 2 and orjson.loads(rows[b"k0"])["total"] == 15
 
 
+class PartitionedRows(dict[tuple[int, bytes], bytes]):
+    """A table with a place per partition, as the worker's: reads and writes go to the partition
+    last pointed at (`at`), as `BatchedTable`'s do. Logs each access with its partition."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.partition: int | None = None
+        self.log: list[tuple[str, int | None, bytes]] = []
+
+    def at(self, partition: int) -> None:
+        self.partition = partition
+
+    def get(self, key: bytes, default: Any = None) -> Any:  # type: ignore[override]
+        self.log.append(("read", self.partition, key))
+        return super().get((self._where(), key), default)
+
+    def __setitem__(self, key: bytes, value: bytes) -> None:  # type: ignore[override]
+        self.log.append(("write", self.partition, key))
+        super().__setitem__((self._where(), key), value)
+
+    def _where(self) -> int:
+        assert self.partition is not None, "an access before the runtime pointed the table anywhere"
+        return self.partition
+
+
+def test_each_load_and_save_goes_to_its_records_partition() -> None:
+    rows, delivery, position = PartitionedRows(), Delivery(), Position()
+    pipe = Pipeline(name="counter", table="counters", store=lambda r: JsonStore(r, dict, dict), source=SRC,
+                    ticks=TICKS, decode=decode, step=step, due=due)
+    r = Runner(pipe, pipe.store(rows), delivery, position, DLQ, at=rows.at)  # type: ignore[arg-type]
+    # records of partitions 1 and 2, interleaved; "b" fails in its second record, after a read
+    # of partition 1, and is put back from the table (read again, from its own partition)
+    handle(r, [ev(0, "a", 1, partition=1), ev(0, "b", 2, partition=2), ev(1, "c", 4, partition=1),
+               ev(1, "b", "boom", partition=2), ev(2, "a", 3, partition=1)])
+    assert rows.log == [("read", 1, b"a"), ("read", 2, b"b"), ("read", 1, b"c"), ("read", 2, b"b"),
+                        ("write", 1, b"a"), ("write", 2, b"b"), ("write", 1, b"c")]
+    assert {k: orjson.loads(v)["total"] for k, v in rows.items()} == {(1, b"a"): 4, (2, b"b"): 2, (1, b"c"): 4}
+
+
 def test_a_step_that_changes_nothing_saves_nothing() -> None:
     r, rows, delivery, _ = runner()
     handle(r, [ev(0, "k", "noop")])
