@@ -140,6 +140,10 @@ def create_app(settings: Settings) -> IvrApp:
         web_port=settings.worker_web_port,
         web_bind="0.0.0.0",
         web_enabled=True,
+        # Faust's /table/ views read tables outside any batch: they would show states (callers'
+        # numbers among them) to whoever reaches the port, from whichever partition the runtime
+        # last read (`BatchedTable.at`)
+        web_tables_enabled=False,
         logging_config=None,
         monitor=LightMonitor(),
     )

@@ -173,6 +173,8 @@ def test_worker_metrics_endpoint(metrics_stack: Stack) -> None:
     # bounded labels: no call id or caller number anywhere
     # (a caller number as a whole token: float values such as a histogram's sum hold any digits)
     assert not re.search(r"uniqueid|cli=|(?<![\d.e+-])98\d{8}(?![\d.])", text)
+    # nor are the tables served (Faust's /table/ views are on by default)
+    assert [httpx.get(f"http://127.0.0.1:{port}/table/{name}").status_code for name in ("", "callers/")] == [404, 404]
 
 
 def test_a_hangup_long_before_its_in_does_not_close_old_windows_early(metrics_stack: Stack) -> None:
