@@ -203,6 +203,10 @@ def repeat_count(state: CallerState, uid: str) -> int:
 def _prune(state: CallerState, now: float) -> None:
     """Drop calls not heard of for RETENTION_S; keep at most MAX_ENTRIES of each kind (the newest)."""
     horizon = now - RETENTION_S
+    if (len(state.missed) <= MAX_ENTRIES and len(state.answered) <= MAX_ENTRIES
+            and all(m.seen > horizon for m in state.missed.values())
+            and all(a.seen > horizon for a in state.answered.values())):
+        return  # nothing to drop (the usual case): no need to sort
     missed = sorted(((m.at, u) for u, m in state.missed.items() if m.seen > horizon), reverse=True)[:MAX_ENTRIES]
     if len(missed) < len(state.missed):
         state.missed = {u: state.missed[u] for _, u in missed}

@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.core.callers import (
+    MAX_ENTRIES,
     RETENTION_S,
     WINDOW_S,
     CallerOutput,
@@ -189,6 +190,32 @@ def test_state_round_trips_and_expires_after_retention() -> None:
     assert forget_at(c.state) == NOW + RETENTION_S
     assert not expired(c.state, NOW + RETENTION_S - 1) and expired(c.state, NOW + RETENTION_S)
 
+
+
+def test_calls_not_heard_of_for_the_retention_are_dropped_and_at_most_500_of_each_kind_kept() -> None:
+    c = Caller()
+    c.feed(missed("old-m", T0), answered("old-a", T0), now=NOW)
+    c.feed(missed("new-m", T0 + H), now=NOW + RETENTION_S / 2)
+    assert c.state is not None and set(c.state.missed) == {"old-m", "new-m"} and set(c.state.answered) == {"old-a"}
+    c.feed(answered("new-a", T0 + 2 * H), now=NOW + RETENTION_S)  # the first two were last heard of RETENTION_S ago
+    assert set(c.state.missed) == {"new-m"} and set(c.state.answered) == {"new-a"}
+    for stale, fresh in ((answered("a", T0), missed("m", T0, alert=False)),
+                         (missed("m", T0, alert=False), answered("a", T0))):  # one kind stale, the other not
+        state, _ = apply_fact(None, stale, NOW)
+        state, _ = apply_fact(state, fresh, NOW + RETENTION_S - 1)
+        state, _ = apply_fact(state, missed("m2", T0 + H, alert=False), NOW + RETENTION_S)
+        assert set(state.missed) == ({"m", "m2"} if fresh.uniqueid == "m" else {"m2"})
+        assert set(state.answered) == ({"a"} if fresh.uniqueid == "a" else set())
+
+    state = CallerState("app", "98")  # a caller with more calls than MAX_ENTRIES (500) keeps the newest, by time
+    for i in range(MAX_ENTRIES):
+        state, _ = apply_fact(state, missed(f"m{i}", T0 + i * 60, alert=False), NOW)
+        state, _ = apply_fact(state, answered(f"a{i}", T0 + i * 60), NOW)
+    assert len(state.missed) == len(state.answered) == MAX_ENTRIES
+    state, _ = apply_fact(state, missed("m-new", T0 + MAX_ENTRIES * 60, alert=False), NOW)
+    assert len(state.missed) == MAX_ENTRIES and "m0" not in state.missed and "m-new" in state.missed
+    state, _ = apply_fact(state, answered("a-new", T0 + MAX_ENTRIES * 60), NOW)
+    assert len(state.answered) == MAX_ENTRIES and "a0" not in state.answered and "a-new" in state.answered
 
 # ---- properties: arrival order -------------------------------------------------------------
 
