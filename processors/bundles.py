@@ -16,7 +16,6 @@ import orjson
 
 from config.kafka_producer import partition_for
 from processors.output_producer import Placed, Record
-from schemas.timefmt import parse_ts
 
 CONTRIBUTION_FIELDS = frozenset({"key", "item", "at", "values"})
 
@@ -52,6 +51,7 @@ def bundle(records: Sequence[Record], partitions: int, max_bytes: int = MAX_BYTE
 
 def unbundle(raw: bytes) -> list[dict[str, Any]]:
     """The contributions in a bundle, or the one contribution of a record written before bundles.
+    Their fields are there; what they hold is the reader's to check (`at` is parsed once, there).
 
     Raises ValueError (orjson's decode error is one) or KeyError for a record that is neither."""
     data = orjson.loads(raw)
@@ -61,5 +61,4 @@ def unbundle(raw: bytes) -> list[dict[str, Any]]:
             raise ValueError("a contribution is a JSON object")
         if not item.keys() >= CONTRIBUTION_FIELDS:
             raise KeyError(", ".join(sorted(CONTRIBUTION_FIELDS - item.keys())))
-        parse_ts(item["at"])
     return items

@@ -19,8 +19,7 @@ Definitions (also in the README):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from processors.core.call_record import CallView
 from processors.core.rules import answered_within, is_short_abandon
@@ -41,8 +40,7 @@ REACHED_FIELDS = ("reached_again",)
 REACHED_SUFFIX = "|reached"
 
 
-@dataclass(frozen=True, slots=True)
-class Contribution:
+class Contribution(NamedTuple):  # a tuple: made two or three times for every completed call
     key: str  # app:agent or app
     item_id: str
     at: str  # event time that picks the window, as the records write it (`schemas.timefmt`)

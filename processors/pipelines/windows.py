@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from prometheus_client import Counter
 
@@ -31,8 +31,22 @@ def window_policy(s: Settings) -> WindowPolicy:
     )
 
 
+class Contributed(NamedTuple):
+    """A contribution as the window step takes it: read and checked once, when its record is decoded."""
+
+    item: str
+    t: float  # `at` in epoch seconds
+    at: str
+    values: dict[str, Any]
+    advance: bool  # `t` is the provider's clock (not `at_received`): it may advance the watermark
+
+
 def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
-    return [(c["key"], {**c, "values": named(c["values"])}) for c in unbundle(value)]
+    """A bundle's contributions, keyed as each says. Raises for any unreadable one, so the record
+    is set aside before any of it is counted."""
+    return [(c["key"], Contributed(c["item"], parse_ts(c["at"]), c["at"], named(c["values"]),
+                                   not c.get("at_received", False)))
+            for c in unbundle(value)]
 
 
 def windowed(name: str, table: str, source: str, ticks: str, out_topic: str, s: Settings,
@@ -50,10 +64,9 @@ def windowed(name: str, table: str, source: str, ticks: str, out_topic: str, s: 
                 out.append(Output(out_topic, record_key(key, start).encode(), dumps(record)))
             return Result(st, out)
         st = st or Windowed()
-        if add(st, item["item"], parse_ts(item["at"]), item["values"], now, policy,
-               advance=not item.get("at_received", False)) == "late":
+        if add(st, item.item, item.t, item.values, now, policy, advance=item.advance) == "late":
             late.inc()
-            log.warning("late contribution for %s at %s: its window's final is out; not counted", key, item["at"])
+            log.warning("late contribution for %s at %s: its window's final is out; not counted", key, item.at)
         return Result(st)
 
     return Pipeline(name=name, table=table, store=lambda rows: WindowStore(rows, named, item_rows=s.writes_0_1_formats,

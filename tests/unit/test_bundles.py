@@ -8,6 +8,7 @@ import pytest
 from config.kafka_producer import partition_for
 from processors.bundles import bundle, unbundle
 from processors.core.call_metrics import Contribution
+from processors.pipelines import windows
 from processors.pipelines.calls import contribution
 from schemas.timefmt import format_ts
 
@@ -62,8 +63,30 @@ def test_a_single_record_from_before_bundles_is_read_as_a_bundle_of_one() -> Non
     assert unbundle(value) == [orjson.loads(value)]
 
 
-@pytest.mark.parametrize("raw", [b"not json", b"[1, 2]", b'[{"key": "a"}]', b'{"key": "a", "item": "i", "values": []}',
-                                 b'[{"key": "a", "item": "i", "at": "yesterday", "values": []}]'])
+UNREADABLE = [b"not json", b"[1, 2]", b'[{"key": "a"}]', b'{"key": "a", "item": "i", "values": []}']
+
+
+@pytest.mark.parametrize("raw", UNREADABLE)
 def test_unreadable_records_raise_instead_of_stopping_the_agent_later(raw: bytes) -> None:
     with pytest.raises((KeyError, ValueError)):
         unbundle(raw)
+
+
+@pytest.mark.parametrize("raw", [*UNREADABLE, b'[{"key": "a", "item": "i", "at": "yesterday", "values": {"v": 1}}]',
+                                 b'[{"key": "a", "item": "i", "at": "2026-01-01T00:00:00.000Z", "values": {"v": 9}}]'])
+def test_the_window_pipelines_set_aside_a_bundle_with_any_unreadable_contribution(raw: bytes) -> None:
+    good = contribution("app", Contribution("app:A0", "c.1", format_ts(1_700_000_000), {"v": 1, "result": "answered"}))
+    bundled = b"[" + good + b"," + raw[1:] if raw.startswith(b"[{") else raw  # after a readable one
+    with pytest.raises((KeyError, ValueError)):  # the runtime dead-letters the record, before any step
+        windows.decode(None, bundled)
+
+
+def test_the_window_pipelines_read_each_contribution_once() -> None:
+    (_, _, value), = records(1)
+    (key, item), = windows.decode(None, b"[" + value + b"]")
+    sent = orjson.loads(value)
+    assert key == sent["key"] and item.item == sent["item"] and item.at == sent["at"]
+    assert item.t == 1_700_000_000 and item.values == sent["values"] and item.advance
+    stand_in = contribution("app", Contribution("app", "c", sent["at"], {"v": 1}), at_received=True)
+    (_, late), = windows.decode(None, stand_in)
+    assert not late.advance
