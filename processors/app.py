@@ -5,7 +5,6 @@ One consumer group (the app id, prefixed by TOPIC_PREFIX); run as many workers a
 
 from __future__ import annotations
 
-import gc
 from typing import Any
 
 import mode.loop
@@ -15,26 +14,13 @@ mode.loop.use("uvloop")  # before any event loop exists: ~25% more events/s thro
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from config import settings as settings_module
-from config.logs import install_filters
-from processors import liveness, reconcile_timer, runtime
-from processors.faust_app import create_app
+from processors import worker
 from processors.pipelines import all_pipelines
 from processors.worker_metrics import REGISTRY
 
 settings = settings_module.load()
-install_filters()
-app = create_app(settings)
-for pipeline in all_pipelines(settings):
-    runtime.run(app, pipeline)
-monitor = liveness.install(app, settings)
-reconcile_timer.register(app, settings)  # only when PROVIDER_API_KEY is set
-
-# Python's cyclic garbage collector, at its defaults, runs every 700 allocations and now and then
-# walks every object the worker holds: 12-16% of the worker's CPU under load (BENCHMARKS.md, round
-# five). What start-up made (modules, Faust's app) is frozen out of its walks, and it runs every
-# 50,000 allocations: the per-event path frees its objects by reference counting, not by cycles.
-gc.freeze()
-gc.set_threshold(50_000, 10, 10)
+app, monitor = worker.build(settings, all_pipelines(settings))
+worker.collect_less()
 
 
 @app.page("/metrics")

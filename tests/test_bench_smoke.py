@@ -35,3 +35,12 @@ def test_peer_comparison_runs_quickly(tmp_path: Path) -> None:
     systems = {"worker", "quix at-least-once", "quix exactly-once", "aiokafka loop", "raw loop"}
     assert systems <= results["median"].keys()
     assert "ours/them speed" in out.stdout
+
+
+def test_floor_comparison_runs_the_worker_and_quix_with_steps_that_do_nothing(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.peers.compare", "--quick", "--floor",
+                          "--out", str(tmp_path / "f.json")], cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-4000:]
+    results = orjson.loads((tmp_path / "f.json").read_bytes())
+    assert results["floor"] is True
+    assert results["median"].keys() == {"worker", "quix at-least-once", "quix exactly-once"}

@@ -1,7 +1,7 @@
 """Our worker against Quix Streams, its own client alone and a raw client loop, on the same
 pre-filled topic, in one run.
 
-    python -m bench.peers.compare [--calls N] [--rounds R] [--quick]
+    python -m bench.peers.compare [--calls N] [--rounds R] [--quick] [--floor]
 
 Every system reads the same `ivr.events` topic (simulator traffic, 6 partitions) from the start in
 a consumer group of its own and runs the calls step (`bench.peers.step`); our worker runs the
@@ -12,6 +12,10 @@ order. For each run the harness, polling from outside, takes the time from the s
 the moment its group has committed every input offset, the events committed in that span, and the
 CPU time the system's processes used in it (see `measure`). Printed: median events/s, CPU-s per 100k events, and
 our ratio to each.
+
+`--floor` runs the worker (`bench.peers.floor_app`) and Quix with steps that only decode each event
+and look its state up, and write nothing: what each costs around the work, so that the gap in the
+full comparison can be put where it is (the framework, or the work in it).
 """
 
 from __future__ import annotations
@@ -103,8 +107,9 @@ class Watch:
 
 
 async def measure(proc: subprocess.Popen[bytes], bootstrap: str, group: str, source: str, sink: str, total: int,
-                  log: Path, limit_s: float = 900) -> tuple[float, float]:
+                  log: Path, limit_s: float = 900, writes: bool = True) -> tuple[float, float]:
     """(events/s, CPU-s per 100k events) from the group's first commit to the input fully committed.
+    `writes`: the system writes records (a floor run writes none).
 
     The span starts at the first commit seen, not at the first output: a system that handles a
     large batch before its first output would otherwise have that batch's events counted and
@@ -127,14 +132,15 @@ async def measure(proc: subprocess.Popen[bytes], bootstrap: str, group: str, sou
                 first = (time.perf_counter(), tree_cpu_s(proc.pid), done)
             if first is not None and done >= total:
                 now, cpu = time.perf_counter(), tree_cpu_s(proc.pid)
-                if output is None:
+                if output is None and writes:
                     raise RuntimeError(f"{group} committed its input and wrote nothing (log: {log})")
                 n = total - first[2]
                 if n >= total // 2:
                     return n / (now - first[0]), (cpu - first[1]) / n * 100_000
                 # a run too short to span several commits (--quick): from the first output instead,
                 # or from the launch when the output and the last commit came in the same look
-                since, what = (output, "the first output") if now - output[0] >= 0.5 else (launched, "its launch")
+                since, what = ((output, "the first output") if output is not None and now - output[0] >= 0.5
+                               else (launched, "its launch"))
                 print(f"  {group}: {first[2]} of {total} events were committed at the first look; "
                       f"timed from {what}", file=sys.stderr)
                 return total / (now - since[0]), (cpu - since[1]) / total * 100_000
@@ -196,13 +202,15 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 Launch = Callable[[str], tuple[list[str], dict[str, str], str]]
 
 
-def systems(bootstrap: str, tmp: Path, env: dict[str, str]) -> dict[str, Launch]:
-    """name -> (for a run id) the command, its environment and the topic it writes records to."""
+def systems(bootstrap: str, tmp: Path, env: dict[str, str], floor: bool = False) -> dict[str, Launch]:
+    """name -> (for a run id) the command, its environment and the topic it writes records to.
+    `floor`: the worker and Quix with steps that do nothing (the loops have no floor of their own)."""
     source = f"{PREFIX}ivr.events"
     py = sys.executable
 
     def worker(run: str) -> tuple[list[str], dict[str, str], str]:
-        return ([py, "-m", "faust", "-A", "processors.app", "worker", "-l", "warn"],
+        app = "bench.peers.floor_app" if floor else "processors.app"
+        return ([py, "-m", "faust", "-A", app, "worker", "-l", "warn"],
                 {**env, "PROCESSOR_ID": run, "WORKER_WEB_PORT": str(free_port()),
                  "WORKER_DATA_DIR": str(tmp / run)}, f"{PREFIX}ivr.calls.completed")
 
@@ -210,7 +218,7 @@ def systems(bootstrap: str, tmp: Path, env: dict[str, str]) -> dict[str, Launch]
         def cmd(run: str) -> tuple[list[str], dict[str, str], str]:
             sink = f"{PREFIX}peer.{run}.completed"
             return ([py, "-m", "bench.peers.quix_calls", bootstrap, source, sink, f"{PREFIX}{run}", str(tmp / run),
-                     guarantee], env, sink)
+                     guarantee, *(["floor"] if floor else [])], env, sink)
         return cmd
 
     def loop(module: str) -> Launch:
@@ -219,7 +227,9 @@ def systems(bootstrap: str, tmp: Path, env: dict[str, str]) -> dict[str, Launch]
             return [py, "-m", module, bootstrap, source, sink, f"{PREFIX}{run}"], env, sink
         return cmd
 
-    found: dict[str, Launch] = {"worker": worker, "aiokafka loop": loop("bench.peers.aiokafka_loop")}
+    found: dict[str, Launch] = {"worker": worker}
+    if not floor:
+        found["aiokafka loop"] = loop("bench.peers.aiokafka_loop")
     try:
         import quixstreams  # noqa: F401
         found["quix at-least-once"] = quix("at-least-once")
@@ -228,7 +238,8 @@ def systems(bootstrap: str, tmp: Path, env: dict[str, str]) -> dict[str, Launch]
         print("quixstreams is not installed (pip install -e '.[bench]'): Quix rows skipped", file=sys.stderr)
     try:
         import confluent_kafka  # noqa: F401
-        found["raw loop"] = loop("bench.peers.raw_loop")
+        if not floor:
+            found["raw loop"] = loop("bench.peers.raw_loop")
     except ImportError:
         pass
     return found
@@ -256,9 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="300 calls, one round (a smoke test)")
     ap.add_argument("--only", nargs="*", default=None, help="systems to run (default: all available)")
-    ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "peers.json")
+    ap.add_argument("--floor", action="store_true",
+                    help="the worker and Quix with steps that only decode and look the state up: the cost "
+                         "around the work (default output: bench/out/peers-floor.json)")
+    ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     calls, rounds = (300, 1) if args.quick else (args.calls, args.rounds)
+    out = args.out or ROOT / "bench" / "out" / ("peers-floor.json" if args.floor else "peers.json")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         with KafkaBroker(tmp / "kafka", partitions=PARTITIONS, heap="1g") as broker:
@@ -269,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
             profile = Profile(agents=20, p_duplicate=0.02, p_reorder=0.02, p_missing_hangup=0.01, mean_talk_s=60)
             events, truth = generate(calls, time.time() - 7200, 3600, profile, seed=5, prefix="c")
             asyncio.run(write_events(broker.bootstrap, f"{PREFIX}ivr.events", events, progress=False))
-            table = systems(broker.bootstrap, tmp, env)
+            table = systems(broker.bootstrap, tmp, env, args.floor)
             names = [n for n in table if args.only is None or n in args.only]
             runs: list[Run] = []
             for rnd in range(rounds):
@@ -285,14 +300,15 @@ def main(argv: list[str] | None = None) -> int:
                     proc = start(cmd, run_env, log)
                     try:
                         eps, cpu = asyncio.run(measure(proc, broker.bootstrap, group, f"{PREFIX}ivr.events", sink,
-                                                       len(events), log))
+                                                       len(events), log, writes=not args.floor))
                     finally:
                         stop(proc)
                     runs.append(Run(name, eps, cpu))
                     print(f"  {eps:,.0f} events/s, {cpu:.2f} CPU-s/100k", file=sys.stderr, flush=True)
-    result = report(runs, {"events": len(events), "calls": len(truth), "rounds": rounds, "cores": os.cpu_count()})
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
+    result = report(runs, {"events": len(events), "calls": len(truth), "rounds": rounds, "cores": os.cpu_count(),
+                           "floor": args.floor})
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     return 0
 
 

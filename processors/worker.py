@@ -1,0 +1,34 @@
+"""The worker assembled: the Faust app with its pipelines wired in, its liveness and its timers.
+`processors.app` builds it with every pipeline (`faust -A processors.app worker`); the benchmarks
+build it with other steps (`bench.peers.floor_app`)."""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterable
+
+from config.logs import install_filters
+from config.settings import Settings
+from processors import liveness, reconcile_timer, runtime
+from processors.faust_app import IvrApp, create_app
+from processors.runtime import Pipeline
+
+
+def build(settings: Settings, pipelines: Iterable[Pipeline]) -> tuple[IvrApp, liveness.LivenessMonitor]:  # type: ignore[type-arg]
+    install_filters()
+    app = create_app(settings)
+    for pipeline in pipelines:
+        runtime.run(app, pipeline)
+    monitor = liveness.install(app, settings)
+    reconcile_timer.register(app, settings)  # only when PROVIDER_API_KEY is set
+    return app, monitor
+
+
+def collect_less() -> None:
+    """Python's cyclic garbage collector, at its defaults, runs every 700 allocations and now and
+    then walks every object the worker holds: 12-16% of the worker's CPU under load (BENCHMARKS.md,
+    round five). What start-up made (modules, Faust's app) is frozen out of its walks, and it runs
+    every 50,000 allocations: the per-event path frees its objects by reference counting, not by
+    cycles. Called once the worker is built."""
+    gc.freeze()
+    gc.set_threshold(50_000, 10, 10)
