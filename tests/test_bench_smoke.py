@@ -37,10 +37,13 @@ def test_peer_comparison_runs_quickly(tmp_path: Path) -> None:
     assert "ours/them speed" in out.stdout
 
 
-def test_floor_comparison_runs_the_worker_and_quix_with_steps_that_do_nothing(tmp_path: Path) -> None:
-    out = subprocess.run([sys.executable, "-m", "bench.peers.compare", "--quick", "--floor",
+@pytest.mark.parametrize("mode", ["--floor", "--calls-only"])
+def test_the_comparisons_that_split_the_gap_run_the_worker_and_quix(tmp_path: Path, mode: str) -> None:
+    """--floor: steps that do nothing; --calls-only: the worker doing the peers' work alone."""
+    out = subprocess.run([sys.executable, "-m", "bench.peers.compare", "--quick", mode,
                           "--out", str(tmp_path / "f.json")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     results = orjson.loads((tmp_path / "f.json").read_bytes())
-    assert results["floor"] is True
-    assert results["median"].keys() == {"worker", "quix at-least-once", "quix exactly-once"}
+    assert results["floor"] is (mode == "--floor") and results["calls_only"] is (mode == "--calls-only")
+    assert {"worker", "quix at-least-once", "quix exactly-once"} <= results["median"].keys()
+    assert ("aiokafka loop" in results["median"]) is (mode != "--floor")  # the loops have no floor

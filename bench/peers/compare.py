@@ -1,7 +1,7 @@
 """Our worker against Quix Streams, its own client alone and a raw client loop, on the same
 pre-filled topic, in one run.
 
-    python -m bench.peers.compare [--calls N] [--rounds R] [--quick] [--floor]
+    python -m bench.peers.compare [--calls N] [--rounds R] [--quick] [--floor | --calls-only]
 
 Every system reads the same `ivr.events` topic (simulator traffic, 6 partitions) from the start in
 a consumer group of its own and runs the calls step (`bench.peers.step`); our worker runs the
@@ -15,7 +15,8 @@ our ratio to each.
 
 `--floor` runs the worker (`bench.peers.floor_app`) and Quix with steps that only decode each event
 and look its state up, and write nothing: what each costs around the work, so that the gap in the
-full comparison can be put where it is (the framework, or the work in it).
+full comparison can be put where it is (the framework, or the work in it). `--calls-only` runs the
+worker with its calls pipeline alone (`bench.peers.calls_only_app`): the peers' work, in the worker.
 """
 
 from __future__ import annotations
@@ -202,14 +203,17 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 Launch = Callable[[str], tuple[list[str], dict[str, str], str]]
 
 
-def systems(bootstrap: str, tmp: Path, env: dict[str, str], floor: bool = False) -> dict[str, Launch]:
+def systems(bootstrap: str, tmp: Path, env: dict[str, str], floor: bool = False,
+            calls_only: bool = False) -> dict[str, Launch]:
     """name -> (for a run id) the command, its environment and the topic it writes records to.
-    `floor`: the worker and Quix with steps that do nothing (the loops have no floor of their own)."""
+    `floor`: the worker and Quix with steps that do nothing (the loops have no floor of their own);
+    `calls_only`: the worker with its calls pipeline alone, writing completed records only."""
     source = f"{PREFIX}ivr.events"
     py = sys.executable
 
     def worker(run: str) -> tuple[list[str], dict[str, str], str]:
-        app = "bench.peers.floor_app" if floor else "processors.app"
+        app = ("bench.peers.floor_app" if floor else "bench.peers.calls_only_app" if calls_only
+               else "processors.app")
         return ([py, "-m", "faust", "-A", app, "worker", "-l", "warn"],
                 {**env, "PROCESSOR_ID": run, "WORKER_WEB_PORT": str(free_port()),
                  "WORKER_DATA_DIR": str(tmp / run)}, f"{PREFIX}ivr.calls.completed")
@@ -270,10 +274,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor", action="store_true",
                     help="the worker and Quix with steps that only decode and look the state up: the cost "
                          "around the work (default output: bench/out/peers-floor.json)")
+    ap.add_argument("--calls-only", action="store_true",
+                    help="the worker with its calls pipeline alone (no metric contributions, caller facts or "
+                         "their pipelines): the peers' work in the worker (default output: bench/out/peers-calls.json)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     calls, rounds = (300, 1) if args.quick else (args.calls, args.rounds)
-    out = args.out or ROOT / "bench" / "out" / ("peers-floor.json" if args.floor else "peers.json")
+    if args.floor and args.calls_only:
+        ap.error("--floor and --calls-only are two different comparisons")
+    out = args.out or ROOT / "bench" / "out" / ("peers-floor.json" if args.floor else "peers-calls.json"
+                                                 if args.calls_only else "peers.json")
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         with KafkaBroker(tmp / "kafka", partitions=PARTITIONS, heap="1g") as broker:
@@ -284,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             profile = Profile(agents=20, p_duplicate=0.02, p_reorder=0.02, p_missing_hangup=0.01, mean_talk_s=60)
             events, truth = generate(calls, time.time() - 7200, 3600, profile, seed=5, prefix="c")
             asyncio.run(write_events(broker.bootstrap, f"{PREFIX}ivr.events", events, progress=False))
-            table = systems(broker.bootstrap, tmp, env, args.floor)
+            table = systems(broker.bootstrap, tmp, env, args.floor, args.calls_only)
             names = [n for n in table if args.only is None or n in args.only]
             runs: list[Run] = []
             for rnd in range(rounds):
@@ -306,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
                     runs.append(Run(name, eps, cpu))
                     print(f"  {eps:,.0f} events/s, {cpu:.2f} CPU-s/100k", file=sys.stderr, flush=True)
     result = report(runs, {"events": len(events), "calls": len(truth), "rounds": rounds, "cores": os.cpu_count(),
-                           "floor": args.floor})
+                           "floor": args.floor, "calls_only": args.calls_only})
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     return 0
