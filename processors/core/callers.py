@@ -162,8 +162,9 @@ def _answered(state: CallerState, fact: AnsweredCallFact, now: float) -> list[Ca
     own = state.missed.get(fact.uniqueid)
     if own is not None and own.status == "open":
         out.append(_resolve(state, fact.uniqueid, fact.how, None, now))
-    for uid, m in sorted(state.missed.items(), key=lambda um: (um[1].at, um[0])):
-        if m.status == "open" and _again(state, m, uid, fact.uniqueid, answered):
+    opened = [(m.at, uid, m) for uid, m in state.missed.items() if m.status == "open"]  # few, if any
+    for _, uid, m in sorted(opened, key=lambda entry: entry[:2]):
+        if _again(state, m, uid, fact.uniqueid, answered):
             out.append(_resolve(state, uid, "called_again_answered", fact.uniqueid, now))
     return out
 
