@@ -57,9 +57,10 @@ def _item_row(key: str, start: int, item: str) -> bytes:
 
 def _copy(st: Windowed) -> Windowed:
     """A copy the step may change while the saved state stays as it was (items are replaced by
-    the core, never changed in place, so the item dicts are copied shallowly)."""
+    the core, never changed in place, so the item dicts are copied shallowly). Its windows keep
+    the items the step touches (see `WindowStore.save`)."""
     return Windowed(
-        windows={s: Window(dict(w.items), w.final, w.dirty, w.changed_at, w.emitted_at)
+        windows={s: Window(dict(w.items), w.final, w.dirty, w.changed_at, w.emitted_at, {})
                  for s, w in st.windows.items()},
         watermark=st.watermark, closed_upto=st.closed_upto,
     )
@@ -111,9 +112,17 @@ class WindowStore:
             old_items = {} if ow is None else ow.items
             # the core stamps changed_at on every change of a window's items
             if ow is None or ow.changed_at != nw.changed_at or len(old_items) != len(nw.items):
-                delta: dict[str, Any] = {item: c for item, c in nw.items.items() if old_items.get(item) is not c}
-                for item in old_items.keys() - nw.items.keys():
-                    delta[item] = None
+                delta: dict[str, Any]
+                if ow is not None and nw.touched is not None:  # loaded from here: only what was touched
+                    delta = {}
+                    for item in nw.touched:
+                        c = nw.items.get(item)
+                        if c is not old_items.get(item):
+                            delta[item] = c  # None: removed
+                else:  # a window of thousands of items was compared item by item in every batch
+                    delta = {item: c for item, c in nw.items.items() if old_items.get(item) is not c}
+                    for item in old_items.keys() - nw.items.keys():
+                        delta[item] = None
                 seq = self.next_seq.get((key, s), 0)
                 if delta and self.writes_item_rows and not seq:
                     self._write_items(key, s, _meta(new)[0], delta)

@@ -38,6 +38,10 @@ class Window:
     dirty: bool = False  # changed since the last record
     changed_at: float = 0.0  # wall clock
     emitted_at: float = 0.0  # wall clock of the last record (interim or final)
+    #: the items put or removed since the state was loaded, in the order last touched, when whoever
+    #: loaded it asks (a dict), so that what changed is known without comparing every item; None:
+    #: not kept
+    touched: dict[str, None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(slots=True)
@@ -66,6 +70,7 @@ def add(state: Windowed, item_id: str, t: float, contribution: Any, now: float, 
         if s != start and item_id in w.items and not w.final:
             del w.items[item_id]
             w.dirty, w.changed_at = True, now
+            _touch(w, item_id)
     found = state.windows.get(start)
     if found is None and start + p.size_s <= state.closed_upto:
         return "late"
@@ -80,7 +85,14 @@ def add(state: Windowed, item_id: str, t: float, contribution: Any, now: float, 
         return "unchanged"
     w.items[item_id] = contribution
     w.dirty, w.changed_at = True, now
+    _touch(w, item_id)
     return "counted"
+
+
+def _touch(w: Window, item_id: str) -> None:
+    if w.touched is not None:
+        w.touched.pop(item_id, None)  # to the end: new items keep the order they were last put in
+        w.touched[item_id] = None
 
 
 def _closable(start: int, w: Window, state: Windowed, now: float, p: WindowPolicy) -> bool:
