@@ -113,13 +113,15 @@ class WindowStore:
             # the core stamps changed_at on every change of a window's items
             if ow is None or ow.changed_at != nw.changed_at or len(old_items) != len(nw.items):
                 delta: dict[str, Any]
-                if ow is not None and nw.touched is not None:  # loaded from here: only what was touched
+                if ow is not None and nw.touched is not None:
+                    # loaded from here: only the touched items (comparing every item of a window of
+                    # thousands, in every batch, was most of the save)
                     delta = {}
                     for item in nw.touched:
                         c = nw.items.get(item)
                         if c is not old_items.get(item):
                             delta[item] = c  # None: removed
-                else:  # a window of thousands of items was compared item by item in every batch
+                else:  # a new window, or a state not loaded from here: every item compared
                     delta = {item: c for item, c in nw.items.items() if old_items.get(item) is not c}
                     for item in old_items.keys() - nw.items.keys():
                         delta[item] = None
