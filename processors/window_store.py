@@ -141,6 +141,8 @@ class WindowStore:
                 self.rows[_window_row(key, s)] = orjson.dumps([nw.final, nw.dirty, nw.changed_at, nw.emitted_at])
         if _meta(old) != _meta(new):
             self.rows[_meta_row(key)] = orjson.dumps(list(_meta(new)))
+        for w in new.windows.values():
+            w.touched = None  # written: a backlog's batch would keep thousands of ids here
         self.cache[key] = new
 
     def _encoded(self, watermark: float | None, delta: dict[str, Any]) -> list[bytes]:

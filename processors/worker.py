@@ -1,6 +1,6 @@
 """The worker assembled: the Faust app with its pipelines wired in, its liveness and its timers.
 `processors.app` builds it with every pipeline (`faust -A processors.app worker`); the benchmarks
-build it with other steps (`bench.peers.floor_app`)."""
+build it with other steps (`bench.peers.floor_app`, `bench.peers.calls_only_app`)."""
 
 from __future__ import annotations
 

@@ -5,9 +5,10 @@
 
 The peers run the calls step alone (decode, `lifecycle.apply`, write the completed record); the
 worker also makes each completed call's metric contributions and caller facts and runs three more
-pipelines on them. Here it does not: the same work as the peers', in the worker's framework (its
-state in RocksDB with a changelog, its ticks, its acknowledgements), to tell the framework's cost
-from the extra work's.
+pipelines on them. Here the contributions are not made, the caller facts (which the core makes)
+are dropped before they are sent, and the other pipelines do not run: nearly the peers' work, in
+the worker's framework (its state in RocksDB with a changelog, its ticks, its acknowledgements),
+to tell the framework's cost from the extra work's.
 """
 
 from __future__ import annotations

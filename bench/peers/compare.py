@@ -267,7 +267,9 @@ def report(runs: list[Run], meta: dict[str, Any]) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=10_000, help="simulated calls (about 5.5 events each)")
+    ap.add_argument("--calls", type=int, default=None,
+                    help="simulated calls (about 5.5 events each; default 10,000, and 30,000 with --floor: a run "
+                         "that writes nothing is timed from its first commit, so it must span several)")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--quick", action="store_true", help="300 calls, one round (a smoke test)")
     ap.add_argument("--only", nargs="*", default=None, help="systems to run (default: all available)")
@@ -275,11 +277,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="the worker and Quix with steps that only decode and look the state up: the cost "
                          "around the work (default output: bench/out/peers-floor.json)")
     ap.add_argument("--calls-only", action="store_true",
-                    help="the worker with its calls pipeline alone (no metric contributions, caller facts or "
-                         "their pipelines): the peers' work in the worker (default output: bench/out/peers-calls.json)")
+                    help="the worker with its calls pipeline alone (no metric contributions, caller facts "
+                         "dropped, no other pipeline): the peers' work in the worker (default output: "
+                         "bench/out/peers-calls.json)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    calls, rounds = (300, 1) if args.quick else (args.calls, args.rounds)
+    calls = args.calls if args.calls is not None else 30_000 if args.floor else 10_000
+    calls, rounds = (300, 1) if args.quick else (calls, args.rounds)
     if args.floor and args.calls_only:
         ap.error("--floor and --calls-only are two different comparisons")
     out = args.out or ROOT / "bench" / "out" / ("peers-floor.json" if args.floor else "peers-calls.json"

@@ -38,9 +38,9 @@ class Window:
     dirty: bool = False  # changed since the last record
     changed_at: float = 0.0  # wall clock
     emitted_at: float = 0.0  # wall clock of the last record (interim or final)
-    #: the items put or removed since the state was loaded, in the order last touched, when whoever
-    #: loaded it asks (a dict), so that what changed is known without comparing every item; None:
-    #: not kept
+    #: the items put or removed since the state was loaded, those put new in the order of `items`,
+    #: when whoever loaded it asks (a dict), so that what changed is known without comparing every
+    #: item; None: not kept
     touched: dict[str, None] | None = field(default=None, compare=False, repr=False)
 
 
@@ -83,16 +83,18 @@ def add(state: Windowed, item_id: str, t: float, contribution: Any, now: float, 
         state.watermark = max(state.watermark, t)
     if w.items.get(item_id) == contribution:
         return "unchanged"
+    inserted = item_id not in w.items
     w.items[item_id] = contribution
     w.dirty, w.changed_at = True, now
-    _touch(w, item_id)
+    _touch(w, item_id, inserted)
     return "counted"
 
 
-def _touch(w: Window, item_id: str) -> None:
+def _touch(w: Window, item_id: str, inserted: bool = False) -> None:
     if w.touched is not None:
-        w.touched.pop(item_id, None)  # to the end: new items keep the order they were last put in
-        w.touched[item_id] = None
+        if inserted:  # to the end, as in `items`: new items are noted in the order they were put in
+            w.touched.pop(item_id, None)
+        w.touched.setdefault(item_id, None)
 
 
 def _closable(start: int, w: Window, state: Windowed, now: float, p: WindowPolicy) -> bool:
