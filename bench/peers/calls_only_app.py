@@ -27,7 +27,7 @@ from processors.pipelines import calls
 from processors.runtime import Result
 
 settings = settings_module.load()
-calls.metric_contributions = lambda rec, s, v: []  # not made at all (not made and dropped)
+calls.metric_contributions = lambda rec, s, v: []  # not made at all (rather than made and dropped)
 full = calls.pipeline(settings)
 completed = settings.topic(topics.CALLS_COMPLETED)
 
