@@ -98,17 +98,17 @@ def caller_key(app: str, cli: str) -> str:
 
 
 def read_fact(data: Mapping[str, Any]) -> CallerFact:
-    """A caller fact from its JSON form (records without `kind` predate answered facts: missed).
+    """A caller fact from its JSON form (records without `kind` predate answered facts: missed;
+    `v` is read as any other field).
 
     Raises KeyError, TypeError or ValueError for a record that is not one."""
-    fields = {k: v for k, v in data.items() if k != "v"}
-    kind = fields.get("kind", "missed")
+    kind = data.get("kind", "missed")
     fact: CallerFact
     if kind == "missed":
-        fact = MissedCallFact(**fields)
+        fact = MissedCallFact(**data)
         parse_ts(fact.at)
     elif kind == "answered":
-        fact = AnsweredCallFact(**fields)
+        fact = AnsweredCallFact(**data)
     else:
         raise ValueError(f"unknown caller fact kind {kind!r}")
     if fact.started_at is not None:
