@@ -317,37 +317,39 @@ class Runner(Generic[S]):
 
     def _record(self, record: Source, keys: dict[str, _Key[S]], now: float) -> list[Output]:
         """One record (or tick) against the batch's keys: its outputs, or its dead letter."""
-        if record.topic == self.p.ticks:
+        p = self.p
+        inputs: Sequence[tuple[str, Any]] | None = None
+        if record.topic == p.ticks:
             key = (record.key or b"").decode("utf-8", "replace")
             if not self.caught_up(record.partition):
                 self.parked.setdefault(record.partition, set()).add(key)  # see `due_keys`
                 return []
-            inputs: Sequence[tuple[str, Any]] = [(key, TICK)]
+            inputs = [(key, TICK)]
         else:
             self.next_offset[record.partition] = record.offset + 1
-            inputs = ()
-        touched: list[str] = []  # the keys this record's inputs reached
-        returned: list[str] = []  # one entry per input whose step returned
+        step = p.step
+        done = 0  # the inputs whose step returned (the keys reached are known from it if one raises)
         out: list[Output] = []
         try:
-            if not inputs:
-                inputs = self.p.decode(record.key, record.value)
+            if inputs is None:
+                inputs = p.decode(record.key, record.value)
             for key, item in inputs:
                 k = keys.get(key)
                 if k is None:
                     k = keys[key] = _Key(self._load(record, key), record)
-                touched.append(key)
-                result = self.p.step(key, k.state, item, now)  # may have changed k.state, then raised
+                result = step(key, k.state, item, now)  # may have changed k.state, then raised
                 k.journal.append(item)
-                returned.append(key)
+                done += 1
                 if result is not None:
                     k.state, k.changed, k.source = result.state, True, record
                     out.extend(result.outputs)
         except StoreError:
             raise  # the worker's fault, not the record's: the batch must not be acknowledged
         except Exception as error:  # confined to this record: see the module doc
-            if not (isinstance(error, Refused) and not returned):  # a refusal of its first input changed nothing
-                self._undo(keys, touched, returned, now)
+            if not (isinstance(error, Refused) and not done):  # a refusal of its first input changed nothing
+                # the keys of the inputs whose step returned, and of the one that raised (none if decoding did)
+                touched = [key for key, _ in inputs[:done + 1]] if inputs is not None else []
+                self._undo(keys, touched, touched[:done], now)
             return [self._dead_letter(record, error)]
         return out
 
