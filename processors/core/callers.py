@@ -163,9 +163,10 @@ def _answered(state: CallerState, fact: AnsweredCallFact, now: float) -> list[Ca
     if own is not None and own.status == "open":
         out.append(_resolve(state, fact.uniqueid, fact.how, None, now))
     opened = [(m.at, uid, m) for uid, m in state.missed.items() if m.status == "open"]  # few, if any
-    for _, uid, m in sorted(opened, key=lambda entry: entry[:2]):
-        if _again(state, m, uid, fact.uniqueid, answered):
-            out.append(_resolve(state, uid, "called_again_answered", fact.uniqueid, now))
+    if opened:
+        for _, uid, m in sorted(opened, key=lambda entry: entry[:2]):
+            if _again(state, m, uid, fact.uniqueid, answered):
+                out.append(_resolve(state, uid, "called_again_answered", fact.uniqueid, now))
     return out
 
 

@@ -79,14 +79,14 @@ def add(state: Windowed, item_id: str, t: float, contribution: Any, now: float, 
         if w.items.get(item_id) == contribution:
             return "unchanged"  # a replay of what the final already counted
         return "late"
-    if advance:
-        state.watermark = max(state.watermark, t)
-    if w.items.get(item_id) == contribution:
+    if advance and t > state.watermark:
+        state.watermark = t
+    held = w.items.get(item_id)  # None: not held (an item's contribution is never None)
+    if held == contribution:
         return "unchanged"
-    inserted = item_id not in w.items
     w.items[item_id] = contribution
     w.dirty, w.changed_at = True, now
-    _touch(w, item_id, inserted)
+    _touch(w, item_id, held is None)
     return "counted"
 
 

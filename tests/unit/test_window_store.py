@@ -119,12 +119,14 @@ def test_a_batch_on_a_loaded_state_writes_the_items_it_touched_and_rebuilds_them
         add(st, "new|3", H + 8, [3], H + 1, P)
         add(st, "new|3", H + 3600 + 8, [3], H + 1, P)  # moved to the next window: removed from this one
         add(st, "new|3", H + 8, [3], H + 1, P)  # and back, put last
+        add(st, "new|1", H + 3600 + 6, [1], H + 1, P)  # a new item moved out and back: last, as it is live
+        add(st, "new|1", H + 6, [1], H + 1, P)
         st.windows[H].items["c8|1"] = [8]  # an equal item put outside the core: not a change to write
 
     before = set(rows)
     change(store, "k", batch)
     written = [orjson.loads(rows[k]) for k in set(rows) - before if b"\x1fd\x1f" in k]
-    assert [list(delta) for _, delta in written] == [["new|2", "new|1", "c7|1", "new|3"]]
+    assert [list(delta) for _, delta in written] == [["new|2", "c7|1", "new|3", "new|1"]]
     assert all(w.touched is None for w in store.cache["k"].windows.values())  # written: not kept
     again = WindowStore({})
     again.rebuild(rows.items(), H + 2)
