@@ -36,7 +36,7 @@ _SEED = 0x9747B28C  # Kafka's
 
 def murmur2(data: bytes) -> int:
     """Kafka's murmur2 (Java's `Utils.murmur2`, aiokafka's `murmur2`, unsigned): the standard 32-bit
-    MurmurHash2 with Kafka's seed. In C (0.2 us; aiokafka's, in Python, 1.4-3 us for the keys
+    MurmurHash2 with Kafka's seed. Compiled (0.2 us; aiokafka's, in Python, 1.4-3 us for the keys
     here): every completed record, caller fact and contribution is placed with it."""
     return _murmurhash2(data, _SEED)
 

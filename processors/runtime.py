@@ -328,7 +328,8 @@ class Runner(Generic[S]):
         else:
             self.next_offset[record.partition] = record.offset + 1
         step = p.step
-        done = 0  # the inputs whose step returned (the keys reached are known from it if one raises)
+        touched: list[str] = []  # the keys this record's inputs reached, in order
+        done = 0  # the inputs whose step returned: the first `done` of `touched`
         out: list[Output] = []
         try:
             if inputs is None:
@@ -337,6 +338,7 @@ class Runner(Generic[S]):
                 k = keys.get(key)
                 if k is None:
                     k = keys[key] = _Key(self._load(record, key), record)
+                touched.append(key)
                 result = step(key, k.state, item, now)  # may have changed k.state, then raised
                 k.journal.append(item)
                 done += 1
@@ -347,8 +349,6 @@ class Runner(Generic[S]):
             raise  # the worker's fault, not the record's: the batch must not be acknowledged
         except Exception as error:  # confined to this record: see the module doc
             if not (isinstance(error, Refused) and not done):  # a refusal of its first input changed nothing
-                # the keys of the inputs whose step returned, and of the one that raised (none if decoding did)
-                touched = [key for key, _ in inputs[:done + 1]] if inputs is not None else []
                 self._undo(keys, touched, touched[:done], now)
             return [self._dead_letter(record, error)]
         return out

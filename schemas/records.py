@@ -1,4 +1,5 @@
-"""Every record the project writes to a topic, one frozen dataclass each.
+"""Every record the project writes to a topic, one dataclass each (frozen, but for the caller facts
+and the alert: see `MissedCall`).
 
 Field docs double as the JSON Schema descriptions. `v` is the schema version (contract: 1).
 Times are `Timestamp` strings (ISO 8601 UTC, milliseconds); durations are seconds.

@@ -273,6 +273,18 @@ def test_a_bundle_that_fails_undoes_every_key_it_touched() -> None:
     assert len(delivery.records(DLQ)) == 1
 
 
+def test_a_bundle_with_a_key_that_cannot_be_one_is_dead_lettered_and_undone() -> None:
+    """A key that is not a string (here a list: unhashable) fails before its input reaches any
+    state: the record is set aside and the keys its earlier inputs reached are put back, like any
+    failure (not raised out of the batch, which would stop the partition on it)."""
+    r, rows, delivery, _ = runner()
+    handle(r, [Rec(SRC, 0, 0, None, orjson.dumps([["a", 1]])),
+               Rec(SRC, 0, 1, None, orjson.dumps([["a", 10], [["x"], 1]])),
+               Rec(SRC, 0, 2, None, orjson.dumps([["a", 100]]))])
+    assert orjson.loads(rows[b"a"])["total"] == 101
+    assert [orjson.loads(v)["error_type"] for _, v in delivery.records(DLQ)] == ["TypeError"]
+
+
 def test_a_refused_record_is_dead_lettered_without_replaying_the_batch(caplog: pytest.LogCaptureFixture) -> None:
     """A step's `Refused` comes before it changed anything: nothing is put back, so a batch of many
     refusals costs one step each, not a replay of the key's earlier inputs each (a call past its
