@@ -10,6 +10,7 @@ import orjson
 from config import topics
 from config.settings import load
 from processors import reconcile_metrics
+from processors.core.call_state import CallState
 from processors.pipelines import calls
 from processors.runtime import Runner
 from tests.unit.callgen import T0, attempt, ev
@@ -45,3 +46,18 @@ def test_a_call_log_event_past_the_bound_is_counted_not_dead_lettered_on_every_p
     assert reconcile_metrics.EVENTS_REFUSED._value.get() - before == 2
     state = orjson.loads(rows[b"full"])
     assert "TA|full.late" not in state["f"]
+
+
+def test_a_call_kept_between_batches_is_measured_again_as_one_read_from_the_table() -> None:
+    """The calls table keeps the states it saved last (not read and decoded again next batch).
+    A kept call must come back as a read one would: its size (not stored) measured again on the
+    way to its bound, so that what a call takes does not depend on whether it was kept."""
+    pipe = calls.pipeline(load({}))
+    rows = dict[bytes, bytes]()
+    store = pipe.store(rows)
+    state = CallState("u1", "app")
+    state.size = 12_345
+    store.save("u1", state)
+    kept = store.load("u1")
+    assert kept is state and kept.size is None
+    assert store.load("u1") == CallState.from_json(orjson.loads(rows[b"u1"]))  # handed over once

@@ -104,9 +104,10 @@ def due(state: dict[str, Any]) -> float | None:
     return float(state["due"]) if "due" in state else 1.0 if state["total"] >= 100 else None
 
 
-def runner(recovered: list[Any] | None = None) -> tuple[Runner[dict[str, Any]], CountingRows, Delivery, Position]:
+def runner(recovered: list[Any] | None = None, keep: int = 0,
+           ) -> tuple[Runner[dict[str, Any]], CountingRows, Delivery, Position]:
     rows, delivery, position = CountingRows(), Delivery(), Position()
-    pipe = Pipeline(name="counter", table="counters", store=lambda r: JsonStore(r, dict, dict), source=SRC,
+    pipe = Pipeline(name="counter", table="counters", store=lambda r: JsonStore(r, dict, dict, keep=keep), source=SRC,
                     ticks=TICKS, decode=decode, step=step, due=due,
                     on_recovered=None if recovered is None else recovered.extend)
     return Runner(pipe, pipe.store(rows), delivery, position, DLQ), rows, delivery, position
@@ -129,6 +130,20 @@ def test_each_key_is_loaded_once_and_saved_once_per_batch() -> None:
     assert len(delivery.batches) == 1 and len(delivery.records(OUT)) == 30  # every output, one delivery
     handle(r, [ev(30, "k0", 5)])
     assert rows.reads[b"k0"] == 2 and orjson.loads(rows[b"k0"])["total"] == 15
+
+
+def test_a_kept_state_is_not_read_again_and_a_failed_record_puts_its_key_back_from_the_table() -> None:
+    r, rows, delivery, _ = runner(keep=10)
+    handle(r, [ev(0, "k", 5)])
+    # the state saved is kept: the next batch does not read it; "boom" changes it in place and
+    # fails, so its key is put back as saved (read from the table: not the changed state kept)
+    handle(r, [ev(1, "k", 1), ev(2, "k", "boom"), ev(3, "k", 2)])
+    assert rows.reads == {b"k": 2}  # its first load (absent), then the failed record's undo
+    assert orjson.loads(rows[b"k"])["total"] == 8
+    assert [v for _, v in delivery.records(OUT)] == [b"5", b"6", b"8"]
+    assert len(delivery.records(DLQ)) == 1
+    handle(r, [ev(4, "k", 1)])
+    assert rows.reads == {b"k": 2} and orjson.loads(rows[b"k"])["total"] == 9
 
 
 class PartitionedRows(dict[tuple[int, bytes], bytes]):
