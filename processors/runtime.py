@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
 from config import topics
+from config.kafka_producer import partition_for
 from processors import bundles
 from processors import worker_metrics as m
 from processors.core.deadlines import DeadlineIndex
@@ -234,12 +235,31 @@ class Runner(Generic[S]):
         highwater = self.position.highwater(self.p.source, partition)
         return highwater is not None and self.next_offset.get(partition, 0) >= highwater
 
+    def behind(self, partition: int) -> bool:
+        """Whether `partition` is known to be behind its source (assigned here, not caught up)."""
+        highwater = self.position.highwater(self.p.source, partition)
+        return highwater is not None and self.next_offset.get(partition, 0) < highwater
+
     def due_keys(self, now: float) -> list[str]:
-        """Keys whose tick should be sent now: parked ones whose partition caught up, then the due."""
+        """Keys whose tick should be sent now: parked ones whose partition caught up, then the due.
+        A due key of a partition still behind is parked here at once: its tick would be parked on
+        arrival, and sent again once the partition has caught up (a backlog's every deadline went
+        to Kafka and back twice). Its partition is the one its tick would go to."""
         for partition in [p for p in self.parked if self.caught_up(p)]:
             for key in self.parked.pop(partition):
                 self.due.set(key, now)
-        return self.due.pop_due(now)
+        out: list[str] = []
+        behind: dict[int, bool] = {}
+        for key in self.due.pop_due(now):
+            partition = partition_for(key.encode(), self.partitions)
+            late = behind.get(partition)
+            if late is None:
+                late = behind[partition] = self.behind(partition)
+            if late:
+                self.parked.setdefault(partition, set()).add(key)
+            else:
+                out.append(key)
+        return out
 
     # --- recovery -------------------------------------------------------------------------------
 
