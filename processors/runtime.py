@@ -111,7 +111,9 @@ class Store(Protocol[S]):
     def save(self, key: str, state: S | None) -> None: ...
 
     def items(self) -> Iterable[tuple[str, S]]:
-        """Every state held for this worker's partitions (after recovery)."""
+        """Every state held for this worker's partitions, asked after every rebalance: a store
+        that keeps states between batches forgets them here (another worker may have written
+        the keys since)."""
         ...
 
 
@@ -155,7 +157,8 @@ class Pipeline(Generic[S]):
                 is saved, and for every state held after a rebalance
     bundled     output topics whose records are bundled per partition (see `bundles`)
     tick_every  how often the timer looks for due keys (seconds)
-    on_saved    called after each batch with the keys saved (gauges)
+    on_saved    called after each batch with the keys saved (gauges); like `due`, it reads
+                them then and keeps none: the next batch may change a state in place
     on_recovered  called with every state held after a rebalance (gauges)
     """
 

@@ -4,7 +4,6 @@ the metric contributions of each completed record. The lifecycle is `processors.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import replace
 from typing import Any
 
 import orjson
@@ -24,9 +23,9 @@ from schemas.codec import contribution_json, dumps
 from schemas.records import CompletedCall, MissedCallFact
 from schemas.timefmt import format_ts, parse_ts
 
-# calls kept decoded between batches (see `JsonStore`): the open calls of a busy centre, or of a
-# backlog being read (about 2.5 KB each in memory: 25 MB at most)
-KEPT_CALLS = 10_000
+# calls kept decoded between batches (see `JsonStore`), by their stored size: ~10,000 calls of
+# ~800 bytes (the open calls of a busy centre, or of a backlog being read), ~3x that in memory
+KEPT_CALLS_BYTES = 8 * 1024 * 1024
 
 
 def _as_loaded(state: CallState) -> CallState:
@@ -94,7 +93,7 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
         # missed and answered calls for the callers pipeline (bundled, except with UPGRADE_FROM=0.1)
         for fact in em.facts:
             if isinstance(fact, MissedCallFact) and received is not None:
-                fact = replace(fact, received_at=format_ts(received))
+                fact.received_at = format_ts(received)  # (made for this emission alone)
             out.append(Output(missed, caller_key(fact.app, fact.cli).encode(), dumps(fact)))
         return out
 
@@ -139,7 +138,8 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
 
     return Pipeline(
         name="calls", table="calls",
-        store=lambda rows: JsonStore(rows, CallState.from_json, CallState.to_json, keep=KEPT_CALLS, reuse=_as_loaded),
+        store=lambda rows: JsonStore(rows, CallState.from_json, CallState.to_json, keep_bytes=KEPT_CALLS_BYTES,
+                                        reuse=_as_loaded),
         source=s.topic(topics.EVENTS), ticks=s.topic(topics.CALL_TICKS),
         decode=decode, step=step, due=lambda st: next_due(st, cfg),
         bundled=frozenset({s.topic(topics.ATTEMPTS_BY_AGENT), s.topic(topics.CALLS_BY_APP)}

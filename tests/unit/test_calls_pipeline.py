@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from typing import Any
 
 import orjson
+import pytest
 
 from config import topics
 from config.settings import load
 from processors import reconcile_metrics
 from processors.core.call_state import CallState
+from processors.json_store import JsonStore
 from processors.pipelines import calls
 from processors.runtime import Runner
 from tests.unit.callgen import T0, attempt, ev
@@ -61,3 +64,99 @@ def test_a_call_kept_between_batches_is_measured_again_as_one_read_from_the_tabl
     kept = store.load("u1")
     assert kept is state and kept.size is None
     assert store.load("u1") == CallState.from_json(orjson.loads(rows[b"u1"]))  # handed over once
+
+
+def _mixed_stream(seed: int) -> list[tuple[str, dict[str, Any] | None]]:
+    """60 calls' events, shuffled, with repeated deliveries, call-log copies, events the step
+    refuses or fails on after changing the state, and ticks (None) in between."""
+    rnd = random.Random(seed)
+    out: list[tuple[str, dict[str, Any] | None]] = []
+    for c in range(60):
+        uid, t = f"u{c}", T0 + rnd.random() * 50
+        events = [ev("IN", uid, t)]
+        for n in range(rnd.randint(0, 12)):
+            events += attempt(uid, n, f"90000000{n}", t + 1 + n, rnd.choice(["answered", "noanswer", "caller_hangup"]),
+                              rnd.random() * 5, rnd.random() * 30, with_tc=rnd.random() < 0.8)
+        if rnd.random() < 0.8:
+            events.append(ev("H", uid, t + 40))
+        for e in events:
+            out.append((uid, e))
+            if rnd.random() < 0.2:
+                out.append((uid, dict(e)))
+            if rnd.random() < 0.15:
+                out.append((uid, {**e, "origin": "call_log", "agent_name": "A", "group": "G"}))
+            if rnd.random() < 0.05 and e["event"] == "TE":
+                out.append((uid, {**e, "duration": "garbage"}))
+            if rnd.random() < 0.03:
+                out.append((uid, {**e, "time": "not a time"}))
+    rnd.shuffle(out)
+    with_ticks: list[tuple[str, dict[str, Any] | None]] = []
+    for item in out:
+        with_ticks.append(item)
+        if rnd.random() < 0.1:
+            with_ticks.append((f"u{rnd.randrange(60)}", None))
+    return with_ticks
+
+
+class CaughtUp:
+    def highwater(self, topic: str, partition: int) -> int | None:
+        return 0
+
+
+def _run_kept(keep_bytes: int, seed: int, state_bound: str) -> tuple[list[Any], dict[bytes, bytes], int]:
+    """Every delivery and the table after every batch, batches prepared while the one before is
+    on its way, a rebalance now and then; dead letters without their wall-clock `at`; the most
+    states kept at once."""
+    s = load({"WORKER_PRODUCE_BATCH_BYTES": state_bound})
+    pipe = calls.pipeline(s)
+    delivered, rows = Delivery(), dict[bytes, bytes]()
+    store = JsonStore(rows, CallState.from_json, CallState.to_json, keep_bytes=keep_bytes, reuse=calls._as_loaded)
+    runner = Runner(pipe, store, delivered, CaughtUp(), s.topic(topics.EVENTS_UNPROCESSABLE))
+    recs = [Rec(pipe.source if e is not None else pipe.ticks, 0, i, uid.encode(), b"" if e is None else orjson.dumps(e))
+            for i, (uid, e) in enumerate(_mixed_stream(seed))]
+    rnd, snapshots, most = random.Random(seed + 1), list[Any](), 0
+
+    async def go() -> None:
+        nonlocal most
+        i, now, before = 0, T0 + 10, None
+        while i < len(recs):
+            n = rnd.randint(1, 40)
+            batch, i, now = recs[i:i + n], i + n, now + rnd.random() * 30
+            prepared = runner.prepare(batch, now)
+            if before is not None:
+                await before
+            before = asyncio.ensure_future(runner.complete(prepared))
+            snapshots.append(dict(rows))
+            most = max(most, len(store.kept))
+            if rnd.random() < 0.05:
+                runner.recovered({0: i})
+        assert before is not None
+        await before
+        for _ in range(30):  # time passes: every call closes, decides and is forgotten
+            now += 3600
+            await runner.handle([Rec(pipe.ticks, 0, 0, k, b"") for k in sorted(rows)], now)
+            snapshots.append(dict(rows))
+
+    asyncio.run(go())
+    dead = s.topic(topics.EVENTS_UNPROCESSABLE)
+    batches = [([(t, k, orjson.dumps({**orjson.loads(v), "at": None}) if t == dead else v) for t, k, v in records],
+                placed) for records, placed in delivered.batches]
+    return [*batches, *snapshots], rows, most
+
+
+@pytest.mark.parametrize("seed", [1, 2])
+@pytest.mark.parametrize("state_bound", ["3000", "1048576"])
+def test_calls_kept_between_batches_give_the_same_bytes_as_calls_read_from_the_table(seed: int,
+                                                                                     state_bound: str) -> None:
+    """Kept (a few, often forgotten; or all) or read every time, a call's state gives the same
+    outputs, dead letters, changelog and table, batch by batch."""
+    read, rows, _ = _run_kept(0, seed, state_bound)
+    dead = {orjson.loads(v)["error_type"] for batch in read if isinstance(batch, tuple)
+            for t, _, v in batch[0] if t.endswith("unprocessable")}
+    assert {"ValueError", "TypeError"} <= dead  # steps that fail, some after changing the state
+    assert ("CallTooLarge" in dead) == (state_bound == "3000")
+    for keep_bytes in (3000, calls.KEPT_CALLS_BYTES):
+        kept, kept_rows, most = _run_kept(keep_bytes, seed, state_bound)
+        assert most > (1 if keep_bytes == 3000 else 30)
+        assert kept_rows == rows
+        assert kept == read

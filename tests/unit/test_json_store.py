@@ -19,11 +19,9 @@ class Rows(dict[bytes, bytes]):
         return super().get(key, default)
 
 
-def store(keep: int, reuse: Any = None) -> tuple[JsonStore[dict[str, Any]], Rows]:
+def store(keep_bytes: int, reuse: Any = lambda state: state) -> tuple[JsonStore[dict[str, Any]], Rows]:
     rows = Rows()
-    if reuse is None:
-        return JsonStore(rows, dict, dict, keep=keep), rows
-    return JsonStore(rows, dict, dict, keep=keep, reuse=reuse), rows
+    return JsonStore(rows, dict, dict, keep_bytes=keep_bytes, reuse=reuse), rows
 
 
 def test_without_keep_every_load_reads_and_decodes_the_table() -> None:
@@ -36,7 +34,7 @@ def test_without_keep_every_load_reads_and_decodes_the_table() -> None:
 
 
 def test_a_kept_state_is_handed_over_once_then_read_from_the_table() -> None:
-    s, rows = store(10)
+    s, rows = store(100)
     state = {"n": 1}
     s.save("a", state)
     assert rows[b"a"] == b'{"n":1}'  # written all the same
@@ -48,28 +46,31 @@ def test_a_kept_state_is_handed_over_once_then_read_from_the_table() -> None:
     assert again == {"n": 1} and rows.reads == 1
 
 
-def test_the_states_saved_last_are_kept_and_the_older_half_forgotten_when_too_many() -> None:
-    s, rows = store(4)
+def test_the_states_saved_last_are_kept_and_the_oldest_forgotten_when_too_many_bytes() -> None:
+    s, rows = store(36)  # 9 bytes a state, as stored: {"k":"a"}
     for key in ("a", "b", "c", "d"):
         s.save(key, {"k": key})
-    s.save("b", {"k": "b2"})  # saved again: now the newest
-    assert list(s.kept) == ["a", "c", "d", "b"]
-    s.save("e", {"k": "e"})  # one too many: the older half is forgotten
-    assert list(s.kept) == ["d", "b", "e"]
-    assert s.load("a") == {"k": "a"} and s.load("c") == {"k": "c"} and rows.reads == 2
-    assert s.load("b") == {"k": "b2"} and s.load("d") == {"k": "d"} and rows.reads == 2
+    s.save("b", {"k": "B"})  # saved again: now the newest
+    assert list(s.kept) == ["a", "c", "d", "b"] and s.kept_bytes == 36
+    s.save("e", {"k": "e"})  # 9 bytes too many: the oldest forgotten, down to half
+    assert list(s.kept) == ["b", "e"] and s.kept_bytes == 18
+    assert s.load("a") == {"k": "a"} and s.load("d") == {"k": "d"} and rows.reads == 2
+    assert s.load("b") == {"k": "B"} and s.load("e") == {"k": "e"} and rows.reads == 2
+    assert s.kept == {} and s.kept_bytes == 0
+    s.save("big", {"k": "x" * 40})  # larger than all it may keep: not kept
+    assert s.kept == {} and s.kept_bytes == 0
 
 
 def test_a_key_forgotten_is_not_kept() -> None:
-    s, rows = store(10)
+    s, rows = store(100)
     s.save("a", {"n": 1})
     s.save("a", None)
-    assert s.load("a") is None and b"a" not in rows and rows.reads == 1
+    assert s.load("a") is None and b"a" not in rows and rows.reads == 1 and s.kept_bytes == 0
 
 
 def test_reading_every_state_forgets_the_kept_ones() -> None:
     """After a rebalance (`items`), another worker may have written the keys since they were kept."""
-    s, rows = store(10)
+    s, rows = store(100)
     s.save("a", {"n": 1})
     rows[b"a"] = b'{"n":2}'  # written meanwhile, elsewhere
     assert list(s.items()) == [("a", {"n": 2})]
@@ -81,6 +82,6 @@ def test_a_kept_state_is_made_as_a_decoded_one_would_be() -> None:
         state.pop("measured", None)  # what the table does not store
         return state
 
-    s, _ = store(10, as_loaded)
+    s, _ = store(100, as_loaded)
     s.save("a", {"n": 1, "measured": 7})
     assert s.load("a") == {"n": 1}

@@ -105,11 +105,11 @@ def due(state: dict[str, Any]) -> float | None:
     return float(state["due"]) if "due" in state else 1.0 if state["total"] >= 100 else None
 
 
-def runner(recovered: list[Any] | None = None, keep: int = 0,
+def runner(recovered: list[Any] | None = None, keep_bytes: int = 0,
            ) -> tuple[Runner[dict[str, Any]], CountingRows, Delivery, Position]:
     rows, delivery, position = CountingRows(), Delivery(), Position()
-    pipe = Pipeline(name="counter", table="counters", store=lambda r: JsonStore(r, dict, dict, keep=keep), source=SRC,
-                    ticks=TICKS, decode=decode, step=step, due=due,
+    pipe = Pipeline(name="counter", table="counters", store=lambda r: JsonStore(r, dict, dict, keep_bytes=keep_bytes),
+                    source=SRC, ticks=TICKS, decode=decode, step=step, due=due,
                     on_recovered=None if recovered is None else recovered.extend)
     return Runner(pipe, pipe.store(rows), delivery, position, DLQ), rows, delivery, position
 
@@ -134,7 +134,7 @@ def test_each_key_is_loaded_once_and_saved_once_per_batch() -> None:
 
 
 def test_a_kept_state_is_not_read_again_and_a_failed_record_puts_its_key_back_from_the_table() -> None:
-    r, rows, delivery, _ = runner(keep=10)
+    r, rows, delivery, _ = runner(keep_bytes=1000)
     handle(r, [ev(0, "k", 5)])
     # the state saved is kept: the next batch does not read it; "boom" changes it in place and
     # fails, so its key is put back as saved (read from the table: not the changed state kept)
