@@ -55,6 +55,10 @@ from schemas.timefmt import format_ts
 
 log = logging.getLogger("processors.runtime")
 
+#: records a partition is behind its source by, beyond which its due ticks are parked where they
+#: are due, not sent (see `Runner.due_keys`): a backlog, not a live partition's records in flight
+FAR_BEHIND = 1_000
+
 #: batches of a pipeline prepared and not yet delivered: the next batch's steps run while the
 #: previous one is on its way to the broker (the worker's CPU would otherwise wait for it); the
 #: next is sent once the previous one is acknowledged
@@ -238,16 +242,19 @@ class Runner(Generic[S]):
         highwater = self.position.highwater(self.p.source, partition)
         return highwater is not None and self.next_offset.get(partition, 0) >= highwater
 
-    def behind(self, partition: int) -> bool:
-        """Whether `partition` is known to be behind its source (assigned here, not caught up)."""
+    def far_behind(self, partition: int) -> bool:
+        """Whether `partition` is known to be reading a backlog: assigned here, and more than
+        `FAR_BEHIND` records behind its source (a live partition has a few fetched and not yet
+        handled most of the time)."""
         highwater = self.position.highwater(self.p.source, partition)
-        return highwater is not None and self.next_offset.get(partition, 0) < highwater
+        return highwater is not None and highwater - self.next_offset.get(partition, 0) > FAR_BEHIND
 
     def due_keys(self, now: float) -> list[str]:
         """Keys whose tick should be sent now: parked ones whose partition caught up, then the due.
-        A due key of a partition still behind is parked here at once: its tick would be parked on
-        arrival, and sent again once the partition has caught up (a backlog's every deadline went
-        to Kafka and back twice). Its partition is the one its tick would go to."""
+        A due key of a partition reading a backlog is parked here at once: its tick would be parked
+        on arrival, and sent again once the partition has caught up (a backlog's every deadline
+        went to Kafka and back twice). Its partition is the one its tick would go to. A partition
+        only a few records behind gets its ticks, checked on arrival as before."""
         for partition in [p for p in self.parked if self.caught_up(p)]:
             for key in self.parked.pop(partition):
                 self.due.set(key, now)
@@ -257,7 +264,7 @@ class Runner(Generic[S]):
             partition = partition_for(key.encode(), self.partitions)
             late = behind.get(partition)
             if late is None:
-                late = behind[partition] = self.behind(partition)
+                late = behind[partition] = self.far_behind(partition)
             if late:
                 self.parked.setdefault(partition, set()).add(key)
             else:

@@ -15,7 +15,7 @@ from config.kafka_producer import partition_for
 from processors.core.refusal import Refused
 from processors.json_store import JsonStore
 from processors.output_producer import Offsets, Placed, Record
-from processors.runtime import TICK, Output, Pipeline, Result, Runner, StoreError
+from processors.runtime import FAR_BEHIND, TICK, Output, Pipeline, Result, Runner, StoreError
 
 SRC, TICKS, DLQ, OUT = "src", "ticks", "dead", "out"
 
@@ -334,18 +334,19 @@ def test_ticks_wait_until_the_partition_has_caught_up() -> None:
     assert b"k" not in rows and (b"k", b"forgotten") in delivery.records(OUT)
 
 
-def test_a_due_key_of_a_partition_behind_is_parked_without_sending_its_tick() -> None:
+def test_a_due_key_of_a_partition_reading_a_backlog_is_parked_without_sending_its_tick() -> None:
     r, _, _, position = runner()
     r.partitions = 4
     keys = {partition_for(k.encode(), 4): k for k in (f"k{i}" for i in range(40))}
-    here, there = keys[1], keys[2]
-    handle(r, [ev(0, here, 100, partition=1), ev(0, there, 100, partition=2)])
-    position.ends.update({1: 3})  # two records of partition 1 not read yet; partition 2: not known
-    assert r.due_keys(1010.0) == [there]  # not known to be behind: its tick goes out
-    assert r.parked == {1: {here}}
+    backlog, live, unknown = keys[1], keys[2], keys[3]
+    handle(r, [ev(0, backlog, 100, partition=1), ev(0, live, 100, partition=2), ev(0, unknown, 100, partition=3)])
+    # partition 1: a backlog not read yet; 2: a few records fetched, not handled yet; 3: not known
+    position.ends.update({1: 1 + FAR_BEHIND + 1, 2: 1 + 5})
+    assert sorted(r.due_keys(1010.0)) == sorted([live, unknown])  # their ticks go out, checked on arrival
+    assert r.parked == {1: {backlog}}
     assert r.due_keys(3000.0) == []
-    handle(r, [ev(1, "j", 1, partition=1), ev(2, "j", 1, partition=1)])
-    assert sorted(r.due_keys(1011.0)) == sorted([here, "j"]) and r.parked == {}  # caught up: released
+    handle(r, [ev(i, "j", 1, partition=1) for i in range(1, 2 + FAR_BEHIND)])
+    assert sorted(r.due_keys(1011.0)) == sorted([backlog, "j"]) and r.parked == {}  # caught up: released
 
 
 def test_recovery_rebuilds_the_deadline_index_from_the_table() -> None:
