@@ -238,16 +238,20 @@ class Runner(Generic[S]):
 
     # --- ticks ----------------------------------------------------------------------------------
 
-    def caught_up(self, partition: int) -> bool:
+    def _lag(self, partition: int) -> int | None:
+        """Records of `partition` not handled yet (None: not known, e.g. not assigned here)."""
         highwater = self.position.highwater(self.p.source, partition)
-        return highwater is not None and self.next_offset.get(partition, 0) >= highwater
+        return None if highwater is None else highwater - self.next_offset.get(partition, 0)
+
+    def caught_up(self, partition: int) -> bool:
+        lag = self._lag(partition)
+        return lag is not None and lag <= 0
 
     def far_behind(self, partition: int) -> bool:
-        """Whether `partition` is known to be reading a backlog: assigned here, and more than
-        `FAR_BEHIND` records behind its source (a live partition has a few fetched and not yet
-        handled most of the time)."""
-        highwater = self.position.highwater(self.p.source, partition)
-        return highwater is not None and highwater - self.next_offset.get(partition, 0) > FAR_BEHIND
+        """Whether `partition` is known to be reading a backlog: more than `FAR_BEHIND` records
+        behind its source (a live partition has a few fetched and not yet handled most of the time)."""
+        lag = self._lag(partition)
+        return lag is not None and lag > FAR_BEHIND
 
     def due_keys(self, now: float) -> list[str]:
         """Keys whose tick should be sent now: parked ones whose partition caught up, then the due.
