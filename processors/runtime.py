@@ -140,6 +140,17 @@ class Source(Protocol):
     def value(self) -> bytes: ...
 
 
+@dataclass(frozen=True, slots=True)
+class HeldRecord:
+    """A `Source` held in memory: what unit tests and the offline benchmarks feed a `Runner`."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+
+
 Step = Callable[[str, S | None, Any, float], Result[S] | None]
 Decode = Callable[[bytes | None, bytes], Sequence[tuple[str, Any]]]
 

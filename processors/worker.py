@@ -24,6 +24,10 @@ def build(settings: Settings, pipelines: Iterable[Pipeline]) -> tuple[IvrApp, li
     return app, monitor
 
 
+#: the garbage collector's thresholds in a worker (see `collect_less`)
+GC_THRESHOLD = (50_000, 10, 10)
+
+
 def collect_less() -> None:
     """Python's cyclic garbage collector, at its defaults, runs every 700 allocations and now and
     then walks every object the worker holds: 12-16% of the worker's CPU under load (BENCHMARKS.md,
@@ -31,4 +35,4 @@ def collect_less() -> None:
     every 50,000 allocations: the per-event path frees its objects by reference counting, not by
     cycles. Called once the worker is built."""
     gc.freeze()
-    gc.set_threshold(50_000, 10, 10)
+    gc.set_threshold(*GC_THRESHOLD)

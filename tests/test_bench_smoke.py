@@ -32,18 +32,19 @@ def test_peer_comparison_runs_quickly(tmp_path: Path) -> None:
                          cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     results = orjson.loads((tmp_path / "p.json").read_bytes())
-    systems = {"worker", "quix at-least-once", "quix exactly-once", "aiokafka loop", "raw loop"}
+    systems = {"worker", "calls-only worker", "quix at-least-once", "quix exactly-once", "aiokafka loop", "raw loop"}
     assert systems <= results["median"].keys()
     assert "ours/them speed" in out.stdout
+    # where the gap is: the work beyond the peers', the headroom, that work's steps alone
+    assert {"beyond_peers", "headroom", "extra_steps"} <= results["gap"].keys()
+    assert results["extra_work"]["total_cpu_s_per_100k"] > 0
+    assert "where the gap is" in out.stdout
 
 
-@pytest.mark.parametrize("mode", ["--floor", "--calls-only"])
-def test_the_comparisons_that_split_the_gap_run_the_worker_and_quix(tmp_path: Path, mode: str) -> None:
-    """--floor: steps that do nothing; --calls-only: the worker doing the peers' work alone."""
-    out = subprocess.run([sys.executable, "-m", "bench.peers.compare", "--quick", mode,
+def test_the_floor_comparison_runs_the_worker_and_quix_with_steps_that_do_nothing(tmp_path: Path) -> None:
+    out = subprocess.run([sys.executable, "-m", "bench.peers.compare", "--quick", "--floor",
                           "--out", str(tmp_path / "f.json")], cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-4000:]
     results = orjson.loads((tmp_path / "f.json").read_bytes())
-    assert results["floor"] is (mode == "--floor") and results["calls_only"] is (mode == "--calls-only")
-    assert {"worker", "quix at-least-once", "quix exactly-once"} <= results["median"].keys()
-    assert ("aiokafka loop" in results["median"]) is (mode != "--floor")  # the loops have no floor
+    assert results["floor"] is True
+    assert {"worker", "quix at-least-once", "quix exactly-once"} == results["median"].keys()  # no loops: no floor

@@ -1,5 +1,5 @@
 """The worker with its calls pipeline only, writing only completed records, for
-`bench.peers.compare --calls-only`:
+`bench.peers.compare` (its "calls-only worker"):
 
     faust -A bench.peers.calls_only_app worker
 
@@ -13,31 +13,15 @@ to tell the framework's cost from the extra work's.
 
 from __future__ import annotations
 
-import dataclasses
-from typing import Any
-
 import mode.loop
 
 mode.loop.use("uvloop")  # as the worker
 
+from bench.peers.step import no_contributions, worker_calls_only
 from config import settings as settings_module
-from config import topics
 from processors import worker
-from processors.pipelines import calls
-from processors.runtime import Result
 
 settings = settings_module.load()
-calls.metric_contributions = lambda rec, s, v: []  # not made at all (rather than made and dropped)
-full = calls.pipeline(settings)
-completed = settings.topic(topics.CALLS_COMPLETED)
-
-
-def step(key: str, state: Any, item: Any, now: float) -> Result[Any] | None:
-    result = full.step(key, state, item, now)
-    if result is None or not result.outputs:
-        return result
-    return Result(result.state, [o for o in result.outputs if o.topic == completed])
-
-
-app, _ = worker.build(settings, [dataclasses.replace(full, step=step)])
+no_contributions().__enter__()  # for the life of the process
+app, _ = worker.build(settings, [worker_calls_only(settings)])
 worker.collect_less()

@@ -1,22 +1,25 @@
 """Our worker against Quix Streams, its own client alone and a raw client loop, on the same
 pre-filled topic, in one run.
 
-    python -m bench.peers.compare [--calls N] [--rounds R] [--quick] [--floor | --calls-only]
+    python -m bench.peers.compare [--calls N] [--rounds R] [--quick] [--floor]
 
 Every system reads the same `ivr.events` topic (simulator traffic, 6 partitions) from the start in
 a consumer group of its own and runs the calls step (`bench.peers.step`); our worker runs the
-whole processor (calls, callers, metrics) as deployed; the aiokafka loop (`bench.peers.aiokafka_loop`)
+whole processor (calls, callers, metrics) as deployed, and again with its calls pipeline alone
+(`bench.peers.calls_only_app`: the peers' work, in the worker); the aiokafka loop (`bench.peers.aiokafka_loop`)
 is the floor of the worker's client, the raw confluent-kafka loop (`bench.peers.raw_loop`) the
 ceiling of this machine. Rounds alternate the systems, rotating the
 order. For each run the harness, polling from outside, takes the time from the system's first commit to
 the moment its group has committed every input offset, the events committed in that span, and the
 CPU time the system's processes used in it (see `measure`). Printed: median events/s, CPU-s per 100k events, and
-our ratio to each.
+our ratio to each; then where the gap is: what the work beyond the peers' adds to the worker (the
+whole worker against the calls-only one), the headroom the calls-only worker leaves under Quix
+at-least-once, and what that extra work's steps cost alone, without a broker
+(`bench.peers.extra_work`, over the same input).
 
 `--floor` runs the worker (`bench.peers.floor_app`) and Quix with steps that only decode each event
 and look its state up, and write nothing: what each costs around the work, so that the gap in the
-full comparison can be put where it is (the framework, or the work in it). `--calls-only` runs the
-worker with its calls pipeline alone (`bench.peers.calls_only_app`): the peers' work, in the worker.
+full comparison can be put where it is (the framework, or the work in it).
 """
 
 from __future__ import annotations
@@ -36,15 +39,18 @@ from typing import Any
 
 import orjson
 
+from bench.peers import extra_work
 from bench.simulator import Profile, generate, write_events
 from config import topics
 from deploy.local_kafka import ROOT, KafkaBroker, free_port
 
 PREFIX = "cmp."
 # what the worker's pipelines send each other for its input: done when these are committed too
-WORKER_INTERNAL = [f"{PREFIX}{t}" for t in (topics.MISSED_BY_CALLER, topics.ATTEMPTS_BY_AGENT, topics.CALLS_BY_APP,
-                                            topics.CALL_TICKS)]
+CALL_TICKS = [f"{PREFIX}{topics.CALL_TICKS}"]
+WORKER_INTERNAL = [f"{PREFIX}{t}" for t in (topics.MISSED_BY_CALLER, topics.ATTEMPTS_BY_AGENT, topics.CALLS_BY_APP)]
+WORKER_INTERNAL += CALL_TICKS
 PARTITIONS = 6
+CALLS_ONLY = "calls-only worker"  # the worker with its calls pipeline alone: the peers' work
 TICK = os.sysconf("SC_CLK_TCK")
 
 
@@ -253,20 +259,19 @@ def stop(proc: subprocess.Popen[bytes]) -> None:
 Launch = Callable[[str], tuple[list[str], dict[str, str], str]]
 
 
-def systems(bootstrap: str, tmp: Path, env: dict[str, str], floor: bool = False,
-            calls_only: bool = False) -> dict[str, Launch]:
+def systems(bootstrap: str, tmp: Path, env: dict[str, str], floor: bool = False) -> dict[str, Launch]:
     """name -> (for a run id) the command, its environment and the topic it writes records to.
-    `floor`: the worker and Quix with steps that do nothing (the loops have no floor of their own);
-    `calls_only`: the worker with its calls pipeline alone, writing completed records only."""
+    `floor`: the worker and Quix with steps that do nothing (the loops and the calls-only worker
+    have no floor of their own)."""
     source = f"{PREFIX}ivr.events"
     py = sys.executable
 
-    def worker(run: str) -> tuple[list[str], dict[str, str], str]:
-        app = ("bench.peers.floor_app" if floor else "bench.peers.calls_only_app" if calls_only
-               else "processors.app")
-        return ([py, "-m", "faust", "-A", app, "worker", "-l", "warn"],
-                {**env, "PROCESSOR_ID": run, "WORKER_WEB_PORT": str(free_port()),
-                 "WORKER_DATA_DIR": str(tmp / run)}, f"{PREFIX}ivr.calls.completed")
+    def faust_app(app: str) -> Launch:
+        def cmd(run: str) -> tuple[list[str], dict[str, str], str]:
+            return ([py, "-m", "faust", "-A", app, "worker", "-l", "warn"],
+                    {**env, "PROCESSOR_ID": run, "WORKER_WEB_PORT": str(free_port()),
+                     "WORKER_DATA_DIR": str(tmp / run)}, f"{PREFIX}ivr.calls.completed")
+        return cmd
 
     def quix(guarantee: str) -> Launch:
         def cmd(run: str) -> tuple[list[str], dict[str, str], str]:
@@ -281,8 +286,9 @@ def systems(bootstrap: str, tmp: Path, env: dict[str, str], floor: bool = False,
             return [py, "-m", module, bootstrap, source, sink, f"{PREFIX}{run}"], env, sink
         return cmd
 
-    found: dict[str, Launch] = {"worker": worker}
+    found: dict[str, Launch] = {"worker": faust_app("bench.peers.floor_app" if floor else "processors.app")}
     if not floor:
+        found[CALLS_ONLY] = faust_app("bench.peers.calls_only_app")
         found["aiokafka loop"] = loop("bench.peers.aiokafka_loop")
     try:
         import quixstreams  # noqa: F401
@@ -299,7 +305,7 @@ def systems(bootstrap: str, tmp: Path, env: dict[str, str], floor: bool = False,
     return found
 
 
-def report(runs: list[Run], meta: dict[str, Any]) -> dict[str, Any]:
+def report(runs: list[Run], meta: dict[str, Any], extra: extra_work.ExtraWork | None = None) -> dict[str, Any]:
     names = list(dict.fromkeys(r.system for r in runs))
     med = {n: (statistics.median(r.events_per_s for r in runs if r.system == n),
                statistics.median(r.cpu_per_100k for r in runs if r.system == n)) for n in names}
@@ -311,8 +317,47 @@ def report(runs: list[Run], meta: dict[str, Any]) -> dict[str, Any]:
         eps, cpu = med[n]
         cpu_ratio = f"{cpu / ours[1]:>14.2f}" if ours[1] > 0 else f"{'n/a':>14}"  # too short to see CPU used
         print(f"{n:<20} {eps:>10,.0f} {cpu:>11.2f} {ours[0] / eps:>16.2f} {cpu_ratio}")
+    split = gap(med, extra)
+    if extra is not None:
+        print()
+        print("\n".join(extra.lines()))
+    for line in split.get("lines", []):
+        print(line)
     return {**meta, "runs": [r.__dict__ for r in runs],
-            "median": {n: {"events_per_s": e, "cpu_s_per_100k": c} for n, (e, c) in med.items()}}
+            "median": {n: {"events_per_s": e, "cpu_s_per_100k": c} for n, (e, c) in med.items()},
+            "gap": {k: v for k, v in split.items() if k != "lines"},
+            "extra_work": None if extra is None else {
+                "cpu_s_per_100k": {k: extra.per_100k(v) for k, v in extra.parts.items()},
+                "total_cpu_s_per_100k": extra.per_100k(extra.total_s), "records_in": extra.records,
+                "records_out": extra.outputs}}
+
+
+def gap(med: dict[str, tuple[float, float]], extra: extra_work.ExtraWork | None) -> dict[str, Any]:
+    """Where the whole worker's CPU per event stands against Quix at-least-once's, in CPU-s per 100k
+    events: what the work beyond the peers' adds to it (the whole worker less the calls-only one),
+    the headroom the calls-only worker leaves under Quix, and that extra work's steps alone."""
+    if "worker" not in med or CALLS_ONLY not in med or "quix at-least-once" not in med:
+        return {}
+    whole, alone, quix = med["worker"][1], med[CALLS_ONLY][1], med["quix at-least-once"][1]
+    out: dict[str, Any] = {"beyond_peers": whole - alone, "headroom": quix - alone}
+    lines = ["", "where the gap is (CPU-s per 100k events, medians):",
+             f"  the whole worker less the calls-only worker (the work beyond the peers'): {whole - alone:.2f}",
+             f"  Quix at-least-once less the calls-only worker (the headroom on the peers' work): {quix - alone:.2f}"]
+    if extra is not None:
+        steps = extra.per_100k(extra.total_s)
+        out["extra_steps"] = steps
+        lines.append(f"  that extra work's steps alone, no broker (bench.peers.extra_work): {steps:.2f}")
+        lines.append("  the whole worker can use no more CPU than Quix only while the headroom exceeds what the extra "
+                     f"work adds: {'it does' if quix - alone >= whole - alone else 'it does not'} in this run; "
+                     f"the extra work's steps alone {'fit in it' if steps <= quix - alone else 'exceed it'}")
+    out["lines"] = lines
+    return out
+
+
+def input_events(calls: int) -> tuple[list[dict[str, str]], list[Any]]:
+    """The simulated traffic every system reads (and its ground truth): the same for a given size."""
+    profile = Profile(agents=20, p_duplicate=0.02, p_reorder=0.02, p_missing_hangup=0.01, mean_talk_s=60)
+    return generate(calls, time.time() - 7200, 3600, profile, seed=5, prefix="c")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -326,29 +371,22 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--floor", action="store_true",
                     help="the worker and Quix with steps that only decode and look the state up: the cost "
                          "around the work (default output: bench/out/peers-floor.json)")
-    ap.add_argument("--calls-only", action="store_true",
-                    help="the worker with its calls pipeline alone (no metric contributions, caller facts "
-                         "dropped, no other pipeline): the peers' work in the worker (default output: "
-                         "bench/out/peers-calls.json)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
     calls = args.calls if args.calls is not None else 30_000 if args.floor else 10_000
     calls, rounds = (300, 1) if args.quick else (calls, args.rounds)
-    if args.floor and args.calls_only:
-        ap.error("--floor and --calls-only are two different comparisons")
-    out = args.out or ROOT / "bench" / "out" / ("peers-floor.json" if args.floor else "peers-calls.json"
-                                                 if args.calls_only else "peers.json")
+    out = args.out or ROOT / "bench" / "out" / ("peers-floor.json" if args.floor else "peers.json")
+    events, truth = input_events(calls)
+    extra = None if args.floor else extra_work.measure(extra_work.as_written(events), len(truth))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         with KafkaBroker(tmp / "kafka", partitions=PARTITIONS, heap="1g") as broker:
             env = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "TOPIC_PREFIX": PREFIX,
                    "TOPIC_PARTITIONS": str(PARTITIONS), "WORKER_STORE": "rocksdb://",
-                   "HANGUP_GRACE_S": "1", "CALL_IDLE_TIMEOUT_S": "3", "WORKER_SESSION_TIMEOUT_S": "10"}
+                   "WORKER_SESSION_TIMEOUT_S": "10", **extra_work.COMPARE_ENV}
             create_topics(env)
-            profile = Profile(agents=20, p_duplicate=0.02, p_reorder=0.02, p_missing_hangup=0.01, mean_talk_s=60)
-            events, truth = generate(calls, time.time() - 7200, 3600, profile, seed=5, prefix="c")
             asyncio.run(write_events(broker.bootstrap, f"{PREFIX}ivr.events", events, progress=False))
-            table = systems(broker.bootstrap, tmp, env, args.floor, args.calls_only)
+            table = systems(broker.bootstrap, tmp, env, args.floor)
             names = [n for n in table if args.only is None or n in args.only]
             runs: list[Run] = []
             for rnd in range(rounds):
@@ -359,19 +397,19 @@ def main(argv: list[str] | None = None) -> int:
                     log = tmp / f"{run_id}.log"
                     group = f"{PREFIX}{run_id}"
                     print(f"round {rnd + 1}/{rounds}: {name} ...", file=sys.stderr, flush=True)
-                    if name == "worker":
+                    if name in ("worker", CALLS_ONLY):  # its internal topics: as new
                         fresh_topics(broker.bootstrap, env)
+                    drained = WORKER_INTERNAL if name == "worker" else CALL_TICKS if name == CALLS_ONLY else []
                     proc = start(cmd, run_env, log)
                     try:
                         eps, cpu = asyncio.run(measure(proc, broker.bootstrap, group, f"{PREFIX}ivr.events", sink,
-                                                       len(events), log, writes=not args.floor,
-                                                       drained=WORKER_INTERNAL if name == "worker" else ()))
+                                                       len(events), log, writes=not args.floor, drained=drained))
                     finally:
                         stop(proc)
                     runs.append(Run(name, eps, cpu))
                     print(f"  {eps:,.0f} events/s, {cpu:.2f} CPU-s/100k", file=sys.stderr, flush=True)
     result = report(runs, {"events": len(events), "calls": len(truth), "rounds": rounds, "cores": os.cpu_count(),
-                           "floor": args.floor, "calls_only": args.calls_only})
+                           "floor": args.floor}, extra)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(orjson.dumps(result, option=orjson.OPT_INDENT_2))
     return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -15,18 +14,12 @@ from config.kafka_producer import partition_for
 from processors.core.refusal import Refused
 from processors.json_store import JsonStore
 from processors.output_producer import Offsets, Placed, Record
-from processors.runtime import FAR_BEHIND, TICK, Output, Pipeline, Result, Runner, StoreError
+from processors.runtime import FAR_BEHIND, TICK, HeldRecord, Output, Pipeline, Result, Runner, StoreError
 
 SRC, TICKS, DLQ, OUT = "src", "ticks", "dead", "out"
 
 
-@dataclass(frozen=True)
-class Rec:
-    topic: str
-    partition: int
-    offset: int
-    key: bytes | None
-    value: bytes
+Rec = HeldRecord
 
 
 class CountingRows(dict[bytes, bytes]):

@@ -1,0 +1,61 @@
+"""`bench.peers.extra_work` (the work beyond the peers', timed without a broker) and the split of
+the gap that `bench.peers.compare` prints from it."""
+
+from __future__ import annotations
+
+import orjson
+
+from bench.peers import compare, extra_work
+from bench.peers.step import no_contributions
+from processors.pipelines import calls
+
+
+def test_the_extra_work_runs_every_pipeline_over_what_the_calls_pipeline_sent_it() -> None:
+    events, truth = compare.input_events(200)
+    result = extra_work.measure(extra_work.as_written(events), len(truth))
+    assert result.events == len(events) and result.calls == len(truth) == 200
+    assert set(result.parts) == {"calls: metric contributions and caller facts", "callers and alerts",
+                                 "agent windows", "app windows"}
+    assert all(cpu > 0 for cpu in result.parts.values())
+    missed = sum(t.outcome == "missed" for t in truth)
+    assert missed > 0
+    # the ticks ran: the missed calls were decided, and their callers alerted (short abandons are
+    # counted, not alerted)
+    assert 0.8 * missed <= result.outputs["ivr.alerts.missed"] <= missed
+    assert result.outputs["ivr.calls.completed"] >= len(truth)  # and a revision now and then
+    # the downstream pipelines read what was sent to them (bundled)
+    assert result.records["callers and alerts"] == result.outputs["ivr.internal.missed-by-caller"] > 0
+    assert result.records["agent windows"] == result.outputs["ivr.internal.attempts-by-agent"] > 0
+    assert result.records["app windows"] == result.outputs["ivr.internal.calls-by-app"] > 0
+    assert result.total_s == sum(result.parts.values())
+    assert len(result.lines()) == 1 + len(result.parts) + 1
+
+
+def test_no_contributions_sets_the_maker_aside_while_it_holds() -> None:
+    maker = calls.metric_contributions
+    with no_contributions():
+        assert calls.metric_contributions is not maker
+        assert calls.metric_contributions(None, None, None) == []  # type: ignore[arg-type]
+    assert calls.metric_contributions is maker
+
+
+def test_the_gap_is_split_from_the_medians_and_the_extra_work() -> None:
+    med = {"worker": (10_000.0, 5.4), compare.CALLS_ONLY: (11_000.0, 4.1), "quix at-least-once": (12_000.0, 4.3)}
+    extra = extra_work.ExtraWork(events=100_000, calls=18_000, parts={"a": 0.6, "b": 0.4}, records={}, outputs={})
+    split = compare.gap(med, extra)
+    assert round(split["beyond_peers"], 6) == 1.3 and round(split["headroom"], 6) == 0.2
+    assert round(split["extra_steps"], 6) == 1.0
+    assert "it does not in this run" in split["lines"][-1] and "exceed it" in split["lines"][-1]
+    roomy = {**med, "quix at-least-once": (12_000.0, 6.0)}
+    assert "it does in this run" in compare.gap(roomy, extra)["lines"][-1]
+    assert compare.gap({"worker": (1.0, 1.0)}, extra) == {}  # not every row ran (--only, --floor)
+
+
+def test_the_report_carries_the_split(capsys: object) -> None:
+    runs = [compare.Run("worker", 10_000, 5.4), compare.Run(compare.CALLS_ONLY, 11_000, 4.1),
+            compare.Run("quix at-least-once", 12_000, 4.3)]
+    extra = extra_work.ExtraWork(events=100_000, calls=18_000, parts={"a": 0.6}, records={"a": 1}, outputs={"t": 2})
+    result = compare.report(runs, {"events": 100_000, "calls": 18_000, "rounds": 1}, extra)
+    assert round(result["gap"]["headroom"], 6) == 0.2
+    assert round(result["extra_work"]["total_cpu_s_per_100k"], 6) == 0.6
+    orjson.dumps(result)  # written as JSON
