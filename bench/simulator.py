@@ -23,7 +23,7 @@ import random
 import sys
 import time
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -301,17 +301,24 @@ async def post_events(url: str, token: str, events: list[dict[str, str]], rate: 
     return statuses
 
 
-async def write_events(bootstrap: str | Mapping[str, Any], topic: str, events: list[dict[str, str]],
-                       tz: str = "Asia/Kolkata", progress: bool = True) -> None:
-    """Normalise like the ingress does and produce straight to ivr.events (acks=all)."""
+def as_ingress_writes(events: Iterable[dict[str, str]], tz: str = "Asia/Kolkata") -> Iterator[tuple[bytes, bytes]]:
+    """Each event normalised as the ingress does (received now): its `ivr.events` key and value."""
     from zoneinfo import ZoneInfo
-
-    from aiokafka import AIOKafkaProducer
 
     from schemas.codec import dumps
     from schemas.webhook import normalise
 
     zone = ZoneInfo(tz)
+    for e in events:
+        ev = normalise(e, time.time(), zone)
+        yield ev.uniqueid.encode(), dumps(ev)
+
+
+async def write_events(bootstrap: str | Mapping[str, Any], topic: str, events: list[dict[str, str]],
+                       tz: str = "Asia/Kolkata", progress: bool = True) -> None:
+    """Normalise like the ingress does and produce straight to ivr.events (acks=all)."""
+    from aiokafka import AIOKafkaProducer
+
     bar = Progress(len(events), "writing") if progress else None
     from deploy.topic_reader import client_kwargs
 
@@ -320,9 +327,8 @@ async def write_events(bootstrap: str | Mapping[str, Any], topic: str, events: l
     await producer.start()
     try:
         pending = []
-        for e in events:
-            ev = normalise(e, time.time(), zone)
-            pending.append(await producer.send(topic, dumps(ev), key=ev.uniqueid.encode()))
+        for key, value in as_ingress_writes(events, tz):
+            pending.append(await producer.send(topic, value, key=key))
             if len(pending) >= 5000:
                 await asyncio.gather(*pending)
                 if bar:

@@ -40,7 +40,8 @@ from typing import Any
 import orjson
 
 from bench.peers import extra_work
-from bench.simulator import Profile, generate, write_events
+from bench.peers.step import PARTITIONS, STEP_ENV
+from bench.simulator import Profile, as_ingress_writes, generate, write_events
 from config import topics
 from deploy.local_kafka import ROOT, KafkaBroker, free_port
 
@@ -49,7 +50,6 @@ PREFIX = "cmp."
 CALL_TICKS = [f"{PREFIX}{topics.CALL_TICKS}"]
 WORKER_INTERNAL = [f"{PREFIX}{t}" for t in (topics.MISSED_BY_CALLER, topics.ATTEMPTS_BY_AGENT, topics.CALLS_BY_APP)]
 WORKER_INTERNAL += CALL_TICKS
-PARTITIONS = 6
 CALLS_ONLY = "calls-only worker"  # the worker with its calls pipeline alone: the peers' work
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -377,13 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     calls, rounds = (300, 1) if args.quick else (calls, args.rounds)
     out = args.out or ROOT / "bench" / "out" / ("peers-floor.json" if args.floor else "peers.json")
     events, truth = input_events(calls)
-    extra = None if args.floor else extra_work.measure(extra_work.as_written(events), len(truth))
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
         with KafkaBroker(tmp / "kafka", partitions=PARTITIONS, heap="1g") as broker:
-            env = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "TOPIC_PREFIX": PREFIX,
-                   "TOPIC_PARTITIONS": str(PARTITIONS), "WORKER_STORE": "rocksdb://",
-                   "WORKER_SESSION_TIMEOUT_S": "10", **extra_work.COMPARE_ENV}
+            env = {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "TOPIC_PREFIX": PREFIX, "WORKER_STORE": "rocksdb://",
+                   "WORKER_SESSION_TIMEOUT_S": "10", **STEP_ENV}
             create_topics(env)
             asyncio.run(write_events(broker.bootstrap, f"{PREFIX}ivr.events", events, progress=False))
             table = systems(broker.bootstrap, tmp, env, args.floor)
@@ -408,6 +406,10 @@ def main(argv: list[str] | None = None) -> int:
                         stop(proc)
                     runs.append(Run(name, eps, cpu))
                     print(f"  {eps:,.0f} events/s, {cpu:.2f} CPU-s/100k", file=sys.stderr, flush=True)
+    # the extra work's steps alone, once the broker is gone; worth their time only where the split
+    # can be printed
+    split = {"worker", CALLS_ONLY, "quix at-least-once"} <= set(names)
+    extra = extra_work.measure(list(as_ingress_writes(events)), len(truth)) if split else None
     result = report(runs, {"events": len(events), "calls": len(truth), "rounds": rounds, "cores": os.cpu_count(),
                            "floor": args.floor}, extra)
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """What the whole worker does beyond the peers' calls step, timed without a broker.
 
-    python -m bench.peers.extra_work [--calls N] [--repeat R]
+    python -m bench.peers.extra_work [--calls N] [--pairs P]
 
 The peers in `bench.peers.compare` run the calls step alone; the worker also makes each completed
 call's metric contributions and caller facts, and runs the callers (alerts), agent-window and
@@ -11,14 +11,14 @@ changelog sent. What is timed (process CPU) is each pipeline's steps, its state'
 encoding, its outputs and bundles: what that work costs any worker built on this core, whatever
 carries it.
 
-  * the calls pipeline twice, batch by batch in turn: as deployed, and as the peers' work
-    (`step.worker_calls_only`: no metric contributions, caller facts dropped); the difference is
-    the contributions and facts;
+  * the calls pipeline twice, batch by batch in turn: as deployed, and doing the peers' work
+    (`step.peers_work_only`: no metric contributions made, no caller facts sent); the difference
+    is the contributions and the facts' records;
   * its ticks once the input is in: the missed-call decisions (and calls without a hang-up);
   * the callers, agent-window and app-window pipelines over the bundles the calls pipeline sent
     them (their wall-clock window flushes are not run: `compare` does not wait for them either).
 
-Each part is the median of R runs after one not counted. Their total is a floor for what the extra
+Each part is measured over 2P runs after one not counted. Their total is a floor for what the extra
 work adds to the worker's CPU per event: carrying it (Kafka, RocksDB, Faust) comes on top.
 `compare` prints it beside the headroom its run measured (Quix's CPU per event less the calls-only
 worker's).
@@ -30,13 +30,14 @@ import argparse
 import asyncio
 import gc
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
-from statistics import median
+from statistics import mean, median
 from typing import Any
 
-from bench.peers.step import no_contributions, worker_calls_only
+from bench.peers.step import STEP_ENV, peers_work_only
+from bench.simulator import as_ingress_writes
 from config import topics
 from config.kafka_producer import partition_for
 from config.settings import Settings, load
@@ -44,9 +45,6 @@ from processors.output_producer import Offsets, Placed, Record
 from processors.pipelines import agent_metrics, app_metrics, callers, calls
 from processors.runtime import HeldRecord, Pipeline, Runner
 from processors.worker import GC_THRESHOLD
-
-#: the settings `bench.peers.compare` runs every system with (those that change the steps)
-COMPARE_ENV = {"HANGUP_GRACE_S": "1", "CALL_IDLE_TIMEOUT_S": "3"}
 
 
 class _CaughtUp:
@@ -79,7 +77,8 @@ class _Lane:
     def __init__(self, pipe: Pipeline[Any], s: Settings, sent: _Sent,
                  holding: Callable[[], AbstractContextManager[None]] = nullcontext) -> None:
         self.pipe, self.sent, self.holding, self.cpu_s = pipe, sent, holding, 0.0
-        self.runner: Runner[Any] = Runner(pipe, pipe.store({}), sent, _CaughtUp(),
+        self.rows: dict[bytes, bytes] = {}  # its table
+        self.runner: Runner[Any] = Runner(pipe, pipe.store(self.rows), sent, _CaughtUp(),
                                           s.topic(topics.EVENTS_UNPROCESSABLE), partitions=s.topic_partitions,
                                           bundle_bytes=s.worker_produce_batch_bytes // 4)
 
@@ -134,12 +133,13 @@ class ExtraWork:
 
 
 def measure(values: Sequence[tuple[bytes, bytes]], calls_n: int, env: dict[str, str] | None = None,
-            clock: Callable[[], float] = time.time, repeat: int = 3) -> ExtraWork:
-    """The extra work over `values` ((key, value) of `ivr.events`, as the ingress writes them): each
-    part's median CPU over `repeat` runs after one not counted (the first run of a process also
-    pays for its memory). The calls pipeline's part is the difference between its two forms, run
-    batch by batch in turn: a difference of two larger figures, whose noise it carries."""
-    s = load({**COMPARE_ENV, **(env or {})})
+            clock: Callable[[], float] = time.time, pairs: int = 2) -> ExtraWork:
+    """The extra work over `values` ((key, value) of `ivr.events`, as the ingress writes them), over
+    `2 * pairs` runs after one not counted (the first run of a process also pays for its memory).
+    The calls pipeline's part is the mean difference between its two forms, run batch by batch in
+    turn, each first in half the runs: a difference of two figures twenty times larger, whose
+    noise it carries. The other parts are medians."""
+    s = load({**STEP_ENV, **(env or {})})
     source = s.topic(topics.EVENTS)
     events = [HeldRecord(source, partition_for(k, s.topic_partitions), i, k, v) for i, (k, v) in enumerate(values)]
     later = clock() + 3600.0  # every call closed and decided by then; none forgotten (that takes a day)
@@ -147,19 +147,21 @@ def measure(values: Sequence[tuple[bytes, bytes]], calls_n: int, env: dict[str, 
     async def go() -> ExtraWork:
         full = _Sent(s.topic_partitions)  # what the whole worker's pipelines sent, the last time
         extra = []
-        for i in range(-1, repeat):  # -1: not counted
-            whole = _Lane(calls.pipeline(s), s, full if i == repeat - 1 else _Sent(s.topic_partitions))
-            alone = _Lane(worker_calls_only(s), s, _Sent(s.topic_partitions), no_contributions)
-            await _run([whole, alone], s, events, later)
+        for i in range(-1, 2 * pairs):  # -1: not counted
+            whole = _Lane(calls.pipeline(s), s, full if i == 2 * pairs - 1 else _Sent(s.topic_partitions))
+            alone = _Lane(calls.pipeline(s), s, _Sent(s.topic_partitions), peers_work_only)
+            # the garbage collector's walks fall to whichever lane's allocation sets them off: each
+            # order half the time
+            await _run([whole, alone] if i % 2 else [alone, whole], s, events, later)
             extra.append(whole.cpu_s - alone.cpu_s)
-        parts = {"calls: metric contributions and caller facts": max(0.0, median(extra[1:]))}
+        parts = {"calls: metric contributions and caller facts": mean(extra[1:])}
         records = {"calls": len(events)}
         for name, pipe in (("callers and alerts", callers.pipeline(s)), ("agent windows", agent_metrics.pipeline(s)),
                            ("app windows", app_metrics.pipeline(s))):
             inputs = list(full.by_topic.get(pipe.source, []))  # the callers send the app windows some
             cpu = []
-            for i in range(-1, repeat):
-                lane = _Lane(pipe, s, full if i == repeat - 1 else _Sent(s.topic_partitions))
+            for i in range(-1, 2 * pairs):
+                lane = _Lane(pipe, s, full if i == 2 * pairs - 1 else _Sent(s.topic_partitions))
                 await _run([lane], s, inputs)
                 cpu.append(lane.cpu_s)
             parts[name], records[name] = median(cpu[1:]), len(inputs)
@@ -186,29 +188,14 @@ def _collected_as_in_the_worker() -> Iterator[None]:
         gc.unfreeze()
 
 
-def as_written(events: Iterable[dict[str, str]]) -> list[tuple[bytes, bytes]]:
-    """Simulator events as the ingress writes them to `ivr.events`: (key, value)."""
-    from zoneinfo import ZoneInfo
-
-    from schemas.codec import dumps
-    from schemas.webhook import normalise
-
-    zone = ZoneInfo("Asia/Kolkata")
-    out = []
-    for e in events:
-        ev = normalise(e, time.time(), zone)
-        out.append((ev.uniqueid.encode(), dumps(ev)))
-    return out
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--calls", type=int, default=10_000)
-    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--pairs", type=int, default=2, help="runs counted: twice this")
     args = ap.parse_args(argv)
     from bench.peers.compare import input_events
 
-    result = measure(as_written(input_events(args.calls)[0]), args.calls, repeat=args.repeat)
+    result = measure(list(as_ingress_writes(input_events(args.calls)[0])), args.calls, pairs=args.pairs)
     print(f"{result.events:,} events, {result.calls:,} calls; records sent: "
           + ", ".join(f"{t} {n:,}" for t, n in sorted(result.outputs.items())))
     print("\n".join(result.lines()))

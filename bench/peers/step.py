@@ -7,24 +7,29 @@ bytes (Quix serialises state with orjson, the raw loop keeps the dict form in me
 
 from __future__ import annotations
 
-import dataclasses
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import orjson
 
-from config import topics
 from config.settings import Settings
+from processors.core.call_record import CallView
 from processors.core.call_state import CallState
 from processors.core.lifecycle import LifecycleConfig, apply
 from processors.pipelines import calls
 from processors.pipelines.calls import lifecycle_config
-from processors.runtime import Pipeline, Result
+from processors.runtime import Output
 from schemas.codec import dumps
+from schemas.records import CallerFact, CompletedCall
 
-__all__ = ["calls_step", "lifecycle_config", "no_contributions", "worker_calls_only"]
+__all__ = ["PARTITIONS", "STEP_ENV", "calls_step", "extra_work_aside", "lifecycle_config", "peers_work_only"]
+
+PARTITIONS = 6
+#: the settings every system in the comparison runs with, of those that change the steps or where
+#: their keys go
+STEP_ENV = {"HANGUP_GRACE_S": "1", "CALL_IDLE_TIMEOUT_S": "3", "TOPIC_PARTITIONS": str(PARTITIONS)}
 
 
 def calls_step(value: bytes, state: Any | None, cfg: LifecycleConfig) -> tuple[Any | None, bytes | None]:
@@ -35,28 +40,32 @@ def calls_step(value: bytes, state: Any | None, cfg: LifecycleConfig) -> tuple[A
     return new, None if completed is None else dumps(completed)
 
 
-def worker_calls_only(s: Settings) -> Pipeline[Any]:
-    """The worker's calls pipeline doing the peers' work: it sends completed records only. The
-    caller facts (which the core makes) are dropped before they are sent; the metric contributions
-    are not made at all while `no_contributions` holds."""
-    full = calls.pipeline(s)
-    completed = s.topic(topics.CALLS_COMPLETED)
+def _no_contributions(rec: CompletedCall, s: Settings, v: CallView) -> list[Output]:
+    return []
 
-    def step(key: str, state: Any, item: Any, now: float) -> Result[Any] | None:
-        result = full.step(key, state, item, now)
-        if result is None or not result.outputs:
-            return result
-        return Result(result.state, [o for o in result.outputs if o.topic == completed])
 
-    return dataclasses.replace(full, step=step)
+def _no_facts(facts: Iterable[CallerFact], received: float | None, topic: str) -> list[Output]:
+    return []
+
+
+def extra_work_aside() -> Callable[[], None]:
+    """From now on the calls pipeline does the peers' work: it makes no metric contributions and
+    sends no caller facts (the core still makes the facts, as it does for the peers), so it sends
+    completed records only. Returns what puts the extra work back."""
+    made = calls.metric_contributions, calls.caller_facts
+    calls.metric_contributions, calls.caller_facts = _no_contributions, _no_facts
+
+    def back() -> None:
+        calls.metric_contributions, calls.caller_facts = made
+
+    return back
 
 
 @contextmanager
-def no_contributions() -> Iterator[None]:
-    """The calls pipeline makes no metric contributions meanwhile (rather than making and dropping them)."""
-    maker = calls.metric_contributions
-    calls.metric_contributions = lambda rec, s, v: []
+def peers_work_only() -> Iterator[None]:
+    """The calls pipeline does the peers' work meanwhile (see `extra_work_aside`)."""
+    back = extra_work_aside()
     try:
         yield
     finally:
-        calls.metric_contributions = maker
+        back()

@@ -20,7 +20,7 @@ from processors.core.lifecycle import NOTHING, Applied, CallTooLarge, LifecycleC
 from processors.json_store import JsonStore
 from processors.runtime import TICK, Output, Pipeline, Result
 from schemas.codec import contribution_json, dumps
-from schemas.records import CompletedCall, MissedCallFact
+from schemas.records import CallerFact, CompletedCall, MissedCallFact
 from schemas.timefmt import format_ts, parse_ts
 
 # calls kept decoded between batches (see `JsonStore`), by their stored size: ~10,000 calls of
@@ -61,6 +61,18 @@ def metric_contributions(rec: CompletedCall, s: Settings, v: CallView) -> list[O
     return out
 
 
+def caller_facts(facts: Iterable[CallerFact], received: float | None, topic: str) -> list[Output]:
+    """An emission's missed and answered calls for the callers pipeline, keyed app:cli (bundled,
+    except with UPGRADE_FROM=0.1); a missed one carries `received`, the receipt of the webhook
+    that decided it."""
+    out = []
+    for fact in facts:
+        if isinstance(fact, MissedCallFact) and received is not None:
+            fact.received_at = format_ts(received)  # (made for this emission alone)
+        out.append(Output(topic, caller_key(fact.app, fact.cli).encode(), dumps(fact)))
+    return out
+
+
 def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
     data = orjson.loads(value)
     if not isinstance(data, dict):
@@ -90,11 +102,8 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
                 m.CALLS_CLOSED.inc(rec.close_reason)
             else:
                 m.REVISIONS.inc()
-        # missed and answered calls for the callers pipeline (bundled, except with UPGRADE_FROM=0.1)
-        for fact in em.facts:
-            if isinstance(fact, MissedCallFact) and received is not None:
-                fact.received_at = format_ts(received)  # (made for this emission alone)
-            out.append(Output(missed, caller_key(fact.app, fact.cli).encode(), dumps(fact)))
+        if em.facts:
+            out.extend(caller_facts(em.facts, received, missed))
         return out
 
     def step(uid: str, state: CallState | None, item: Any, now: float) -> Result[CallState] | None:

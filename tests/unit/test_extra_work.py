@@ -3,16 +3,24 @@ the gap that `bench.peers.compare` prints from it."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import orjson
 
 from bench.peers import compare, extra_work
-from bench.peers.step import no_contributions
+from bench.peers.step import STEP_ENV, extra_work_aside, peers_work_only
+from bench.simulator import as_ingress_writes
+from config import topics
+from config.kafka_producer import partition_for
+from config.settings import load
 from processors.pipelines import calls
+from processors.runtime import HeldRecord
 
 
 def test_the_extra_work_runs_every_pipeline_over_what_the_calls_pipeline_sent_it() -> None:
     events, truth = compare.input_events(200)
-    result = extra_work.measure(extra_work.as_written(events), len(truth))
+    result = extra_work.measure(list(as_ingress_writes(events)), len(truth), pairs=1)
     assert result.events == len(events) and result.calls == len(truth) == 200
     assert set(result.parts) == {"calls: metric contributions and caller facts", "callers and alerts",
                                  "agent windows", "app windows"}
@@ -31,12 +39,34 @@ def test_the_extra_work_runs_every_pipeline_over_what_the_calls_pipeline_sent_it
     assert len(result.lines()) == 1 + len(result.parts) + 1
 
 
-def test_no_contributions_sets_the_maker_aside_while_it_holds() -> None:
-    maker = calls.metric_contributions
-    with no_contributions():
-        assert calls.metric_contributions is not maker
-        assert calls.metric_contributions(None, None, None) == []  # type: ignore[arg-type]
-    assert calls.metric_contributions is maker
+def test_the_peers_work_is_the_whole_calls_pipeline_but_its_contributions_and_facts() -> None:
+    """Lane by lane as `measure` runs them: the calls pipeline doing the peers' work sends the same
+    completed records and keeps the same table, and sends nothing else."""
+    s = load(STEP_ENV)
+    events = [HeldRecord(s.topic(topics.EVENTS), partition_for(k, s.topic_partitions), i, k, v)
+              for i, (k, v) in enumerate(as_ingress_writes(compare.input_events(200)[0]))]
+    whole = extra_work._Lane(calls.pipeline(s), s, extra_work._Sent(s.topic_partitions))
+    alone = extra_work._Lane(calls.pipeline(s), s, extra_work._Sent(s.topic_partitions), peers_work_only)
+    asyncio.run(extra_work._run([alone, whole], s, events, time.time() + 3600))
+    completed = s.topic(topics.CALLS_COMPLETED)
+    assert set(alone.sent.by_topic) == {completed}
+    assert {s.topic(topics.MISSED_BY_CALLER), s.topic(topics.ATTEMPTS_BY_AGENT), s.topic(topics.CALLS_BY_APP),
+            completed} <= set(whole.sent.by_topic)
+    values = [[(r.key, r.value) for r in lane.sent.by_topic[completed]] for lane in (alone, whole)]
+    assert values[0] == values[1] and len(values[0]) >= 200
+    assert alone.rows == whole.rows and alone.rows
+    assert alone.cpu_s > 0 and whole.cpu_s > 0
+
+
+def test_the_extra_work_set_aside_comes_back() -> None:
+    made = calls.metric_contributions, calls.caller_facts
+    back = extra_work_aside()
+    assert calls.metric_contributions is not made[0] and calls.caller_facts is not made[1]
+    back()
+    assert (calls.metric_contributions, calls.caller_facts) == made
+    with peers_work_only():
+        assert calls.caller_facts is not made[1]
+    assert (calls.metric_contributions, calls.caller_facts) == made
 
 
 def test_the_gap_is_split_from_the_medians_and_the_extra_work() -> None:
