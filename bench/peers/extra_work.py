@@ -137,7 +137,7 @@ def measure(values: Sequence[tuple[bytes, bytes]], calls_n: int, env: dict[str, 
     """The extra work over `values` ((key, value) of `ivr.events`, as the ingress writes them), over
     `2 * pairs` runs after one not counted (the first run of a process also pays for its memory).
     The calls pipeline's part is the mean difference between its two forms, run batch by batch in
-    turn, each first in half the runs: a difference of two figures twenty times larger, whose
+    turn, each first in half the runs: a difference of two figures five to ten times larger, whose
     noise it carries. The other parts are medians."""
     s = load({**STEP_ENV, **(env or {})})
     source = s.topic(topics.EVENTS)
