@@ -309,14 +309,16 @@ def report(runs: list[Run], meta: dict[str, Any], extra: extra_work.ExtraWork | 
     names = list(dict.fromkeys(r.system for r in runs))
     med = {n: (statistics.median(r.events_per_s for r in runs if r.system == n),
                statistics.median(r.cpu_per_100k for r in runs if r.system == n)) for n in names}
-    ours = med["worker"]
+    ours = med.get("worker")  # not run (--only): no ratios
     print(f"\n{meta['events']:,} events, {meta['calls']:,} calls, {PARTITIONS} partitions, "
           f"{meta['rounds']} rounds (medians)")
     print(f"{'system':<20} {'events/s':>10} {'CPU-s/100k':>11} {'ours/them speed':>16} {'their/our CPU':>14}")
     for n in names:
         eps, cpu = med[n]
-        cpu_ratio = f"{cpu / ours[1]:>14.2f}" if ours[1] > 0 else f"{'n/a':>14}"  # too short to see CPU used
-        print(f"{n:<20} {eps:>10,.0f} {cpu:>11.2f} {ours[0] / eps:>16.2f} {cpu_ratio}")
+        speed = f"{ours[0] / eps:>16.2f}" if ours is not None else f"{'n/a':>16}"
+        # n/a: no worker, or a run too short to see the CPU it used
+        cpu_ratio = f"{cpu / ours[1]:>14.2f}" if ours is not None and ours[1] > 0 else f"{'n/a':>14}"
+        print(f"{n:<20} {eps:>10,.0f} {cpu:>11.2f} {speed} {cpu_ratio}")
     split = gap(med, extra)
     if extra is not None:
         print()

@@ -9,6 +9,7 @@ import sys
 import time
 
 import orjson
+import pytest
 
 from bench.peers import compare, extra_work
 from bench.peers.step import STEP_ENV, extra_work_aside, peers_work_only
@@ -93,6 +94,14 @@ def test_the_report_carries_the_split(capsys: object) -> None:
     assert round(result["gap"]["headroom"], 6) == 0.2
     assert round(result["extra_work"]["total_cpu_s_per_100k"], 6) == 0.6
     orjson.dumps(result)  # written as JSON
+
+
+def test_a_report_without_the_worker_has_no_ratios(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--only` may leave the worker out: its figures are printed, its ratios are not."""
+    runs = [compare.Run(compare.CALLS_ONLY, 11_000, 4.1), compare.Run("quix at-least-once", 12_000, 4.3)]
+    result = compare.report(runs, {"events": 100_000, "calls": 18_000, "rounds": 1})
+    assert result["median"].keys() == {compare.CALLS_ONLY, "quix at-least-once"} and result["gap"] == {}
+    assert "n/a" in capsys.readouterr().out
 
 
 def test_the_calls_only_worker_keeps_the_extra_work_aside_for_its_whole_life() -> None:
