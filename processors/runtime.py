@@ -500,6 +500,11 @@ class _Highwater:
             return None  # moved away in a rebalance: its new owner decides
 
 
+def bundle_bytes(produce_batch_bytes: int) -> int:
+    """The largest bundle a worker writes: well within a producer batch."""
+    return produce_batch_bytes // 4
+
+
 def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
     """Wire `pipeline` into the Faust app (an `IvrApp`): its table, its agent, its tick timer,
     its recovery."""
@@ -514,7 +519,7 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
         pipeline, pipeline.store(table), deliver, _Highwater(app), s.topic(topics.EVENTS_UNPROCESSABLE),
         at=table.at,
         changelog=table.take_changelog, delivered=table.delivered, partitions=parts,
-        bundle_bytes=s.worker_produce_batch_bytes // 4,  # well within a producer batch
+        bundle_bytes=bundle_bytes(s.worker_produce_batch_bytes),
     )
 
     # Subscribed through Faust's conductor; the consumer hands the fetched records to the inbox

@@ -43,7 +43,7 @@ from config.kafka_producer import partition_for
 from config.settings import Settings, load
 from processors.output_producer import Offsets, Placed, Record
 from processors.pipelines import agent_metrics, app_metrics, callers, calls
-from processors.runtime import HeldRecord, Pipeline, Runner
+from processors.runtime import HeldRecord, Pipeline, Runner, bundle_bytes
 from processors.worker import GC_THRESHOLD
 
 
@@ -80,7 +80,7 @@ class _Lane:
         self.rows: dict[bytes, bytes] = {}  # its table
         self.runner: Runner[Any] = Runner(pipe, pipe.store(self.rows), sent, _CaughtUp(),
                                           s.topic(topics.EVENTS_UNPROCESSABLE), partitions=s.topic_partitions,
-                                          bundle_bytes=s.worker_produce_batch_bytes // 4)
+                                          bundle_bytes=bundle_bytes(s.worker_produce_batch_bytes))
 
     async def batch(self, items: Sequence[HeldRecord], now: float) -> None:
         with self.holding():
@@ -132,17 +132,16 @@ class ExtraWork:
         return out
 
 
-def measure(values: Sequence[tuple[bytes, bytes]], calls_n: int, env: dict[str, str] | None = None,
-            clock: Callable[[], float] = time.time, pairs: int = 2) -> ExtraWork:
+def measure(values: Sequence[tuple[bytes, bytes]], calls_n: int, pairs: int = 2) -> ExtraWork:
     """The extra work over `values` ((key, value) of `ivr.events`, as the ingress writes them), over
     `2 * pairs` runs after one not counted (the first run of a process also pays for its memory).
     The calls pipeline's part is the mean difference between its two forms, run batch by batch in
     turn, each first in half the runs: a difference of two figures five to ten times larger, whose
     noise it carries. The other parts are medians."""
-    s = load({**STEP_ENV, **(env or {})})
+    s = load(STEP_ENV)
     source = s.topic(topics.EVENTS)
     events = [HeldRecord(source, partition_for(k, s.topic_partitions), i, k, v) for i, (k, v) in enumerate(values)]
-    later = clock() + 3600.0  # every call closed and decided by then; none forgotten (that takes a day)
+    later = time.time() + 3600.0  # every call closed and decided by then; none forgotten (that takes a day)
 
     async def go() -> ExtraWork:
         full = _Sent(s.topic_partitions)  # what the whole worker's pipelines sent, the last time
