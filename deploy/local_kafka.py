@@ -256,6 +256,18 @@ class KafkaBroker:
                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
             )
 
+    def add_scram_user(self, name: str, password: str) -> None:
+        """Create (or change) a SCRAM-SHA-512 user on the running broker, through its plaintext
+        listener, as an operator would with `kafka-configs --alter --add-config`."""
+        done = subprocess.run(
+            self._java_cmd(fetch_jars(), "kafka.admin.ConfigCommand", "--bootstrap-server", self.bootstrap,
+                           "--alter", "--add-config", f"SCRAM-SHA-512=[password={password}]",
+                           "--entity-type", "users", "--entity-name", name),
+            capture_output=True, text=True, timeout=120,
+        )
+        if done.returncode != 0:
+            raise BrokerError(f"creating the SCRAM user {name} failed:\n{done.stdout}{done.stderr}")
+
     def wait_ready(self, timeout: float = 90.0) -> None:
         assert self.proc is not None, "launch() first"
         deadline = time.monotonic() + timeout

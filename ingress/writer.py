@@ -23,6 +23,10 @@ from ingress.metrics import PRODUCE_SECONDS
 
 log = logging.getLogger("ingress.writer")
 
+# after a refusal of the credentials or certificates while serving: the first wait, and the longest
+REFUSED_RETRY_S = 5.0
+REFUSED_RETRY_MAX_S = 60.0
+
 
 class NotDurable(Exception):
     """The broker did not acknowledge the write in time."""
@@ -78,8 +82,19 @@ class KafkaWriter:
         self._starting = asyncio.create_task(self._start_loop())
 
     async def _start_loop(self) -> None:
-        # a refusal found later (the broker was down at start) is logged once; writes then get 503
-        self._producer = await start_producer(self._new_producer, log, self._settings)
+        """Start the producer, for as long as it takes. A refusal found here, not at start (the
+        broker was away then, or it is a reset) is logged and tried again, less and less often:
+        credentials may be accepted later (a user made or rotated after the deployment), and a
+        serving ingress that gave up would answer 503 until restarted. Writes meanwhile get 503."""
+        delay = REFUSED_RETRY_S
+        while True:
+            try:
+                self._producer = await start_producer(self._new_producer, log, self._settings)
+                break
+            except kafka_client.KafkaSetupError:  # its line is logged (without the secret)
+                log.warning("Kafka refused this ingress; writes get 503; trying again in %.0fs", delay)
+                await asyncio.sleep(delay)
+                delay = min(2 * delay, REFUSED_RETRY_MAX_S)
         log.info("Kafka producer connected to %s", self._bootstrap)
 
     def _reset(self, reason: str) -> None:

@@ -2,7 +2,8 @@
 
 The broker's listeners: SASL_SSL (SCRAM users made when the data directory is formatted) and SSL
 requiring a client certificate, with certificates from a CA this test makes. A call runs end to
-end over each; refused credentials or certificates stop both processes at start with one line.
+end over each; refused credentials or certificates stop both processes at start with one line, and an
+ingress that meets a refusal later (the broker away at its start) recovers once they are accepted.
 """
 
 from __future__ import annotations
@@ -146,3 +147,40 @@ def test_refused_credentials_stop_ingress_and_worker_at_start(case: str, secure_
     finally:
         worker.kill()
         ingress.kill()
+
+
+def test_ingress_recovers_once_refused_credentials_are_accepted(pki: Pki, tmp_path: Path) -> None:
+    """A broker away when the ingress starts, then refusing its credentials (its SCRAM user not made
+    yet: an operator's user created after the deployment) and accepting them later: the ingress
+    answers 503 meanwhile, then 202 without a restart (it used to stay at 503 until restarted)."""
+    user, password = "ivr-late", "made-after-start"
+    security = BrokerSecurity(pki.ca_file, pki.broker_keystore, ((USER, PASSWORD),))
+    broker = KafkaBroker(tmp_path / "kafka", partitions=3, security=security)  # not started yet
+    env = {**stack_env(sasl_env(broker, pki), tmp_path), "KAFKA_SASL_USERNAME": user, "KAFKA_SASL_PASSWORD": password,
+           "PRODUCE_TIMEOUT_S": "2"}
+    ingress, base = start_ingress(env, tmp_path / "ingress.log")
+    try:
+        with httpx.Client(base_url=base, params={"token": TOKEN}, timeout=30) as c:
+            event = {"app": APP, "event": "IN", "uniqueid": "1700000000.1", "cli": "9810000001",
+                     "time": "2026-03-02 10:00:00"}
+            assert c.post("/webhooks/ivr", data=event).status_code == 503  # no broker
+            broker.start()
+            deadline = time.monotonic() + 60
+            while "KAFKA_SASL_USERNAME/KAFKA_SASL_PASSWORD" not in ingress.log():
+                assert time.monotonic() < deadline, ingress.log()[-3000:]
+                time.sleep(0.5)
+            assert c.post("/webhooks/ivr", data=event).status_code == 503  # refused: not durable
+            assert c.get("/readyz").status_code == 503
+            broker.add_scram_user(user, password)
+            deadline = time.monotonic() + 90
+            while (status := c.post("/webhooks/ivr", data=event).status_code) != 202:
+                assert status == 503 and ingress.alive(), ingress.log()[-3000:]
+                assert time.monotonic() < deadline, f"still {status} after the user was made:\n{ingress.log()[-3000:]}"
+                time.sleep(1.0)
+            assert c.get("/readyz").status_code == 200
+        assert password not in ingress.log()
+        written = read_all(broker.bootstrap, f"{env['TOPIC_PREFIX']}ivr.events", settle=1.0)
+        assert "1700000000.1" in [v["uniqueid"] for _, v in written]  # 202: durable
+    finally:
+        ingress.stop()
+        broker.stop()
