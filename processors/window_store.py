@@ -1,6 +1,6 @@
 """Metric windows persisted row by row, so a batch writes a few small rows per key, not a blob.
 
-Rows (in one table, changelogged):  KEY\\x1fm                -> [watermark, closed_upto]
+Rows (in one table, changelogged):  KEY\\x1fm\\x1fOWNER         -> [watermark, closed_upto]
                                     KEY\\x1fw\\x1fSTART        -> [final, dirty, changed_at, emitted_at]
                                     KEY\\x1fd\\x1fSTART\\x1fSEQ\\x1fOWNER  -> [watermark when written,
                                                                      {ITEM: contribution or null (removed)}]
@@ -14,7 +14,11 @@ alike, are both kept (compaction would keep only one of two rows with the same k
 change of the other), and its rows are read first, so the new owner's replay wins. Rows are read
 by (EPOCH, SEQ); rows without an OWNER (written before it was added) first. Rows such a late batch
 leaves for a window the new owner has dropped since are ignored when read, and deleted by the
-key's next save. One row per item,
+key's next save. The watermark and `closed_upto` only grow: a key's meta rows (one per owner; a
+late batch's would otherwise replace the new owner's, and a `closed_upto` taken back rebuilds
+windows dropped, which then get a second final) are read as their maximum, and the key's next
+save writes its own and deletes the others. (`KEY\\x1fm`, without OWNER, was written before; it is
+read alike, and written while `UPGRADE_FROM=0.1`.) One row per item,
 as 0.1 wrote them (`KEY\\x1fi\\x1fSTART\\x1fITEM -> [watermark, contribution]`: still read, and written
 while `UPGRADE_FROM=0.1`), cost a changelog record for every contribution: ~1.4 per call for the
 agent windows, 1 for the app's, more than the calls pipeline's own changelog.
@@ -38,8 +42,9 @@ from processors.core.windows import Window, Windowed
 SEP = "\x1f"
 
 
-def _meta_row(key: str) -> bytes:
-    return f"{key}{SEP}m".encode()
+def _meta_row(key: str, owner: str | None) -> bytes:
+    """A key's meta row, of one owner; None: the row without an owner (0.1's, and before)."""
+    return f"{key}{SEP}m".encode() if owner is None else f"{key}{SEP}m{SEP}{owner}".encode()
 
 
 def _window_row(key: str, start: int) -> bytes:
@@ -89,6 +94,7 @@ class WindowStore:
         self.next_seq: dict[tuple[str, int], int] = {}  # (key, window start) -> its next delta's SEQ
         self.deltas: dict[tuple[str, int], list[bytes]] = {}  # (key, window start) -> its delta rows
         self.item_rows: dict[tuple[str, int], set[str]] = {}  # (key, window start) -> its items' rows
+        self.meta_rows: dict[str, list[bytes]] = {}  # key -> the meta rows rebuilt from (see the module doc)
 
     def load(self, key: str) -> Windowed | None:
         st = self.cache.get(key)
@@ -139,8 +145,13 @@ class WindowStore:
             before = (False, 0.0) if ow is None else (ow.final, ow.emitted_at)
             if before != (nw.final, nw.emitted_at):
                 self.rows[_window_row(key, s)] = orjson.dumps([nw.final, nw.dirty, nw.changed_at, nw.emitted_at])
-        if _meta(old) != _meta(new):
-            self.rows[_meta_row(key)] = orjson.dumps(list(_meta(new)))
+        rebuilt_from = self.meta_rows.pop(key, None)
+        if _meta(old) != _meta(new) or rebuilt_from is not None:
+            own = _meta_row(key, None if self.writes_item_rows else self.owner)
+            self.rows[own] = orjson.dumps(list(_meta(new)))
+            for row in rebuilt_from or ():
+                if row != own:
+                    self.rows.pop(row, None)
         for w in new.windows.values():
             w.touched = None  # written: a backlog's batch would keep thousands of ids here
         self.cache[key] = new
@@ -185,14 +196,16 @@ class WindowStore:
         self.next_seq.clear()
         self.deltas.clear()
         self.item_rows.clear()
+        self.meta_rows.clear()
         deltas: list[tuple[str, int, int, int, str, bytes, Any]] = []
         for raw_key, raw in rows:
             parts = raw_key.decode().split(SEP)
             st = self.cache.setdefault(parts[0], Windowed())
             value = orjson.loads(raw)
-            if parts[1] == "m":
-                st.watermark = -math.inf if value[0] is None else value[0]
-                st.closed_upto = -math.inf if value[1] is None else value[1]  # older rows: a late count after
+            if parts[1] == "m":  # the greatest of its owners' (older rows: a late count after the two)
+                st.watermark = max(st.watermark, -math.inf if value[0] is None else value[0])
+                st.closed_upto = max(st.closed_upto, -math.inf if value[1] is None else value[1])
+                self.meta_rows.setdefault(parts[0], []).append(raw_key)
             elif parts[1] == "w":
                 w = st.windows.setdefault(int(parts[2]), Window())
                 if len(value) == 5:  # rows written before late counts were dropped: [final, late, ...]

@@ -98,7 +98,7 @@ def test_a_batch_writes_one_row_per_window_whatever_its_items() -> None:
     rows: dict[bytes, bytes] = {}
     store = WindowStore(rows)
     change(store, "k", lambda st: [add(st, f"c{i}|1", H + i, [i], H, P) for i in range(50)])
-    assert list(rows) == [f"k\x1fd\x1f{H}\x1f0\x1f{store.owner}".encode(), b"k\x1fm"]
+    assert list(rows) == [f"k\x1fd\x1f{H}\x1f0\x1f{store.owner}".encode(), f"k\x1fm\x1f{store.owner}".encode()]
 
 
 
@@ -278,3 +278,45 @@ def test_upgrading_from_0_1_item_rows_are_written_until_a_window_has_deltas() ->
     final = WindowStore(rows)
     final.rebuild(list(rows.items()), H + 5)
     assert final.cache["k"].windows[H].items == {"c0|1": [7], "c1|1": [8], "c2|1": [2]}
+
+
+def test_a_stale_meta_row_does_not_move_the_rebuilt_watermark_or_closed_upto_back() -> None:
+    """The watermark and `closed_upto` only grow. A meta row older than the other rows (a late batch
+    of the partition's earlier owner, whose meta row has no OWNER to keep it apart; or 0.1's item
+    rows, read before the `m` row) must not take the rebuilt state back: a regressed `closed_upto`
+    would rebuild windows already dropped, a regressed watermark delay finals."""
+    rows: dict[bytes, bytes] = {}
+    store = WindowStore(rows)
+    change(store, "app:A1", lambda st: add(st, "c1|1", H + 10, ["answered", 3, 10], H + 20, P))
+    change(store, "app:A1", lambda st: flush(st, H + 3600 + 600, P))  # final
+    change(store, "app:A1", lambda st: flush(st, H + 3600 + 600 + 100, P))  # kept long enough: dropped
+    change(store, "app:A1", lambda st: add(st, "c2|1", H + 3600 + 50, ["busy", None, 0], H + 8000, P))
+    saved = store.cache["app:A1"]
+    assert saved.closed_upto > H and saved.watermark == H + 3600 + 50
+    stale = dict(rows)
+    stale[b"app:A1\x1fm"] = orjson.dumps([H + 10, None])  # as written before the window was dropped
+    late_delta = orjson.dumps([H + 10, {"z|1": ["busy", None, 0]}])  # the same late batch's
+    stale[f"app:A1\x1fd\x1f{H}\x1f0\x1f0.zombie".encode()] = late_delta
+    rebuilt = WindowStore({})
+    rebuilt.rebuild(stale.items(), H + 8001)
+    st = rebuilt.cache["app:A1"]
+    assert st.watermark == saved.watermark
+    assert st.closed_upto == saved.closed_upto
+    assert H not in st.windows  # the dropped window's late rows are not rebuilt
+    # the key's next save (even one that changes nothing) leaves one meta row, its owner's, and no late rows
+    owner = WindowStore(stale)
+    owner.rebuild(list(stale.items()), H + 8001)
+    change(owner, "app:A1", lambda st: None)
+    metas = [k for k in stale if k.startswith(b"app:A1\x1fm")]
+    assert metas == [f"app:A1\x1fm\x1f{owner.owner}".encode()]
+    assert orjson.loads(stale[metas[0]]) == [saved.watermark, saved.closed_upto]
+    assert not any(k.endswith(b"0.zombie") for k in stale)
+    upgrading = WindowStore(stale, item_rows=True)  # UPGRADE_FROM=0.1: the row 0.1 reads
+    upgrading.rebuild(list(stale.items()), H + 8002)
+    change(upgrading, "app:A1", lambda st: None)
+    assert [k for k in stale if k.startswith(b"app:A1\x1fm")] == [b"app:A1\x1fm"]
+    old_rows = {b"app:A1\x1fi\x1f" + str(H).encode() + b"\x1fc1|1": orjson.dumps([H + 10, ["answered", 3, 10]]),
+                b"app:A1\x1fm": orjson.dumps([H - 100, None])}
+    rebuilt = WindowStore({})
+    rebuilt.rebuild(old_rows.items(), H + 20)
+    assert rebuilt.cache["app:A1"].watermark == H + 10
