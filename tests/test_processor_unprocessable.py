@@ -187,3 +187,78 @@ def test_a_backlog_larger_than_a_record_holds_and_a_call_too_large_to_keep_stall
     log = (tmp_path / "worker.log").read_text()
     assert "MessageSizeTooLarge" not in log and "RecordListTooLarge" not in log
     assert log.count("refused (CallTooLarge") == refused and "Traceback" not in log  # a warning with its reason
+
+
+async def produce_to(bootstrap: str, records: list[tuple[str, int, bytes, bytes]]) -> None:
+    """(topic, partition, key, value), each to the partition given."""
+    from aiokafka import AIOKafkaProducer
+
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", enable_idempotence=True)
+    await producer.start()
+    try:
+        for topic, partition, key, value in records:
+            await producer.send_and_wait(topic, value, key=key, partition=partition)
+    finally:
+        await producer.stop()
+
+
+# what a bundled internal topic may hold that no pipeline can read: not JSON, a contribution without
+# its fields, a bundle one of whose facts is no caller fact
+POISON_BUNDLES = {
+    "ivr.internal.attempts-by-agent": ("agent_metrics", [b"{not json", b'[{"key": "app:A1"}]', b"[1, 2]"]),
+    "ivr.internal.calls-by-app": ("app_metrics", [b'[{"app": "a"', b'[{"item": "x"}]', b'"a string"']),
+    "ivr.internal.missed-by-caller": ("callers", [b"\xff\xfe", b'[{"kind": "neither"}]', b"[[]]"]),
+}
+
+
+def test_poison_bundles_on_every_internal_partition_stall_no_pipeline(kafka: KafkaBroker, tmp_path: Path) -> None:
+    """A record on a repartition topic that its pipeline cannot read (on every partition, before the
+    calls' own bundles) is dead-lettered, and every call's alert and metrics still come out: no
+    partition of the callers or metric pipelines stalls behind it."""
+    from processors.core.rules import alert_worthy
+    from tests.helpers import create_topics
+
+    prefix = new_prefix()
+    env = {"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix, "TOPIC_PARTITIONS": "3",
+           "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": "memory://", "WORKER_DATA_DIR": str(tmp_path / "w"),
+           "METRICS_INTERIM_INTERVAL_S": "1", **STACK_TIMINGS}
+    create_topics(env)
+    poison = [(f"{prefix}{topic}", p, b"poison", values[p])
+              for topic, (_, values) in POISON_BUNDLES.items() for p in range(3)]
+    asyncio.run(produce_to(kafka.bootstrap, poison))
+    profile = Profile(agents=9, p_duplicate=0.0, p_reorder=0.0, p_missing_hangup=0.0, mean_talk_s=30)
+    events, truth = generate(60, time.time() - 1200, 600, profile, seed=31, prefix="pb")
+    asyncio.run(write_events(kafka.bootstrap, f"{prefix}ivr.events", events, progress=False))
+    worker, port = start_worker(env, tmp_path / "worker.log")
+    try:
+        wait_worker_ready(worker)
+        assert truth_mismatches(kafka.bootstrap, prefix, truth) == 0
+        dead = dead_letters(kafka.bootstrap, prefix, len(poison))
+        records = {v["uniqueid"]: v for _, v in read_all(kafka.bootstrap, f"{prefix}ivr.calls.completed", settle=0.5)}
+        short_s = float(STACK_TIMINGS["SHORT_ABANDON_S"])
+        worthy = {u for u, r in records.items() if alert_worthy(r["outcome"], r["close_reason"], r["wait_s"], short_s)}
+        agents = {a.agent for t in truth for a in t.attempts}
+        assert worthy and len(agents) > 3  # the calls reach every partition of the callers' and agents' topics
+        deadline = time.monotonic() + 90
+        while True:
+            alerted = {v["uniqueid"] for _, v in read_all(kafka.bootstrap, f"{prefix}ivr.alerts.missed", settle=0.5)}
+            counted = {v["agent"] for _, v in read_all(kafka.bootstrap, f"{prefix}ivr.metrics.agents", settle=0.5)}
+            apps = [v for _, v in read_all(kafka.bootstrap, f"{prefix}ivr.metrics.apps", settle=0.5)]
+            if (alerted, counted, bool(apps)) == (worthy, agents, True) or time.monotonic() > deadline:
+                break
+        assert alerted == worthy
+        assert counted == agents
+        assert apps and max(a["offered"] for a in apps) > 0
+        assert worker.alive()
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+    finally:
+        worker.stop()
+    by_pipeline = {p: 0 for p, _ in POISON_BUNDLES.values()}
+    for d in dead:
+        pipeline, values = POISON_BUNDLES[d["topic"].removeprefix(prefix)]
+        assert d["pipeline"] == pipeline and d["key"] == "poison"
+        assert (d["value"] or "").encode() in values or d["value_base64"] is not None
+        by_pipeline[pipeline] += 1
+    assert by_pipeline == {p: 3 for p in by_pipeline}
+    for pipeline in by_pipeline:
+        assert f'ivr_worker_unprocessable_events_total{{pipeline="{pipeline}"}} 3.0' in text
