@@ -264,6 +264,11 @@ class Runner(Generic[S]):
         lag = self._lag(partition)
         return lag is not None and lag > FAR_BEHIND
 
+    @property
+    def parked_keys(self) -> int:
+        """Keys whose tick waits for their partition to catch up (see `due_keys`)."""
+        return sum(len(keys) for keys in self.parked.values())
+
     def due_keys(self, now: float) -> list[str]:
         """Keys whose tick should be sent now: parked ones whose partition caught up, then the due.
         A due key of a partition reading a backlog is parked here at once: its tick would be parked
@@ -652,6 +657,7 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
             return
 
     async def report_lag() -> None:
+        m.PARKED_TICKS.labels(pipeline.name).set(runner.parked_keys)
         for tp in app.assignor.assigned_actives():
             if tp.topic == pipeline.source:
                 highwater = app.consumer.highwater(tp)

@@ -79,6 +79,9 @@ LATE_ATTEMPTS = Counter("ivr_worker_late_attempts_total",
 LATE_CALLS = Counter("ivr_worker_late_calls_total",
                      "Calls that reached an app window after its final record (reported, not counted)",
                      registry=REGISTRY)
+PARKED_TICKS = Gauge("ivr_worker_parked_ticks", "Keys whose timer is due but waits for its source partition to "
+                     "catch up with a backlog (calls to close, windows to flush, callers to forget)",
+                     ["pipeline"], registry=REGISTRY)
 REREADS = Counter("ivr_worker_rereads_total", "Source partitions read again after records went missing "
                   "between the fetch and the pipeline (see processors.read_order)", ["pipeline"], registry=REGISTRY)
 TIMER_ERRORS = Counter("ivr_worker_timer_errors_total", "Timer runs that failed (logged; retried next interval)",

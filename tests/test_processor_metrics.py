@@ -167,7 +167,8 @@ def test_worker_metrics_endpoint(metrics_stack: Stack) -> None:
     for name in ("ivr_worker_events_total{event=\"IN\"}", "ivr_worker_duplicates_total",
                  "ivr_worker_late_events_total", "ivr_worker_calls_open", "ivr_worker_calls_closed_total{reason=",
                  "ivr_worker_alerts_raised_total", "ivr_worker_processing_latency_seconds_bucket{",
-                 "ivr_worker_consumer_lag{", "ivr_worker_batch_events_bucket{", "ivr_worker_deliver_seconds_bucket{"):
+                 "ivr_worker_consumer_lag{", "ivr_worker_batch_events_bucket{", "ivr_worker_deliver_seconds_bucket{",
+                 'ivr_worker_parked_ticks{pipeline="calls"}'):
         assert name in text, name
     assert float(re.search(r"^ivr_worker_events_total\{event=\"IN\"\} (\S+)$", text, re.M).group(1)) > 0  # type: ignore[union-attr]
     # bounded labels: no call id or caller number anywhere

@@ -336,10 +336,11 @@ def test_a_due_key_of_a_partition_reading_a_backlog_is_parked_without_sending_it
     # partition 1: a backlog not read yet; 2: a few records fetched, not handled yet; 3: not known
     position.ends.update({1: 1 + FAR_BEHIND + 1, 2: 1 + 5})
     assert sorted(r.due_keys(1010.0)) == sorted([live, unknown])  # their ticks go out, checked on arrival
-    assert r.parked == {1: {backlog}}
+    assert r.parked == {1: {backlog}} and r.parked_keys == 1
     assert r.due_keys(3000.0) == []
     handle(r, [ev(i, "j", 1, partition=1) for i in range(1, 2 + FAR_BEHIND)])
     assert sorted(r.due_keys(1011.0)) == sorted([backlog, "j"]) and r.parked == {}  # caught up: released
+    assert r.parked_keys == 0
 
 
 def test_recovery_rebuilds_the_deadline_index_from_the_table() -> None:
