@@ -130,6 +130,13 @@ def test_called_again_and_answered_resolves_every_open_alert_it_follows() -> Non
     assert c.feed(answered("1", T0 - 30), answered("4", T0 + 4 * H)) == []
 
 
+def test_one_answer_resolves_open_alerts_oldest_end_first_whatever_their_arrival_order() -> None:
+    c = Caller()
+    c.feed(missed("b", T0 + H), missed("a2", T0), missed("a1", T0))  # arrived newest first; two ended alike
+    out = c.feed(answered("later", T0 + 2 * H))
+    assert [r.uniqueid for r in out if isinstance(r, ResolvedAlert)] == ["a1", "a2", "b"]  # by end, then id
+
+
 @pytest.mark.parametrize(("started", "resolves"), [
     (T0 - 30, False),  # started with the missed call: not again
     (T0 - 31, False),  # started before it
