@@ -96,7 +96,8 @@ class Watch:
         await self.consumer.stop()
         await self.admin.close()
 
-    async def _offsets(self) -> dict[Any, Any]:
+    async def offsets(self) -> dict[Any, Any]:
+        """The group's committed offsets now (read once per look, for `committed` and `behind`)."""
         from aiokafka.errors import KafkaError
 
         try:
@@ -104,11 +105,11 @@ class Watch:
         except KafkaError:  # no coordinator yet: nothing committed
             return {}
 
-    async def committed(self) -> int:
-        offsets = await self._offsets()
-        return sum(m.offset for tp, m in offsets.items() if tp.topic == self.source and m.offset > 0)
+    @staticmethod
+    def committed(offsets: dict[Any, Any], source: str) -> int:
+        return sum(m.offset for tp, m in offsets.items() if tp.topic == source and m.offset > 0)
 
-    async def behind(self, topics: Sequence[str]) -> tuple[int, int]:
+    async def behind(self, topics: Sequence[str], offsets: dict[Any, Any]) -> tuple[int, int]:
         """How many records of `topics` the group has not committed yet (up to their end now), and
         how many it has (that number moving says work was done since the last look)."""
         from aiokafka import TopicPartition
@@ -121,7 +122,6 @@ class Watch:
                 return 1, 0  # not known yet: not drained (the harness creates them before a run)
         tps = [TopicPartition(t, p) for t in topics for p in self.consumer.partitions_for_topic(t) or ()]
         ends = await self.consumer.end_offsets(tps)
-        offsets = await self._offsets()
         done = {tp: max(0, getattr(offsets.get(tp), "offset", 0)) for tp in tps}
         return sum(max(0, ends[tp] - done[tp]) for tp in tps), sum(done.values())
 
@@ -177,12 +177,13 @@ async def measure(proc: subprocess.Popen[bytes], bootstrap: str, group: str, sou
                 raise RuntimeError(f"{group} exited (log: {log})")
             if output is None and await watch.written() > out_before:
                 output = (time.perf_counter(), tree_cpu_s(proc.pid))
-            done = await watch.committed()
+            offsets = await watch.offsets()
+            done = watch.committed(offsets, source)
             if first is None and done > 0:
                 first = (time.perf_counter(), tree_cpu_s(proc.pid), done)
             if first is not None and done >= total:
                 read = read or (time.perf_counter(), tree_cpu_s(proc.pid))
-                left, committed = await watch.behind(drained)
+                left, committed = await watch.behind(drained, offsets)
                 if left or (end is not None and committed != end_committed):
                     end = None  # not done, or work was done (and committed) since the last look
                 if not left and end is None:

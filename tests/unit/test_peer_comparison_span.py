@@ -50,11 +50,14 @@ class ScriptedWatch:
         self.outputs += 1  # an output at every look
         return self.outputs
 
-    async def committed(self) -> int:
-        self.current = next(self.looks, self.last)
+    async def offsets(self) -> dict[Any, Any]:
+        self.current = next(self.looks, self.last)  # one read of the group's offsets per look
+        return {}
+
+    def committed(self, offsets: Any, source: str) -> int:
         return self.current[0]
 
-    async def behind(self, topics: Any) -> tuple[int, int]:
+    async def behind(self, topics: Any, offsets: Any) -> tuple[int, int]:
         return self.current[1] if topics else (0, 0)
 
 
@@ -122,7 +125,11 @@ def behind(consumer: FakeConsumer, committed: dict[TopicPartition, int], topics:
         return {tp: OffsetAndMetadata(o, "") for tp, o in committed.items()}
 
     watch.admin = SimpleNamespace(list_consumer_group_offsets=offsets)
-    return asyncio.run(watch.behind(topics))
+
+    async def look() -> tuple[int, int]:
+        return await watch.behind(topics, await watch.offsets())
+
+    return asyncio.run(look())
 
 
 def test_behind_counts_what_the_group_has_not_committed_of_every_partition() -> None:
