@@ -69,6 +69,7 @@ class Settings:
     worker_store: str = "rocksdb://"
     worker_data_dir: str = "./var/worker"
     worker_web_port: int = 6066
+    worker_web_host: str = "0.0.0.0"  # the address the worker's web port listens on (probes reach it from outside)
     worker_rocksdb_cache_mb: int = 8
     worker_session_timeout_s: float = 30.0
     worker_batch_max: int = 2000  # reached only with a backlog; BENCHMARKS.md "Round seven"

@@ -149,6 +149,7 @@ def main() -> int:
         "WEBHOOK_TOKENS": ",".join(settings.webhook_tokens) or token,
         "WORKER_DATA_DIR": str(var / "worker"),
         "WORKER_WEB_PORT": str(settings.worker_web_port),
+        "WORKER_WEB_HOST": "127.0.0.1",  # as the ingress: nothing here is for other machines
     }
     ingress: subprocess.Popen[bytes] | None = None
     worker: subprocess.Popen[bytes] | None = None

@@ -138,7 +138,7 @@ def create_app(settings: Settings) -> IvrApp:
         broker_heartbeat_interval=max(1.0, settings.worker_session_timeout_s / 10),
         table_standby_replicas=1,
         web_port=settings.worker_web_port,
-        web_bind="0.0.0.0",
+        web_bind=settings.worker_web_host,
         web_enabled=True,
         # Faust's /table/ views read tables outside any batch: they would show states (callers'
         # numbers among them) to whoever reaches the port, from whichever partition the runtime

@@ -75,3 +75,10 @@ def test_json_schema_files_are_generated_from_the_records() -> None:
 def test_normalise_records_the_origin_it_is_given() -> None:
     fields = {"app": "a", "event": "H", "uniqueid": "u", "duration": "3"}
     assert normalise(fields, 1_700_000_000.0, KOLKATA, origin="call_log").origin == "call_log"
+
+
+def test_the_worker_web_port_listens_where_worker_web_host_says() -> None:
+    from processors.faust_app import create_app
+
+    assert create_app(load({})).conf.web_bind == "0.0.0.0"  # probes reach it from outside the pod
+    assert create_app(load({"WORKER_WEB_HOST": "127.0.0.1"})).conf.web_bind == "127.0.0.1"  # as `make run` sets
