@@ -343,17 +343,20 @@ async def write_events(bootstrap: str | Mapping[str, Any], topic: str, events: l
 
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=1000)
-    ap.add_argument("--agents", type=int, default=5)
-    ap.add_argument("--span-s", type=float, default=3600.0, help="event-time span the calls start in")
+    ap.add_argument("--calls", type=int, default=1000, help="calls to generate (default: %(default)s)")
+    ap.add_argument("--agents", type=int, default=5, help="agents the calls are transferred to (default: %(default)s)")
+    ap.add_argument("--span-s", type=float, default=3600.0,
+                    help="event-time span the calls start in, in seconds (default: %(default)s)")
     ap.add_argument("--start", type=float, default=None, help="epoch of the first call (default: now - span)")
-    ap.add_argument("--rate", type=float, default=200.0, help="webhooks per second when posting (0: unlimited)")
-    ap.add_argument("--duplicates", type=float, default=0.0)
-    ap.add_argument("--reorder", type=float, default=0.0)
-    ap.add_argument("--missing-hangups", type=float, default=0.0)
-    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--rate", type=float, default=200.0,
+                    help="webhooks per second when posting (0: unlimited; default: %(default)s)")
+    ap.add_argument("--duplicates", type=float, default=0.0, help="share of webhooks delivered twice (0-1)")
+    ap.add_argument("--reorder", type=float, default=0.0, help="share of calls with two webhooks swapped (0-1)")
+    ap.add_argument("--missing-hangups", type=float, default=0.0,
+                    help="share of calls whose hang-up is never sent (0-1): they close by timeout")
+    ap.add_argument("--seed", type=int, default=1, help="random seed: the same seed, the same calls")
     ap.add_argument("--url", help="ingress webhook URL")
-    ap.add_argument("--token", default="")
+    ap.add_argument("--token", default="", help="webhook token (`ivr simulate` fills it in)")
     ap.add_argument("--kafka", help="bootstrap servers: write straight to ivr.events instead")
     ap.add_argument("--topic-prefix", default="")
     ap.add_argument("--truth", help="write the ground truth (JSON) here")

@@ -143,14 +143,16 @@ def alerts(
         done = [_decode(r.value) for r in await kafka.read_to_end(settings, settings.topic(TOPICS["resolved"]))]
         return open_alerts((a for a in raised if isinstance(a, dict)), (d for d in done if isinstance(d, dict)))
 
-    pending = [a for a in _run(go(), settings) if matches(a, app_filter, cli)][:limit]
+    matching = [a for a in _run(go(), settings) if matches(a, app_filter, cli)]
+    pending = matching[:limit]
     for alert in pending:
         if as_json:
             _emit_json(orjson.dumps(alert))
         else:
             out.print(summary("alerts", alert, mask))
     if not as_json:
-        err.print(f"{len(pending)} open alert{'s' if len(pending) != 1 else ''}")
+        shown = f"{len(pending)} shown of " if len(pending) < len(matching) else ""
+        err.print(f"{shown}{len(matching)} open alert{'s' if len(matching) != 1 else ''}")
 
 
 @app.command()

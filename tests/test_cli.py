@@ -192,6 +192,7 @@ def test_alerts_lists_open_ones_newest_first(kafka: KafkaBroker, prefix: str) ->
     assert "2 open alerts" in out.stderr
     raw = ivr(env, "alerts", "--json", "--limit", "1")
     assert [orjson.loads(x)["uniqueid"] for x in raw.stdout.splitlines()] == ["c"]
+    assert "1 shown of 2 open alerts" in ivr(env, "alerts", "--limit", "1").stderr
 
 
 @pytest.mark.kafka
