@@ -4,11 +4,18 @@ Per key (an agent, an app) the state holds its open windows. Each window holds *
 keyed by item id (an attempt, a call), so a revised call replaces what it contributed before and
 a replay changes nothing: counts are derived from the items, never incremented blindly.
 
-A window [start, start + size) becomes final, exactly once, when either
+A window [start, start + size) becomes final, exactly once, when it is past end + grace and has not
+changed for `idle_close_s` (wall clock). Past end + grace on either clock:
   * event time: the key's watermark (the latest provider-clocked item time seen: an item whose
-    time is a receive-time stand-in is counted but does not advance it) reaches end + grace, or
-  * wall clock: now >= end + grace and the window has not changed for `idle_close_s` — so a
-    quiet key, or a replay of old data, still closes its windows.
+    time is a receive-time stand-in is counted but does not advance it) reaches it, or
+  * wall clock: now reaches it — so a quiet key, or a replay of old data, still closes its windows.
+The quiet period holds for the watermark too: items reach a window when their call closes, and
+calls close on wall-clock timers (the hang-up grace, the idle timeout, ticks held while a
+partition reads a backlog), not in event-time order. When hours of calls are read in minutes (a
+backlog after an outage, a replay), one partition's calls can move the watermark past end + grace
+while another partition's calls of the same window are still to close: they are counted as long
+as they come before the window has been quiet for `idle_close_s`. Live, a window's last items come
+minutes after its end, so it is quiet by end + grace and goes final then, as by the watermark alone.
 Items for a final window are late: reported to the caller (`add` returns "late", the pipeline
 logs and counts them), never added.
 Interim records are throttled to one per `interim_interval_s` per window.
@@ -98,10 +105,8 @@ def _touch(w: Window, item_id: str, inserted: bool = False) -> None:
 
 
 def _closable(start: int, w: Window, state: Windowed, now: float, p: WindowPolicy) -> bool:
-    end = start + p.size_s
-    if state.watermark >= end + p.grace_s:
-        return True
-    return now >= end + p.grace_s and now >= w.changed_at + p.idle_close_s
+    past = start + p.size_s + p.grace_s
+    return (state.watermark >= past or now >= past) and now >= w.changed_at + p.idle_close_s
 
 
 def flush(state: Windowed, now: float, p: WindowPolicy) -> list[tuple[int, Window]]:
@@ -134,9 +139,8 @@ def next_flush(state: Windowed, p: WindowPolicy) -> float | None:
         if w.final:
             times.append(w.emitted_at + p.keep_final_s)
             continue
-        if state.watermark >= end + p.grace_s:
-            return -math.inf
-        times.append(max(end + p.grace_s, w.changed_at + p.idle_close_s))
+        past = -math.inf if state.watermark >= end + p.grace_s else end + p.grace_s
+        times.append(max(past, w.changed_at + p.idle_close_s))
         if w.dirty:
             times.append(w.emitted_at + p.interim_interval_s)
     return min(times) if times else None

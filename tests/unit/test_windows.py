@@ -38,10 +38,28 @@ def test_interims_are_throttled_and_final_comes_once_by_watermark() -> None:
     add(s, "c", H + 3600 + 599, ["busy", None, 0], live + 6, P)  # watermark = end + grace - 1
     assert [(st, w.final) for st, w in flush(s, live + 6, P)] == [(H + 3600, False)]  # the new window's interim
     add(s, "d", H + 3600 + 600, ["busy", None, 0], live + 7, P)  # watermark reaches end + grace
-    assert [(st, w.final) for st, w in flush(s, live + 7, P)] == [(H, True)]  # next interim still throttled
-    assert flush(s, live + 8, P) == []
-    assert [(st, w.final) for st, w in flush(s, live + 11, P)] == [(H + 3600, False)]  # never H again
+    assert flush(s, live + 7, P) == []  # H changed 6 s ago: not quiet yet; the next interim still throttled
+    assert [(st, w.final) for st, w in flush(s, live + 11, P)] == [(H + 3600, False)]
+    assert next_flush(s, P) == live + 1 + P.idle_close_s  # H quiet for idle_close_s
+    assert [(st, w.final) for st, w in flush(s, live + 1 + P.idle_close_s, P)] == [(H, True)]
+    assert flush(s, live + 100, P) == []  # never H again
     assert len(s.windows[H].items) == 2
+
+
+def test_a_window_past_its_grace_by_the_watermark_still_counts_items_until_it_is_quiet() -> None:
+    """A backlog read in seconds: one partition's calls move the watermark past end + grace while
+    another's calls of the same hour are still closing (their hang-up grace, their ticks held while
+    their partition reads on). They count; once the window has been quiet for idle_close_s it is
+    final, and only then is an item late."""
+    s = Windowed()
+    add(s, "p0-early", H + 10, ["answered", 3, 10], NOW, P)
+    add(s, "p0-late", H + 3 * 3600, ["answered", 3, 10], NOW + 1, P)  # watermark far past H's end + grace
+    assert [(st, w.final) for st, w in flush(s, NOW + 2, P) if st == H] == [(H, False)]
+    assert add(s, "p1-early", H + 20, ["noanswer", None, 0], NOW + 12, P) == "counted"  # 10 s later
+    assert all(not w.final for st, w in flush(s, NOW + 12 + P.idle_close_s - 1, P) if st == H)
+    finals = [(st, sorted(w.items)) for st, w in flush(s, NOW + 12 + P.idle_close_s, P) if w.final]
+    assert (H, ["p0-early", "p1-early"]) in finals
+    assert add(s, "p2-early", H + 30, ["busy", None, 0], NOW + 100, P) == "late"
 
 
 def test_quiet_stream_closes_by_wall_clock() -> None:
