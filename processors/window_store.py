@@ -149,6 +149,8 @@ class WindowStore:
         if _meta(old) != _meta(new) or rebuilt_from is not None:
             own = _meta_row(key, None if self.writes_item_rows else self.owner)
             self.rows[own] = orjson.dumps(list(_meta(new)))
+            # (a late batch of an earlier owner writing its row again after this reaches only the
+            # changelog, not this owner's store: the next rebuild reads it, and takes the greater)
             for row in rebuilt_from or ():
                 if row != own:
                     self.rows.pop(row, None)
