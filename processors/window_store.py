@@ -116,8 +116,11 @@ class WindowStore:
                     self.rows.pop(row, None)
                 continue
             old_items = {} if ow is None else ow.items
-            # the core stamps changed_at on every change of a window's items
-            if ow is None or ow.changed_at != nw.changed_at or len(old_items) != len(nw.items):
+            # changed: items touched since the load (or, for a state not loaded from here, the core's
+            # changed_at stamp or the item count; an item that does not hold a window open past
+            # its grace leaves changed_at as it was)
+            if (ow is None or nw.touched is None or nw.touched or ow.changed_at != nw.changed_at
+                    or len(old_items) != len(nw.items)):
                 delta: dict[str, Any]
                 if ow is not None and nw.touched is not None:
                     # loaded from here: only the touched items (comparing every item of a window of

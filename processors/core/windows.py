@@ -14,10 +14,14 @@ calls close on wall-clock timers (the hang-up grace, the idle timeout, ticks hel
 partition reads a backlog), not in event-time order. When hours of calls are read in minutes (a
 backlog after an outage, a replay), one partition's calls can move the watermark past end + grace
 while another partition's calls of the same window are still to close: they are counted as long
-as they come before the window has been quiet for `idle_close_s`. Live, a window's last items come
-minutes after its end, so it is quiet by end + grace and goes final then, as by the watermark alone.
+as they come before the window has been quiet for `idle_close_s`. Live, a window's last calls
+close minutes after its end, so it is usually quiet by end + grace and goes final then. An item on a
+receive-time stand-in (a missed call's caller reached again, up to a day later) is counted while
+its window is open, but does not restart the quiet period once the window is past its grace.
 Items for a final window are late: reported to the caller (`add` returns "late", the pipeline
-logs and counts them), never added.
+logs and counts them), never added. Windows can go final out of order (an older one still
+changing); a final one is dropped (`keep_final_s` after its final) only once every window before
+it is final too, so `closed_upto` never passes an open window.
 Interim records are throttled to one per `interim_interval_s` per window.
 """
 
@@ -92,7 +96,11 @@ def add(state: Windowed, item_id: str, t: float, contribution: Any, now: float, 
     if held == contribution:
         return "unchanged"
     w.items[item_id] = contribution
-    w.dirty, w.changed_at = True, now
+    w.dirty = True
+    if advance or max(state.watermark, now) < start + p.size_s + p.grace_s:
+        # an item on a receive-time stand-in (a missed call's caller reached again, up to a day
+        # later) is counted while the window is open, but does not hold it open past its grace
+        w.changed_at = now
     _touch(w, item_id, held is None)
     return "counted"
 
@@ -125,7 +133,11 @@ def flush(state: Windowed, now: float, p: WindowPolicy) -> list[tuple[int, Windo
         elif w.dirty and now >= w.emitted_at + p.interim_interval_s:
             w.dirty, w.emitted_at = False, now
             out.append((start, w))
-    for start in [s for s, w in state.windows.items() if w.final and now >= w.emitted_at + p.keep_final_s]:
+    # dropped only below every open window: `closed_upto` (what a rebuild and a late item take as
+    # dropped) must not pass a window still open, and windows can go final out of order
+    oldest_open = min((s for s, w in state.windows.items() if not w.final), default=math.inf)
+    for start in [s for s, w in state.windows.items()
+                  if w.final and s < oldest_open and now >= w.emitted_at + p.keep_final_s]:
         state.closed_upto = max(state.closed_upto, start + p.size_s)
         del state.windows[start]
     return out
@@ -134,10 +146,12 @@ def flush(state: Windowed, now: float, p: WindowPolicy) -> list[tuple[int, Windo
 def next_flush(state: Windowed, p: WindowPolicy) -> float | None:
     """The earliest wall-clock time `flush` may have something to do (None: nothing pending)."""
     times: list[float] = []
+    oldest_open = min((s for s, w in state.windows.items() if not w.final), default=math.inf)
     for start, w in state.windows.items():
         end = start + p.size_s
         if w.final:
-            times.append(w.emitted_at + p.keep_final_s)
+            if start < oldest_open:  # (a later one waits for the windows before it: see `flush`)
+                times.append(w.emitted_at + p.keep_final_s)
             continue
         past = -math.inf if state.watermark >= end + p.grace_s else end + p.grace_s
         times.append(max(past, w.changed_at + p.idle_close_s))

@@ -320,3 +320,19 @@ def test_a_stale_meta_row_does_not_move_the_rebuilt_watermark_or_closed_upto_bac
     rebuilt = WindowStore({})
     rebuilt.rebuild(old_rows.items(), H + 20)
     assert rebuilt.cache["app:A1"].watermark == H + 10
+
+
+def test_an_item_that_leaves_changed_at_as_it_was_is_still_written() -> None:
+    """Past its grace, an item on a receive-time stand-in leaves the window's changed_at alone (it
+    must not hold it open): a batch that replaces one such item changes neither changed_at nor the
+    item count, and its row must still be written (the store goes by the items touched)."""
+    rows: dict[bytes, bytes] = {}
+    store = WindowStore(rows)
+    past = H + 3600 + 600 + 5
+    change(store, "app", lambda st: add(st, "c|reached", H + 10, {"reached_again": False}, H + 100, P, advance=False))
+    before = store.cache["app"].windows[H].changed_at
+    change(store, "app", lambda st: add(st, "c|reached", H + 10, {"reached_again": True}, past, P, advance=False))
+    assert store.cache["app"].windows[H].changed_at == before
+    rebuilt = WindowStore({})
+    rebuilt.rebuild(rows.items(), past + 1)
+    assert rebuilt.cache["app"].windows[H].items == {"c|reached": {"reached_again": True}}

@@ -182,3 +182,44 @@ def test_reached_again_share_is_null_without_missed_calls_and_a_late_reach_is_la
     late = reached_contribution(APP, "m9", c.t)  # a caller reached again after the window's final
     assert add(s, late.item_id, late.t, late.values, NOW + 60, P) == "late"  # not counted, reported late
     assert late.item_id not in w.items
+
+
+def test_an_item_on_a_receive_time_stand_in_counts_but_does_not_hold_a_window_past_its_grace_open() -> None:
+    """A missed call's caller reached again comes up to a day later, timed by receipt (advance=False):
+    counted while the window is open, but it does not restart its quiet period once past the grace,
+    or an app's busy hour would stay open as long as call-backs trickle in."""
+    s = Windowed()
+    add(s, "call", H + 10, ["missed"], H + 100, P)
+    past = H + 3600 + 600  # end + grace on the wall clock
+    assert add(s, "call|reached", H + 10, {"reached_again": True}, past + 5, P, advance=False) == "counted"
+    assert s.windows[H].changed_at == H + 100 and s.windows[H].dirty
+    ((start, w),) = flush(s, past + 10, P)  # quiet since H + 100, long past idle_close_s
+    assert start == H and w.final and "call|reached" in w.items
+    assert add(s, "other|reached", H + 20, {"reached_again": True}, past + 20, P, advance=False) == "late"
+    # before the grace, such an item is a change like any other
+    s2 = Windowed()
+    add(s2, "call", H + 10, ["missed"], H + 100, P)
+    add(s2, "call|reached", H + 10, {"reached_again": True}, H + 200, P, advance=False)
+    assert s2.windows[H].changed_at == H + 200
+
+
+def test_a_final_window_waits_for_the_open_windows_before_it_to_be_dropped() -> None:
+    """Windows can go final out of order (an older one still changing): a later final one is kept
+    until every window before it is final and kept long enough, so `closed_upto` never passes an
+    open window (a rebuild would drop it, and its items would be late)."""
+    s = Windowed()
+    add(s, "a", H + 10, ["answered", 3, 10], H + 100, P)
+    add(s, "b", H + 3600 + 10, ["answered", 3, 10], H + 3700, P)
+    t = H + 7200 + 600  # both past end + grace on the wall clock
+    add(s, "a2", H + 20, ["busy", None, 0], t - 10, P)  # H changes again: H + 3600 goes final first
+    assert [(st, w.final) for st, w in flush(s, t, P)] == [(H, False), (H + 3600, True)]
+    later = t + P.keep_final_s
+    assert next_flush(s, P) == t - 10 + P.idle_close_s  # H's final; not H + 3600's drop
+    assert add(s, "a3", H + 30, ["busy", None, 0], later - 10, P) == "counted"
+    assert [(st, w.final) for st, w in flush(s, later, P)] == [(H, False)]  # H + 3600's keep is over
+    assert set(s.windows) == {H, H + 3600} and s.closed_upto < H  # but it is kept: H is still open
+    assert [(st, w.final) for st, w in flush(s, later + 20, P)] == [(H, True)]
+    assert set(s.windows) == {H} and s.closed_upto == H + 7200  # past final windows only
+    assert add(s, "a4", H + 40, ["busy", None, 0], later + 21, P) == "late"
+    flush(s, later + 20 + P.keep_final_s, P)
+    assert s.windows == {}
