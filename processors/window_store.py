@@ -116,9 +116,8 @@ class WindowStore:
                     self.rows.pop(row, None)
                 continue
             old_items = {} if ow is None else ow.items
-            # changed: items touched since the load (or, for a state not loaded from here, the core's
-            # changed_at stamp or the item count; an item that does not hold a window open past
-            # its grace leaves changed_at as it was)
+            # changed: items touched since the load (the core does not always move changed_at: see
+            # `windows._holds_open`); a state not loaded from here is compared item by item
             if (ow is None or nw.touched is None or nw.touched or ow.changed_at != nw.changed_at
                     or len(old_items) != len(nw.items)):
                 delta: dict[str, Any]

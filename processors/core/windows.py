@@ -80,12 +80,14 @@ def add(state: Windowed, item_id: str, t: float, contribution: Any, now: float, 
     for s, w in state.windows.items():
         if s != start and item_id in w.items and not w.final:
             del w.items[item_id]
-            w.dirty, w.changed_at = True, now
+            w.dirty = True
+            if _holds_open(state, s, now, p, advance):
+                w.changed_at = now
             _touch(w, item_id)
     found = state.windows.get(start)
     if found is None and start + p.size_s <= state.closed_upto:
         return "late"
-    w = state.windows.setdefault(start, Window()) if found is None else found
+    w = state.windows.setdefault(start, Window(changed_at=now)) if found is None else found
     if w.final:
         if w.items.get(item_id) == contribution:
             return "unchanged"  # a replay of what the final already counted
@@ -97,12 +99,19 @@ def add(state: Windowed, item_id: str, t: float, contribution: Any, now: float, 
         return "unchanged"
     w.items[item_id] = contribution
     w.dirty = True
-    if advance or max(state.watermark, now) < start + p.size_s + p.grace_s:
-        # an item on a receive-time stand-in (a missed call's caller reached again, up to a day
-        # later) is counted while the window is open, but does not hold it open past its grace
+    if _holds_open(state, start, now, p, advance):
         w.changed_at = now
     _touch(w, item_id, held is None)
     return "counted"
+
+
+def _holds_open(state: Windowed, start: int, now: float, p: WindowPolicy, advance: bool) -> bool:
+    """Whether a change restarts the window's quiet period: any change before its grace is over (on
+    either clock), and after it only an item on the provider's clock. One timed by its receipt (a
+    missed call's caller reached again, up to a day later; a call with no provider time) is counted
+    while the window is open, but does not hold it open past its grace. (A window's first item
+    starts its quiet period whatever it is: see `add`.)"""
+    return advance or max(state.watermark, now) < start + p.size_s + p.grace_s
 
 
 def _touch(w: Window, item_id: str, inserted: bool = False) -> None:

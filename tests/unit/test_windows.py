@@ -201,6 +201,12 @@ def test_an_item_on_a_receive_time_stand_in_counts_but_does_not_hold_a_window_pa
     add(s2, "call", H + 10, ["missed"], H + 100, P)
     add(s2, "call|reached", H + 10, {"reached_again": True}, H + 200, P, advance=False)
     assert s2.windows[H].changed_at == H + 200
+    # and a window's first item starts its quiet period whatever it is (old data: past every grace)
+    s3 = Windowed()
+    add(s3, "no-provider-time", H + 10, ["missed"], NOW, P, advance=False)
+    assert [w.final for _, w in flush(s3, NOW + 1, P)] == [False]
+    assert add(s3, "another", H + 20, ["missed"], NOW + 2, P, advance=False) == "counted"
+    assert [w.final for _, w in flush(s3, NOW + P.idle_close_s, P)] == [True]
 
 
 def test_a_final_window_waits_for_the_open_windows_before_it_to_be_dropped() -> None:
@@ -218,6 +224,7 @@ def test_a_final_window_waits_for_the_open_windows_before_it_to_be_dropped() -> 
     assert add(s, "a3", H + 30, ["busy", None, 0], later - 10, P) == "counted"
     assert [(st, w.final) for st, w in flush(s, later, P)] == [(H, False)]  # H + 3600's keep is over
     assert set(s.windows) == {H, H + 3600} and s.closed_upto < H  # but it is kept: H is still open
+    assert next_flush(s, P) == later + 20  # H's final, not H + 3600's drop (past: a tick every second)
     assert [(st, w.final) for st, w in flush(s, later + 20, P)] == [(H, True)]
     assert set(s.windows) == {H} and s.closed_upto == H + 7200  # past final windows only
     assert add(s, "a4", H + 40, ["busy", None, 0], later + 21, P) == "late"
