@@ -56,6 +56,7 @@ class KafkaWriter:
         self._ready_checked_at = 0.0
         self._ready = False
         self._background: set[asyncio.Task[None]] = set()
+        self._topics_ensured = False  # ivr.events and ivr.events.invalid made (or found) with their settings
 
     def _new_producer(self) -> AIOKafkaProducer:
         """The only place the producer is configured."""
@@ -71,15 +72,21 @@ class KafkaWriter:
 
     async def start(self) -> None:
         """Start in the background: the ingress serves (and answers 503) while the broker is away."""
+        await self._ensure_topics("at start", refusal_stops=True)
+        self._starting = asyncio.create_task(self._start_loop())
+
+    async def _ensure_topics(self, when: str, refusal_stops: bool = False) -> None:
         try:
             await topics.ensure_topics(self._settings, (topics.EVENTS, topics.EVENTS_INVALID))
+            self._topics_ensured = True
         except kafka_client.KafkaSetupError:
-            raise  # refused credentials or certificates: stop at start (the line saying why is logged)
+            if refusal_stops:
+                raise  # refused credentials or certificates: stop at start (the line saying why is logged)
         except topics.PartitionMismatch as e:  # the workers cannot start; the events are still kept
+            self._topics_ensured = True
             log.error("%s", e)
         except Exception as e:  # the broker may be down at start: the producer keeps trying
-            log.warning("could not ensure topics at start (%s); continuing", type(e).__name__)
-        self._starting = asyncio.create_task(self._start_loop())
+            log.warning("could not ensure topics %s (%s); continuing", when, type(e).__name__)
 
     async def _start_loop(self) -> None:
         """Start the producer, for as long as it takes. A refusal found here, not at start (the
@@ -96,6 +103,8 @@ class KafkaWriter:
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, REFUSED_RETRY_MAX_S)
         log.info("Kafka producer connected to %s", self._bootstrap)
+        if not self._topics_ensured:  # the broker was away at start: with their settings now, not auto-created
+            await self._ensure_topics("once connected")
 
     def _reset(self, reason: str) -> None:
         """Swap in a fresh producer (new producer id); requests meanwhile wait for it, within their bound."""

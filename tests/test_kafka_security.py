@@ -8,6 +8,7 @@ ingress that meets a refusal later (the broker away at its start) recovers once 
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -149,6 +150,17 @@ def test_refused_credentials_stop_ingress_and_worker_at_start(case: str, secure_
         ingress.kill()
 
 
+async def topic_names(bootstrap: str) -> list[str]:
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        return list(await admin.list_topics())
+    finally:
+        await admin.close()
+
+
 def test_ingress_recovers_once_refused_credentials_are_accepted(pki: Pki, tmp_path: Path) -> None:
     """A broker away when the ingress starts, then refusing its credentials (its SCRAM user not made
     yet: an operator's user created after the deployment) and accepting them later: the ingress
@@ -181,6 +193,8 @@ def test_ingress_recovers_once_refused_credentials_are_accepted(pki: Pki, tmp_pa
         assert password not in ingress.log()
         written = read_all(broker.bootstrap, f"{env['TOPIC_PREFIX']}ivr.events", settle=1.0)
         assert "1700000000.1" in [v["uniqueid"] for _, v in written]  # 202: durable
+        # the topics it could not make at start are made once connected (nothing was written to this one)
+        assert f"{env['TOPIC_PREFIX']}ivr.events.invalid" in asyncio.run(topic_names(broker.bootstrap))
     finally:
         ingress.stop()
         broker.stop()
