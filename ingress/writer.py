@@ -26,6 +26,8 @@ log = logging.getLogger("ingress.writer")
 # after a refusal of the credentials or certificates while serving: the first wait, and the longest
 REFUSED_RETRY_S = 5.0
 REFUSED_RETRY_MAX_S = 60.0
+# how long writes wait, once connected, for the topics the ingress could not make at start
+ENSURE_TOPICS_BOUND_S = 15.0
 
 
 class NotDurable(Exception):
@@ -91,20 +93,26 @@ class KafkaWriter:
     async def _start_loop(self) -> None:
         """Start the producer, for as long as it takes. A refusal found here, not at start (the
         broker was away then, or it is a reset) is logged and tried again, less and less often:
-        credentials may be accepted later (a user made or rotated after the deployment), and a
-        serving ingress that gave up would answer 503 until restarted. Writes meanwhile get 503."""
+        credentials may be accepted later (a user made after the deployment), and a serving
+        ingress that gave up would answer 503 until restarted. Writes meanwhile get 503. The topics
+        not made at start are made before the first write (which would have the broker auto-create
+        `ivr.events` with its defaults), within a bound: past it, writes go ahead."""
         delay = REFUSED_RETRY_S
         while True:
             try:
-                self._producer = await start_producer(self._new_producer, log, self._settings)
+                producer = await start_producer(self._new_producer, log, self._settings)
                 break
             except kafka_client.KafkaSetupError:  # its line is logged (without the secret)
                 log.warning("Kafka refused this ingress; writes get 503; trying again in %.0fs", delay)
                 await asyncio.sleep(delay)
                 delay = min(2 * delay, REFUSED_RETRY_MAX_S)
         log.info("Kafka producer connected to %s", self._bootstrap)
-        if not self._topics_ensured:  # the broker was away at start: with their settings now, not auto-created
-            await self._ensure_topics("once connected")
+        if not self._topics_ensured:  # the broker was away at start
+            try:
+                await asyncio.wait_for(self._ensure_topics("once connected"), ENSURE_TOPICS_BOUND_S)
+            except TimeoutError:
+                log.warning("could not ensure topics within %.0fs of connecting; writing anyway", ENSURE_TOPICS_BOUND_S)
+        self._producer = producer
 
     def _reset(self, reason: str) -> None:
         """Swap in a fresh producer (new producer id); requests meanwhile wait for it, within their bound."""
