@@ -116,10 +116,10 @@ class WindowStore:
                     self.rows.pop(row, None)
                 continue
             old_items = {} if ow is None else ow.items
-            # changed: items touched since the load (the core does not always move changed_at: see
-            # `windows._holds_open`); a state not loaded from here is compared item by item
-            if (ow is None or nw.touched is None or nw.touched or ow.changed_at != nw.changed_at
-                    or len(old_items) != len(nw.items)):
+            # changed: items touched since the load (every change of the core's touches one; it does
+            # not always move changed_at: see `windows._holds_open`); a state not loaded from here
+            # is compared item by item
+            if ow is None or nw.touched is None or nw.touched:
                 delta: dict[str, Any]
                 if ow is not None and nw.touched is not None:
                     # loaded from here: only the touched items (comparing every item of a window of

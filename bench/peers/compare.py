@@ -105,9 +105,8 @@ class Watch:
         except KafkaError:  # no coordinator yet: nothing committed
             return {}
 
-    @staticmethod
-    def committed(offsets: dict[Any, Any], source: str) -> int:
-        return sum(m.offset for tp, m in offsets.items() if tp.topic == source and m.offset > 0)
+    def committed(self, offsets: dict[Any, Any]) -> int:
+        return sum(m.offset for tp, m in offsets.items() if tp.topic == self.source and m.offset > 0)
 
     async def behind(self, topics: Sequence[str], offsets: dict[Any, Any]) -> tuple[int, int]:
         """How many records of `topics` the group has not committed yet (up to their end now), and
@@ -178,7 +177,7 @@ async def measure(proc: subprocess.Popen[bytes], bootstrap: str, group: str, sou
             if output is None and await watch.written() > out_before:
                 output = (time.perf_counter(), tree_cpu_s(proc.pid))
             offsets = await watch.offsets()
-            done = watch.committed(offsets, source)
+            done = watch.committed(offsets)
             if first is None and done > 0:
                 first = (time.perf_counter(), tree_cpu_s(proc.pid), done)
             if first is not None and done >= total:

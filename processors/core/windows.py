@@ -126,6 +126,11 @@ def _closable(start: int, w: Window, state: Windowed, now: float, p: WindowPolic
     return (state.watermark >= past or now >= past) and now >= w.changed_at + p.idle_close_s
 
 
+def _oldest_open(state: Windowed) -> float:
+    """The start of the oldest window not final yet (infinity: none)."""
+    return min((s for s, w in state.windows.items() if not w.final), default=math.inf)
+
+
 def flush(state: Windowed, now: float, p: WindowPolicy) -> list[tuple[int, Window]]:
     """Windows whose record is due now (interims, throttled; finals, once), in start order.
 
@@ -144,7 +149,7 @@ def flush(state: Windowed, now: float, p: WindowPolicy) -> list[tuple[int, Windo
             out.append((start, w))
     # dropped only below every open window: `closed_upto` (what a rebuild and a late item take as
     # dropped) must not pass a window still open, and windows can go final out of order
-    oldest_open = min((s for s, w in state.windows.items() if not w.final), default=math.inf)
+    oldest_open = _oldest_open(state)
     for start in [s for s, w in state.windows.items()
                   if w.final and s < oldest_open and now >= w.emitted_at + p.keep_final_s]:
         state.closed_upto = max(state.closed_upto, start + p.size_s)
@@ -155,7 +160,7 @@ def flush(state: Windowed, now: float, p: WindowPolicy) -> list[tuple[int, Windo
 def next_flush(state: Windowed, p: WindowPolicy) -> float | None:
     """The earliest wall-clock time `flush` may have something to do (None: nothing pending)."""
     times: list[float] = []
-    oldest_open = min((s for s, w in state.windows.items() if not w.final), default=math.inf)
+    oldest_open = _oldest_open(state)
     for start, w in state.windows.items():
         end = start + p.size_s
         if w.final:

@@ -54,7 +54,7 @@ class ScriptedWatch:
         self.current = next(self.looks, self.last)  # one read of the group's offsets per look
         return {}
 
-    def committed(self, offsets: Any, source: str) -> int:
+    def committed(self, offsets: Any) -> int:
         return self.current[0]
 
     async def behind(self, topics: Any, offsets: Any) -> tuple[int, int]:
