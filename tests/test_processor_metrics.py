@@ -30,14 +30,13 @@ def parse(t: str) -> float:
     return parse_provider_time(t, KOLKATA)
 
 
-@pytest.fixture
-def metrics_stack(kafka: KafkaBroker, prefix: str, tmp_path: Path) -> Iterator[Stack]:
+def _metrics_stack(kafka: KafkaBroker, prefix: str, tmp_path: Path, grace_s: int) -> Iterator[Stack]:
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix, "TOPIC_PARTITIONS": "3",
         "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": "memory://", "WORKER_DATA_DIR": str(tmp_path / "worker"),
         "WORKER_SESSION_TIMEOUT_S": "10",
         "HANGUP_GRACE_S": "2", "CALL_IDLE_TIMEOUT_S": "5", "SHORT_ABANDON_S": "5",
-        "AGENT_WINDOW_S": str(WINDOW), "METRICS_GRACE_S": "72000", "METRICS_IDLE_CLOSE_S": "12",
+        "AGENT_WINDOW_S": str(WINDOW), "METRICS_GRACE_S": str(grace_s), "METRICS_IDLE_CLOSE_S": "12",
         "METRICS_INTERIM_INTERVAL_S": "2",
     }
     ingress, base = start_ingress(env, tmp_path / "ingress.log")
@@ -49,6 +48,19 @@ def metrics_stack(kafka: KafkaBroker, prefix: str, tmp_path: Path) -> Iterator[S
     yield stack
     stack.worker.stop()
     ingress.stop()
+
+
+@pytest.fixture
+def metrics_stack(kafka: KafkaBroker, prefix: str, tmp_path: Path) -> Iterator[Stack]:
+    """A grace of 20 h: windows wait for their calls on the watermark too, not only on the quiet rule."""
+    yield from _metrics_stack(kafka, prefix, tmp_path, grace_s=72000)
+
+
+@pytest.fixture
+def short_grace_stack(kafka: KafkaBroker, prefix: str, tmp_path: Path) -> Iterator[Stack]:
+    """A grace of a minute: every window of `a_day` is past it on the wall clock from the start,
+    and past it on the watermark as soon as a later hour's call is read."""
+    yield from _metrics_stack(kafka, prefix, tmp_path, grace_s=60)
 
 
 def a_day(seed: int) -> tuple[list[dict[str, str]], list[Truth]]:
@@ -151,6 +163,27 @@ def test_worker_restart_mid_window_keeps_final_counts_exact(metrics_stack: Stack
     metrics_stack.worker, _ = start_worker(metrics_stack.env, metrics_stack.tmp / "worker2.log", web_port=port)
     wait_worker_ready(metrics_stack.worker)
     check_agent_finals(metrics_stack, events)
+
+
+def test_a_backlog_past_every_grace_still_gives_exact_finals(short_grace_stack: Stack) -> None:
+    """The worker is down while a whole day of calls is posted, then reads it as one backlog, with
+    a one-minute grace. Its calls close on wall-clock timers (hang-up grace, idle timeout, ticks
+    held until each partition is read), so a window's last calls close after calls hours later
+    in event time have moved the watermark on. A window goes final only once it has been quiet
+    for METRICS_IDLE_CLOSE_S: none of its calls is counted late, and every final is exact."""
+    stack = short_grace_stack
+    events, truth = a_day(seed=5)
+    stack.worker.kill()
+    statuses = asyncio.run(post_events(f"{stack.base}/webhooks/ivr", TOKEN, events, rate=0, progress=False))
+    assert statuses == {202: len(events)}
+    port = int(stack.env["WORKER_WEB_PORT"])
+    stack.worker, _ = start_worker(stack.env, stack.tmp / "worker2.log", web_port=port)
+    wait_worker_ready(stack.worker)
+    check_agent_finals(stack, events)
+    check_app_finals(stack, truth)
+    log = (stack.tmp / "worker2.log").read_text()
+    assert "late contribution" not in log
+    assert "Traceback" not in log
 
 
 def test_worker_metrics_endpoint(metrics_stack: Stack) -> None:
