@@ -52,6 +52,9 @@ async def start_producer(new: Callable[[], AIOKafkaProducer], log: logging.Logge
         producer = new()
         try:
             await producer.start()
+        except asyncio.CancelledError:  # a half-started producer holds connections and tasks
+            await producer.stop()
+            raise
         except (KafkaError, OSError) as e:
             await producer.stop()
             if settings is not None:

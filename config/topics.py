@@ -87,8 +87,8 @@ async def ensure_topics(settings: Settings, bases: tuple[str, ...] | None = None
     min_isr = "2" if settings.topic_replication >= 3 else "1"
     await check_connection(settings)  # refused credentials or certificates: KafkaSetupError, not a retry
     admin = AIOKafkaAdminClient(**aiokafka_kwargs(settings))
-    await admin.start()
     try:
+        await admin.start()
         existing = set(await admin.list_topics())
         new = [
             NewTopic(

@@ -112,6 +112,9 @@ class KafkaWriter:
                 await asyncio.wait_for(self._ensure_topics("once connected"), ENSURE_TOPICS_BOUND_S)
             except TimeoutError:
                 log.warning("could not ensure topics within %.0fs of connecting; writing anyway", ENSURE_TOPICS_BOUND_S)
+            except asyncio.CancelledError:  # stopped meanwhile: the producer is nobody's to stop but ours
+                await producer.stop()
+                raise
         self._producer = producer
 
     def _reset(self, reason: str) -> None:
@@ -132,10 +135,16 @@ class KafkaWriter:
             log.info("old producer did not stop cleanly: %s", type(e).__name__)
 
     async def stop(self) -> None:
-        if self._starting is not None and not self._starting.done():
-            self._starting.cancel()
+        """Stop the producer, one being started (awaited: it stops what it started) and old ones
+        being stopped after a reset."""
+        starting = self._starting
+        if starting is not None and not starting.done():
+            starting.cancel()
+            await asyncio.wait([starting])  # (not `await starting`: its CancelledError is not ours)
         if self._producer is not None:
             await self._producer.stop()
+        if self._background:
+            await asyncio.wait(self._background)
 
     async def write(self, topic: str, key: bytes | None, value: bytes) -> None:
         start = time.perf_counter()
