@@ -19,9 +19,10 @@ close minutes after its end, so it is usually quiet by end + grace and goes fina
 receive-time stand-in (a missed call's caller reached again, up to a day later) is counted while
 its window is open, but does not restart the quiet period once the window is past its grace.
 Items for a final window are late: reported to the caller (`add` returns "late", the pipeline
-logs and counts them), never added. Windows can go final out of order (an older one still
-changing); a final one is dropped (`keep_final_s` after its final) only once every window before
-it is final too, so `closed_upto` never passes an open window.
+logs and counts them), never added; a replay of what it counted is "unchanged". Windows can go
+final out of order (an older one still changing); they are dropped in start order, each
+`keep_final_s` after its final and not before every window before it is dropped, so `closed_upto`
+(below it, every window is taken as dropped) never passes a window still held.
 Interim records are throttled to one per `interim_interval_s` per window.
 """
 
@@ -126,11 +127,6 @@ def _closable(start: int, w: Window, state: Windowed, now: float, p: WindowPolic
     return (state.watermark >= past or now >= past) and now >= w.changed_at + p.idle_close_s
 
 
-def _oldest_open(state: Windowed) -> float:
-    """The start of the oldest window not final yet (infinity: none)."""
-    return min((s for s, w in state.windows.items() if not w.final), default=math.inf)
-
-
 def flush(state: Windowed, now: float, p: WindowPolicy) -> list[tuple[int, Window]]:
     """Windows whose record is due now (interims, throttled; finals, once), in start order.
 
@@ -147,11 +143,12 @@ def flush(state: Windowed, now: float, p: WindowPolicy) -> list[tuple[int, Windo
         elif w.dirty and now >= w.emitted_at + p.interim_interval_s:
             w.dirty, w.emitted_at = False, now
             out.append((start, w))
-    # dropped only below every open window: `closed_upto` (what a rebuild and a late item take as
-    # dropped) must not pass a window still open, and windows can go final out of order
-    oldest_open = _oldest_open(state)
-    for start in [s for s, w in state.windows.items()
-                  if w.final and s < oldest_open and now >= w.emitted_at + p.keep_final_s]:
+    # dropped in start order: `closed_upto` (what a rebuild and a late item take as dropped) must
+    # not pass a window still open, or still kept to tell a replay from a late item
+    for start in sorted(state.windows):
+        w = state.windows[start]
+        if not (w.final and now >= w.emitted_at + p.keep_final_s):
+            break
         state.closed_upto = max(state.closed_upto, start + p.size_s)
         del state.windows[start]
     return out
@@ -160,11 +157,11 @@ def flush(state: Windowed, now: float, p: WindowPolicy) -> list[tuple[int, Windo
 def next_flush(state: Windowed, p: WindowPolicy) -> float | None:
     """The earliest wall-clock time `flush` may have something to do (None: nothing pending)."""
     times: list[float] = []
-    oldest_open = _oldest_open(state)
+    oldest = min(state.windows, default=None)
     for start, w in state.windows.items():
         end = start + p.size_s
         if w.final:
-            if start < oldest_open:  # (a later one waits for the windows before it: see `flush`)
+            if start == oldest:  # (a later one waits for the windows before it: see `flush`)
                 times.append(w.emitted_at + p.keep_final_s)
             continue
         past = -math.inf if state.watermark >= end + p.grace_s else end + p.grace_s

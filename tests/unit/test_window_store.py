@@ -336,3 +336,24 @@ def test_an_item_that_leaves_changed_at_as_it_was_is_still_written() -> None:
     rebuilt = WindowStore({})
     rebuilt.rebuild(rows.items(), past + 1)
     assert rebuilt.cache["app"].windows[H].items == {"c|reached": {"reached_again": True}}
+
+
+def test_a_replay_of_a_kept_final_window_after_a_rebuild_is_unchanged_not_late() -> None:
+    """A later window going final and dropped first must not take `closed_upto` past an older one
+    still kept: a rebuild drops every window below it, and a replay of the older one's items (the
+    calls pipeline sends a call's contributions again when it replays) would be counted late."""
+    rows: dict[bytes, bytes] = {}
+    store = WindowStore(rows)
+    change(store, "app", lambda st: (add(st, "a", H + 10, ["answered", 3, 10], H + 100, P),
+                                     add(st, "b", H + 3600 + 10, ["answered", 3, 10], H + 3700, P)))
+    t = H + 7200 + 600  # both past end + grace
+    change(store, "app", lambda st: add(st, "a2", H + 20, ["busy", None, 0], t - 10, P))  # H changes again
+    change(store, "app", lambda st: flush(st, t, P))  # H + 3600 goes final first
+    change(store, "app", lambda st: flush(st, t + P.keep_final_s + 30, P))  # H goes final; H + 3600's keep is over
+    assert store.cache["app"].windows[H].final
+    rebuilt = WindowStore({})
+    now = t + P.keep_final_s + 40
+    rebuilt.rebuild(list(rows.items()), now)
+    result: list[str] = []
+    change(rebuilt, "app", lambda st: result.append(add(st, "a", H + 10, ["answered", 3, 10], now + 1, P)))
+    assert result == ["unchanged"]

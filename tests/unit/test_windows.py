@@ -209,10 +209,10 @@ def test_an_item_on_a_receive_time_stand_in_counts_but_does_not_hold_a_window_pa
     assert [w.final for _, w in flush(s3, NOW + P.idle_close_s, P)] == [True]
 
 
-def test_a_final_window_waits_for_the_open_windows_before_it_to_be_dropped() -> None:
+def test_a_final_window_waits_for_the_windows_before_it_to_be_dropped() -> None:
     """Windows can go final out of order (an older one still changing): a later final one is kept
-    until every window before it is final and kept long enough, so `closed_upto` never passes an
-    open window (a rebuild would drop it, and its items would be late)."""
+    until every window before it is dropped, so `closed_upto` never passes a window still held (a
+    rebuild would drop it: its items would be late, a replay of them too)."""
     s = Windowed()
     add(s, "a", H + 10, ["answered", 3, 10], H + 100, P)
     add(s, "b", H + 3600 + 10, ["answered", 3, 10], H + 3700, P)
@@ -226,7 +226,11 @@ def test_a_final_window_waits_for_the_open_windows_before_it_to_be_dropped() -> 
     assert set(s.windows) == {H, H + 3600} and s.closed_upto < H  # but it is kept: H is still open
     assert next_flush(s, P) == later + 20  # H's final, not H + 3600's drop (past: a tick every second)
     assert [(st, w.final) for st, w in flush(s, later + 20, P)] == [(H, True)]
-    assert set(s.windows) == {H} and s.closed_upto == H + 7200  # past final windows only
+    assert set(s.windows) == {H, H + 3600} and s.closed_upto < H  # H is kept: H + 3600 waits for it
     assert add(s, "a4", H + 40, ["busy", None, 0], later + 21, P) == "late"
+    assert add(s, "a3", H + 30, ["busy", None, 0], later + 22, P) == "unchanged"  # a replay
+    assert next_flush(s, P) == later + 20 + P.keep_final_s  # H's drop (H + 3600's is past, and waits)
+    flush(s, later + 20 + P.keep_final_s - 1, P)
+    assert set(s.windows) == {H, H + 3600}
     flush(s, later + 20 + P.keep_final_s, P)
-    assert s.windows == {}
+    assert s.windows == {} and s.closed_upto == H + 7200
