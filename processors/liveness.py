@@ -28,6 +28,7 @@ from typing import Any
 from mode import Service
 from prometheus_client import Counter, Gauge
 
+from config.kafka_client import aiokafka_kwargs
 from config.settings import Settings
 from processors.core.liveness import Observation, Verdict, Watchdog
 from processors.worker_metrics import REGISTRY
@@ -72,6 +73,20 @@ async def _read_pending_group_error(consumer: Any) -> str | None:
     return error
 
 
+def _given_by_group(member: Any) -> set[tuple[str, int]]:
+    """The partitions the group's last assignment gave `member` (a DescribeGroups member: id,
+    client id, host, metadata, assignment), as the broker holds them; empty when not known."""
+    from aiokafka.coordinator.protocol import ConsumerProtocolMemberAssignment
+
+    if member is None or not member[4]:
+        return set()
+    try:
+        given = ConsumerProtocolMemberAssignment.decode(member[4])
+    except Exception:  # not the consumer protocol's assignment: what the worker holds is watched alone
+        return set()
+    return {(topic, partition) for topic, partitions in given.assignment for partition in partitions}
+
+
 class LivenessMonitor:
     def __init__(self, app: Any, settings: Settings) -> None:
         self.app = app
@@ -106,17 +121,15 @@ class LivenessMonitor:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.admin import AIOKafkaAdminClient
 
-        servers = self.settings.kafka_bootstrap_servers
+        client = aiokafka_kwargs(self.settings)  # the brokers and their security, as the worker's own
+        # kept before they start: one whose start fails is closed with the others (`_close_clients`)
         if self._admin is None:
-            admin = AIOKafkaAdminClient(bootstrap_servers=servers, request_timeout_ms=10_000,
-                                        client_id=f"{self.group}-liveness")
-            await admin.start()
-            self._admin = admin
+            self._admin = AIOKafkaAdminClient(**client, request_timeout_ms=10_000, client_id=f"{self.group}-liveness")
+            await self._admin.start()
         if self._probe is None:  # end offsets only: no group, never fetches
-            probe = AIOKafkaConsumer(bootstrap_servers=servers, group_id=None, enable_auto_commit=False,
-                                     request_timeout_ms=10_000, client_id=f"{self.group}-liveness")
-            await probe.start()
-            self._probe = probe
+            self._probe = AIOKafkaConsumer(**client, group_id=None, enable_auto_commit=False,
+                                           request_timeout_ms=10_000, client_id=f"{self.group}-liveness")
+            await self._probe.start()
         return self._admin, self._probe
 
     def _assignment(self) -> set[Any]:
@@ -137,12 +150,17 @@ class LivenessMonitor:
         member_id = getattr(getattr(consumer, "_coordinator", None), "member_id", "") or ""
         (described,) = await admin.describe_consumer_groups([self.group])
         _error, _group, state, _ptype, _protocol, members, *_ = described.groups[0]
-        in_group = bool(member_id) and state not in ("Dead", "Empty") and any(m[0] == member_id for m in members)
+        mine = next((m for m in members if member_id and m[0] == member_id), None)
+        in_group = mine is not None and state not in ("Dead", "Empty")
+        # this worker's partitions only, as it holds them and as the broker says the group gave
+        # them to it: another worker's lag (one that crashed and keeps its partitions until its
+        # session times out, or one wedged) is not this one's stall, and restarting this one
+        # would not move it
+        assigned = {(tp.topic, tp.partition) for tp in self._assignment()} | _given_by_group(mine)
+        watch = sorted(tp for tp in assigned if self._watched(tp[0]))
         committed_raw = await admin.list_consumer_group_offsets(self.group)
         committed = {(tp.topic, tp.partition): meta.offset for tp, meta in committed_raw.items()
-                     if self._watched(tp.topic) and meta.offset >= 0}
-        assigned = {(tp.topic, tp.partition) for tp in self._assignment() if self._watched(tp.topic)}
-        watch = sorted(set(committed) | assigned)
+                     if (tp.topic, tp.partition) in assigned and meta.offset >= 0}
         ends_raw = await probe.end_offsets([TopicPartition(t, p) for t, p in watch]) if watch else {}
         ends = {(tp.topic, tp.partition): int(end) for tp, end in ends_raw.items()}
         recovery = getattr(self.app.tables, "recovery", None)

@@ -10,6 +10,9 @@ from processors.worker_metrics import REGISTRY
 
 POLLS = Counter("ivr_reconcile_polls_total", "Call-log polls of one app, by result (ok, failed, preempted)",
                 ["result"], registry=REGISTRY)
+PASSES_FAILED = Counter("ivr_reconcile_passes_failed_total",
+                        "Reconciliation passes that could not run (the cursors could not be read from Kafka)",
+                        registry=REGISTRY)
 CALLS_READ = Counter("ivr_reconcile_calls_read_total", "Calls read from the call log (finished or not)",
                      registry=REGISTRY)
 CALLS_INVALID = Counter("ivr_reconcile_calls_invalid_total",

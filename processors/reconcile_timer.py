@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
@@ -19,7 +20,9 @@ from aiokafka import AIOKafkaConsumer
 from aiokafka.errors import KafkaError
 
 from config import topics
+from config.kafka_client import aiokafka_kwargs
 from config.settings import Settings
+from processors import reconcile_metrics as m
 from processors.faust_app import IvrApp
 from processors.provider_api import ProviderApi
 from processors.reconciler import Reconciler, Send
@@ -34,18 +37,19 @@ log = logging.getLogger("processors.reconciler")
 class KafkaCursorStore:
     """Cursors on a compacted topic keyed by app: the latest record per app is its cursor."""
 
-    def __init__(self, bootstrap: str, topic: str, send: Send, read_timeout_s: float = 30.0) -> None:
-        self.bootstrap, self.topic, self.send = bootstrap, topic, send
+    def __init__(self, client: Mapping[str, Any], topic: str, send: Send, read_timeout_s: float = 30.0) -> None:
+        """`client`: the aiokafka keywords of the brokers and their security (`aiokafka_kwargs`)."""
+        self.client, self.topic, self.send = client, topic, send
         self.read_timeout_s = read_timeout_s
 
     async def load(self) -> dict[str, float]:
         # subscribed without a group: every partition is assigned, nothing is committed
-        consumer = AIOKafkaConsumer(self.topic, bootstrap_servers=self.bootstrap, group_id=None,
+        consumer = AIOKafkaConsumer(self.topic, **self.client, group_id=None,
                                     enable_auto_commit=False, auto_offset_reset="earliest",
                                     isolation_level="read_committed")
-        await consumer.start()
         out: dict[str, float] = {}
         try:
+            await consumer.start()  # (in the try: a consumer whose start failed is stopped too)
             deadline = time.monotonic() + self.read_timeout_s
             while not consumer.assignment():
                 if time.monotonic() > deadline:  # no partitions known: better no pass than a wrong cursor
@@ -89,8 +93,7 @@ def register(app: IvrApp, s: Settings) -> None:
         if "r" not in state:
             api = ProviderApi(s.provider_api_url, s.provider_api_key, s.provider_max_rps, s.provider_timeout_s,
                               s.provider_max_attempts)
-            cursors = KafkaCursorStore(s.kafka_bootstrap_servers, s.topic(topics.RECONCILE_CURSOR),
-                                       app.outputs.send_all)
+            cursors = KafkaCursorStore(aiokafka_kwargs(s), s.topic(topics.RECONCILE_CURSOR), app.outputs.send_all)
             state["r"] = Reconciler(s, api, cursors, app.outputs.send_all, active=app.is_leader)
         r: Reconciler = state["r"]
         return r
@@ -105,7 +108,9 @@ def register(app: IvrApp, s: Settings) -> None:
         try:
             await reconciler().run_once()
         except (OSError, TimeoutError, KafkaError) as e:  # the broker, for the cursor: the next pass retries
-            log.warning("call-log reconciliation pass failed: %s", type(e).__name__)
+            m.PASSES_FAILED.inc()
+            log.warning("call-log reconciliation pass failed: %r; the next pass in %.0fs tries again", e,
+                        s.reconcile_interval_s)
 
     app.timer(interval=s.reconcile_interval_s, on_leader=True, name="reconcile_call_log")(
         survives("reconcile_call_log", reconcile_call_log))

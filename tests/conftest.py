@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import uvicorn
 
+from bench.fake_provider import FakeProvider
 from deploy.local_kafka import KafkaBroker, free_port
 from tests.helpers import Service, new_prefix, python, wait_http
 
@@ -153,3 +157,23 @@ def stack(kafka: KafkaBroker, tmp_path_factory: pytest.TempPathFactory) -> Itera
     yield Stack(env, base, ingress, worker, tmp)
     worker.stop()
     ingress.stop()
+
+
+PROVIDER_KEY = "fake-provider-key-0123456789"
+
+
+@pytest.fixture
+def provider() -> Iterator[tuple[FakeProvider, str]]:
+    """The provider's app list and call log (`bench.fake_provider`), served over HTTP: (it, its URL)."""
+    fake = FakeProvider({}, PROVIDER_KEY, page_size=20)
+    port = free_port()
+    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning"))
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert time.monotonic() < deadline, "fake provider did not start"
+        time.sleep(0.05)
+    yield fake, f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(10)

@@ -18,11 +18,22 @@ from typing import Any
 import httpx
 import pytest
 
+from bench.fake_provider import FakeProvider
+from bench.simulator import APP as SIMULATED_APP
+from bench.simulator import Profile, generate_timed
 from config import kafka_client
 from config.settings import load
 from deploy.local_kafka import BrokerSecurity, KafkaBroker, free_port
 from deploy.tls import Pki, make_ca, make_pki
-from tests.conftest import STACK_TIMINGS, TOKEN, start_ingress, start_worker, wait_ready, wait_worker_ready
+from tests.conftest import (
+    PROVIDER_KEY,
+    STACK_TIMINGS,
+    TOKEN,
+    start_ingress,
+    start_worker,
+    wait_ready,
+    wait_worker_ready,
+)
 from tests.helpers import Service, new_prefix, python, read_all
 
 pytestmark = pytest.mark.kafka
@@ -198,3 +209,39 @@ def test_ingress_recovers_once_refused_credentials_are_accepted(pki: Pki, tmp_pa
     finally:
         ingress.stop()
         broker.stop()
+
+
+def test_worker_health_and_reconciliation_over_sasl_ssl(secure_kafka: KafkaBroker, pki: Pki, tmp_path: Path,
+                                                        provider: tuple[FakeProvider, str]) -> None:
+    """Every Kafka client of the worker connects with the secured settings, not only its consumer
+    and producer: the liveness monitor sees the group from the broker (`/healthz` says it is
+    reachable and the worker in its group; in plaintext it saw nothing, so the stall watchdog was
+    off), and the reconciler reads its cursors and heals calls whose webhooks were all lost (every
+    pass failed)."""
+    fake, url = provider
+    _, truth = generate_timed(4, time.time() - 5400, 600, Profile(), seed=3, prefix=new_prefix())
+    fake.calls = {SIMULATED_APP: truth}
+    env = {**stack_env(sasl_env(secure_kafka, pki), tmp_path), "PROVIDER_API_URL": url,
+           "PROVIDER_API_KEY": PROVIDER_KEY, "PROVIDER_APPS": SIMULATED_APP, "RECONCILE_INTERVAL_S": "3",
+           "RECONCILE_LOOKBACK_S": str(3 * 3600), "PROVIDER_MAX_RPS": "20",
+           "WORKER_STALL_TIMEOUT_S": "10"}  # the monitor looks every 2 s
+    worker, port = start_worker(env, tmp_path / "worker.log")
+    try:
+        wait_worker_ready(worker, timeout=120)
+        deadline, health = time.monotonic() + 60, dict[str, Any]()
+        while time.monotonic() < deadline and not health.get("in_group"):
+            health = httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).json()
+            time.sleep(1)
+        assert (health["broker_reachable"], health["in_group"]) == (True, True), health
+        client = kafka_client.aiokafka_kwargs(load(env))
+        topic = f"{env['TOPIC_PREFIX']}ivr.calls.completed"
+        want, got = {t.uniqueid for t in truth}, set[str]()
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and got != want:
+            got = {v["uniqueid"] for _, v in read_all(client, topic, settle=1.0)} & want
+        assert got == want, worker.log()[-3000:]
+        log = worker.log()
+        assert "reconciliation pass failed" not in log and "cannot see the consumer group" not in log
+        assert PASSWORD not in log and PROVIDER_KEY not in log
+    finally:
+        worker.stop()

@@ -100,6 +100,11 @@ CASES: dict[str, list[Case]] = {
         "15m", [({"instance": "w0:6066", "pipeline": "calls"},
                  "Worker w0:6066, calls: 10 records could not be processed")],
     )],
+    "IvrReconciliationFailing": [
+        ([(f'ivr_reconcile_passes_failed_total{{{W}, instance="w0:6066"}}', "0+1x40")],
+         "40m", [({}, "30 call-log reconciliation passes failed in 30 min")]),
+        ([(f'ivr_reconcile_passes_failed_total{{{W}, instance="w0:6066"}}', "0x10 1x10 2x20")], "40m", []),
+    ],
     "IvrIngress503Rate": [
         ([(f'ivr_ingress_requests_total{{{I}, event="IN", status="202"}}', "0+600x20"),
           (f'ivr_ingress_requests_total{{{I}, event="IN", status="503"}}', "0+60x20")],

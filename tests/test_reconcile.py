@@ -10,41 +10,21 @@ from __future__ import annotations
 
 import asyncio
 import re
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 
 from bench.fake_provider import FakeProvider
 from bench.simulator import APP, Loss, Profile, Truth, generate_timed, lose, write_events
-from deploy.local_kafka import KafkaBroker, free_port
+from deploy.local_kafka import KafkaBroker
 from schemas.timefmt import format_ts
-from tests.conftest import STACK_TIMINGS, start_worker, wait_worker_ready
+from tests.conftest import PROVIDER_KEY, STACK_TIMINGS, start_worker, wait_worker_ready
 from tests.helpers import Service, new_prefix, read_all
 
 pytestmark = pytest.mark.kafka
-KEY = "fake-provider-key-0123456789"
-
-
-@pytest.fixture
-def provider() -> Iterator[tuple[FakeProvider, str]]:
-    fake = FakeProvider({}, KEY, page_size=20)
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(fake.app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert time.monotonic() < deadline, "fake provider did not start"
-        time.sleep(0.05)
-    yield fake, f"http://127.0.0.1:{port}"
-    server.should_exit = True
-    thread.join(10)
 
 
 def metric(port: int, name: str) -> float:
@@ -105,14 +85,14 @@ def test_lossy_day_is_healed_from_the_call_log(kafka: KafkaBroker, tmp_path: Pat
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix, "TOPIC_PARTITIONS": "3",
         "WORKER_STORE": "memory://", "WORKER_DATA_DIR": str(tmp_path / "worker"), **STACK_TIMINGS,
         "WORKER_SESSION_TIMEOUT_S": "10",
-        "PROVIDER_API_URL": url, "PROVIDER_API_KEY": KEY, "RECONCILE_INTERVAL_S": "3",
+        "PROVIDER_API_URL": url, "PROVIDER_API_KEY": PROVIDER_KEY, "RECONCILE_INTERVAL_S": "3",
         "RECONCILE_LOOKBACK_S": str(3 * 3600), "PROVIDER_MAX_RPS": "20", "PROVIDER_TIMEOUT_S": "5",
     }
     worker: Service | None = None
     try:
         worker, port = start_worker(env, tmp_path / "worker1.log")
         wait_worker_ready(worker)
-        assert "call-log reconciliation is on" in worker.log() and KEY not in worker.log()
+        assert "call-log reconciliation is on" in worker.log() and PROVIDER_KEY not in worker.log()
         asyncio.run(write_events(kafka.bootstrap, f"{prefix}ivr.events", kept, progress=False))
 
         # the worker dies in the middle of a pass (some pages read, not all)
@@ -178,7 +158,7 @@ def test_lossy_day_is_healed_from_the_call_log(kafka: KafkaBroker, tmp_path: Pat
         assert metric(port, "ivr_reconcile_calls_read_total") > 0
         assert metric(port, "ivr_reconcile_cursor_age_seconds") >= 0
         log = worker.log() + (tmp_path / "worker1.log").read_text(errors="replace")
-        assert KEY not in log
+        assert PROVIDER_KEY not in log
         print(f"\nlost {lost_share:.1%} of {len(timed)} webhooks ({len(in_outage)} calls in the outage); "
               f"{len(fake.served)} provider requests; healed events counted by the second worker: "
               f"{metric(port, 'ivr_reconcile_events_healed_total'):.0f}; alerts raised {len(raised)}, "
@@ -216,7 +196,7 @@ def test_leader_change_mid_pass(kafka: KafkaBroker, tmp_path: Path, provider: tu
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix, "TOPIC_PARTITIONS": "3",
         "WORKER_STORE": "memory://", **STACK_TIMINGS, "WORKER_SESSION_TIMEOUT_S": "6",
-        "PROVIDER_API_URL": url, "PROVIDER_API_KEY": KEY, "PROVIDER_APPS": APP, "RECONCILE_INTERVAL_S": "3",
+        "PROVIDER_API_URL": url, "PROVIDER_API_KEY": PROVIDER_KEY, "PROVIDER_APPS": APP, "RECONCILE_INTERVAL_S": "3",
         "RECONCILE_LOOKBACK_S": str(3 * 3600), "PROVIDER_MAX_RPS": "20",
     }
     workers: dict[int, Service] = {}

@@ -12,6 +12,7 @@ import pytest
 from bench.fake_provider import FakeProvider
 from bench.simulator import APP, Profile, generate
 from config import topics
+from config.kafka_client import aiokafka_kwargs
 from config.settings import load
 from config.topics import ensure_topics
 from deploy.local_kafka import KafkaBroker
@@ -35,7 +36,7 @@ def test_cursor_survives_the_reconciler(kafka: KafkaBroker) -> None:
     async def one_pass() -> Reconciler:
         outputs = OutputProducer(kafka.bootstrap, "cursor-test")
         api = ProviderApi("http://provider", KEY, 1000, transport=httpx.ASGITransport(app=fake.app))
-        cursors = KafkaCursorStore(kafka.bootstrap, s.topic(topics.RECONCILE_CURSOR), outputs.send_all)
+        cursors = KafkaCursorStore(aiokafka_kwargs(s), s.topic(topics.RECONCILE_CURSOR), outputs.send_all)
         rec = Reconciler(s, api, cursors, outputs.send_all)
         try:
             assert (await cursors.load()).keys() <= {APP}
@@ -47,7 +48,7 @@ def test_cursor_survives_the_reconciler(kafka: KafkaBroker) -> None:
 
     async def scenario() -> tuple[dict[str, float], dict[str, float]]:
         await ensure_topics(s)
-        store = KafkaCursorStore(kafka.bootstrap, s.topic(topics.RECONCILE_CURSOR), lambda r: asyncio.sleep(0))
+        store = KafkaCursorStore(aiokafka_kwargs(s), s.topic(topics.RECONCILE_CURSOR), lambda r: asyncio.sleep(0))
         empty = await store.load()
         first_start = time.time()
         await one_pass()

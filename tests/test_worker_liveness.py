@@ -224,3 +224,39 @@ def test_a_group_error_faust_never_reads_is_read_and_the_worker_joins(kafka: Kaf
         squatter.join()
         if worker is not None:
             worker.stop()
+
+
+def test_a_peers_partitions_held_without_progress_are_not_this_workers_stall(kafka: KafkaBroker,
+                                                                             tmp_path: Path) -> None:
+    """Two workers; one is killed (SIGKILL: it does not leave the group) and keeps its partitions
+    until its session times out, while events keep coming to every partition. The survivor's
+    partitions move: it is healthy, whatever the lag on the dead one's (that lag once made every
+    survivor 'stalled', and, after the exit grace, exit: the whole cluster restarted for one
+    worker's crash). Then it takes the dead one's partitions over and every call is right."""
+    env = {**env_for(kafka, tmp_path, exit_after="4"), "WORKER_SESSION_TIMEOUT_S": "30"}
+    prefix, group = env["TOPIC_PREFIX"], f"{env['TOPIC_PREFIX']}ivr-processor"
+    topic = f"{prefix}ivr.events"
+    first, truth1 = calls(150, 6, "f")
+    second, truth2 = calls(300, 7, "g")
+    survivor, port = start(env, tmp_path, "survivor")
+    doomed, _ = start_worker({**env, "WORKER_DATA_DIR": str(tmp_path / "doomed")}, tmp_path / "doomed.log")
+    try:
+        wait_worker_ready(doomed)  # joined: the partitions are shared
+        wait_members(kafka.bootstrap, group, 2, timeout=60)
+        asyncio.run(write_events(kafka.bootstrap, topic, first, progress=False))
+        assert_truth(kafka, prefix, truth1)
+        doomed.kill()
+        killed_at = time.monotonic()
+        asyncio.run(write_events(kafka.bootstrap, topic, second, progress=False))
+        seen: list[tuple[int, dict[str, Any]]] = []
+        while time.monotonic() < killed_at + 22:  # well past the stall timeout (4 s) and exit grace (4 s)
+            seen.append(health(port))
+            time.sleep(0.5)
+        assert survivor.alive(), survivor.log()[-3000:]
+        assert [body for code, body in seen if code != 200] == []
+        assert members(kafka.bootstrap, group) == 2  # the dead worker still held its partitions meanwhile
+        assert_truth(kafka, prefix, truth1 + truth2)
+        assert health(port)[0] == 200
+    finally:
+        doomed.kill()
+        survivor.stop()
