@@ -40,6 +40,8 @@ from collections.abc import Awaitable, Callable, Iterable, MutableMapping, Seque
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar, cast
 
+import orjson
+
 from config import topics
 from config.kafka_producer import partition_for
 from processors import bundles
@@ -464,10 +466,23 @@ def unprocessable(pipeline: str, record: Source, error: Exception) -> Unprocessa
     except UnicodeDecodeError:
         text, b64 = value.decode("utf-8", "replace"), base64.b64encode(value).decode()
     return UnprocessableEvent(
-        topic=record.topic, partition=record.partition, offset=record.offset,
+        app=_app_of(value), topic=record.topic, partition=record.partition, offset=record.offset,
         key=key.decode("utf-8", "replace"), value=text, value_base64=b64,
         error_type=type(error).__name__, error=str(error)[:1000], pipeline=pipeline, at=format_ts(time.time()),
     )
+
+
+def _app_of(value: bytes) -> str:
+    """The `app` of a record that could not be processed, if it can be read (else empty): every
+    record a pipeline reads is an object with one, or a bundle (an array) of them."""
+    try:
+        data = orjson.loads(value)
+    except orjson.JSONDecodeError:
+        return ""
+    if isinstance(data, list) and data:
+        data = data[0]
+    app = data.get("app") if isinstance(data, dict) else None
+    return app[:128] if isinstance(app, str) else ""
 
 
 def _anywhere(_: int) -> None:

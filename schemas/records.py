@@ -271,6 +271,7 @@ class UnprocessableEvent:
     """ivr.events.unprocessable: a record the worker could not process, kept as received with the
     error; keyed as the record was. The rest of its batch was processed normally."""
 
+    app: str = doc("the record's `app` (a bundle's: its first item's) if one could be read, else empty")
     topic: str = doc("the topic the record was read from")
     partition: Count = doc("its partition")
     offset: Count = doc("its offset")

@@ -100,6 +100,7 @@ def test_a_poison_event_alone_and_inside_a_backlog_batch_affects_no_other_call(
     assert sorted(d["key"] for d in dead) == ["poison-alone", "poison-in-batch"]
     for d in dead:
         assert d["topic"] == topic and d["pipeline"] == "calls" and d["error_type"] == "OverflowError"
+        assert d["app"] == APP
         assert '"duration":1e308' in d["value"] and d["value_base64"] is None
         assert isinstance(d["partition"], int) and isinstance(d["offset"], int)
 

@@ -14,7 +14,7 @@ from config.kafka_producer import partition_for
 from processors.core.refusal import Refused
 from processors.json_store import JsonStore
 from processors.output_producer import Offsets, Placed, Record
-from processors.runtime import FAR_BEHIND, TICK, HeldRecord, Output, Pipeline, Result, Runner, StoreError
+from processors.runtime import FAR_BEHIND, TICK, HeldRecord, Output, Pipeline, Result, Runner, StoreError, unprocessable
 
 SRC, TICKS, DLQ, OUT = "src", "ticks", "dead", "out"
 
@@ -270,6 +270,16 @@ def test_a_failing_record_is_dead_lettered_and_confined_to_itself() -> None:
     assert dead[1]["value_base64"] is not None  # not UTF-8: kept exactly
     assert [k for k, _ in delivery.records(DLQ)] == [b"k", b"bad"]  # keyed as received
     assert r.next_offset[0] == 7  # dead-lettered records count as handled
+    assert [d["app"] for d in dead] == ["", ""]  # neither is an object with an app
+
+
+def test_a_dead_letter_carries_the_app_of_its_record_when_it_can_be_read() -> None:
+    def app_of(value: bytes) -> str:
+        return unprocessable("calls", HeldRecord(SRC, 0, 1, b"k", value), ValueError("x")).app
+
+    assert app_of(b'{"app": "4e11fe2082b044b4a3b55718c79c29d5", "event": "TE"}') == "4e11fe2082b044b4a3b55718c79c29d5"
+    assert app_of(b'[{"app": "A1", "key": "A1:9001"}, {"app": "A1"}]') == "A1"  # a bundle: its first item's
+    assert [app_of(v) for v in (b"not json", b'{"app": 7}', b"[]", b'"A1"', b"\xff")] == ["", "", "", "", ""]
 
 
 def test_a_bundle_that_fails_undoes_every_key_it_touched() -> None:
