@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
@@ -157,12 +158,16 @@ class Ingress:
             log.info("request body not received within %.0fs; nothing written", BODY_TIMEOUT_S)
             detail = f"the body did not arrive within {BODY_TIMEOUT_S:.0f}s"
             return _json(408, {"error": "request_timeout", "detail": detail}, {"Connection": "close"}), "unknown"
-        except bodies.BodyTooLarge:
+        except bodies.BodyTooLarge as e:  # kept too, as far as the limit: nothing with a valid token is lost
             limit = self.settings.max_body_bytes
-            return _json(413, {"error": "body_too_large", "detail": f"the limit is {limit} bytes"}), "unknown"
+            reason = f"over the limit of {limit} bytes: its first {len(e.head)} bytes are kept"
+            return await self._dead_letter(request, received_at, query_string, e.head, [FieldError("body", reason)],
+                                           413, "body_too_large"), "unknown"
         except bodies.UnsupportedMediaType:
-            detail = f"use {bodies.FORM} or {bodies.JSON} (got {kind or 'none'!r})"
-            return _json(415, {"error": "unsupported_media_type", "detail": detail}), "unknown"
+            reason = f"use {bodies.FORM} or {bodies.JSON} (got {kind or 'none'!r})"
+            refused = [FieldError("content-type", reason)]
+            return await self._dead_letter(request, received_at, query_string, body, refused,
+                                           415, "unsupported_media_type"), "unknown"
         except InvalidWebhook as e:
             label = event_label(fields.get("event") or query.get("event"))
             return await self._dead_letter(request, received_at, query_string, body, e.errors), label
@@ -176,8 +181,11 @@ class Ingress:
         return _json(202, {"status": "accepted", "id": event.id}), event.event
 
     async def _dead_letter(
-        self, request: Request, received_at: float, query_string: str, body: bytes, errors: list[FieldError]
+        self, request: Request, received_at: float, query_string: str, body: bytes, errors: list[FieldError],
+        status: int = 422, error: str = "invalid_event",
     ) -> Response:
+        """Keep an authenticated request refused as invalid on `ivr.events.invalid`, as received
+        (tokens scrubbed), and answer `status` once it is durable (503 if it cannot be made so)."""
         scrub = Scrubber((*self.settings.webhook_tokens, *_presented_secrets(request, query_string, body)))
         query_string = scrub.text(drop_token_params(query_string))
         body = scrub.bytes(body)
@@ -201,7 +209,7 @@ class Ingress:
             return _unavailable()
         DEAD_LETTERED.inc()
         detail = "; ".join(f"{e.field}: {e.reason}" for e in errors)
-        return _json(422, {"error": "invalid_event", "detail": detail, "errors": _errors(errors)})
+        return _json(status, {"error": error, "detail": detail, "errors": _errors(errors)})
 
     async def healthz(self, request: Request) -> Response:
         return _json(200, {"status": "alive"})
@@ -270,7 +278,15 @@ def create_app(settings: Settings | None = None, writer: Writer | None = None) -
         ],
         lifespan=ingress.lifespan,
         middleware=[Middleware(HeaderLimit)],
+        exception_handlers={HTTPException: _http_error},
     )
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    """Starlette's own refusals (404 unknown path, 405 other methods) in JSON, like every answer."""
+    assert isinstance(exc, HTTPException)
+    error = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
+    return _json(exc.status_code, {"error": error, "detail": exc.detail}, dict(exc.headers or {}))
 
 
 app = create_app()

@@ -17,7 +17,11 @@ JSON = "application/json"
 
 
 class BodyTooLarge(Exception):
-    pass
+    """A body over the limit; `head`: its first `limit` bytes (what is kept of it)."""
+
+    def __init__(self, head: bytes) -> None:
+        super().__init__(f"body over the limit ({len(head)} bytes kept)")
+        self.head = head
 
 
 class UnsupportedMediaType(Exception):
@@ -29,21 +33,25 @@ class IncompleteBody(Exception):
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or `BodyTooLarge` / `IncompleteBody`: a partial body is never returned."""
+    """The whole body, or `BodyTooLarge` / `IncompleteBody`: a partial body is never returned as
+    the body. Of a body over the limit (declared or sent), the first `limit` bytes are read, and
+    no more, to be kept with the refusal."""
     declared = request.headers.get("content-length")
     expected = int(declared) if declared is not None and declared.isdigit() else None
-    if expected is not None and expected > limit:
-        raise BodyTooLarge
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
-            if size > limit:
-                raise BodyTooLarge
             chunks.append(chunk)
+            if size > limit or (expected is not None and expected > limit and size >= limit):
+                raise BodyTooLarge(b"".join(chunks)[:limit])
     except ClientDisconnect:
+        if expected is not None and expected > limit:
+            raise BodyTooLarge(b"".join(chunks)[:limit]) from None  # refused either way: keep what came
         raise IncompleteBody from None
+    if expected is not None and expected > limit:
+        raise BodyTooLarge(b"".join(chunks)[:limit])  # declared more than it sent
     if expected is not None and size != expected:
         raise IncompleteBody
     return b"".join(chunks)

@@ -86,7 +86,7 @@ def test_refusals_and_dead_letters(ingress: str, kafka: KafkaBroker, prefix: str
     assert r.status_code == 401 and r.json()["detail"] == "invalid token"
     r = httpx.post(url, params={"token": "nope"}, content=b"garbage", headers={"content-type": "text/plain"})
     assert r.status_code == 401
-    # 413: over the body limit (16 KiB by default)
+    # 413: over the body limit (16 KiB by default); kept (its first 16 KiB), like every refusal below
     r = httpx.post(url, params={"token": TOKEN}, data={**EVENTS["IN"], "pad": "x" * 20000})
     assert r.status_code == 413 and "limit" in r.json()["detail"]
     # 415: unsupported content type
@@ -112,14 +112,17 @@ def test_refusals_and_dead_letters(ingress: str, kafka: KafkaBroker, prefix: str
     assert r.status_code == 422 and r.json()["errors"][0]["field"] == "body"
     r = httpx.post(url, params={"token": TOKEN}, json=[1, 2])
     assert r.status_code == 422
-    dead = read_topic(kafka.bootstrap, f"{prefix}ivr.events.invalid", len(bad) + 2)
-    assert len(dead) == len(bad) + 2
+    dead = read_topic(kafka.bootstrap, f"{prefix}ivr.events.invalid", len(bad) + 4)
+    assert len(dead) == len(bad) + 4
     assert TOKEN not in orjson.dumps([v for _, v in dead]).decode()
     bodies = {v["body"]: v for _, v in dead}  # unkeyed: spread over partitions, no order to rely on
     first = bodies[str(httpx.QueryParams({k: v for k, v in EVENTS["TA"].items() if k != "attemptid"}))]
     assert first["method"] == "POST" and first["query"] == "" and first["app"] == APP
     assert first["errors"] == [{"field": "attemptid", "reason": "required for TA"}]
     assert bodies["{not json"]["content_type"] == "application/json"
+    assert bodies["<xml/>"]["errors"][0]["field"] == "content-type"
+    [too_large] = [v for v in bodies.values() if len(v["body"]) == 16384]
+    assert too_large["app"] == APP and too_large["errors"][0]["field"] == "body"
     # nothing from the refused requests reached ivr.events
     assert read_all(kafka.bootstrap, f"{prefix}ivr.events", settle=1.0) == []
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -85,16 +86,43 @@ def test_401_missing_or_wrong_token_writes_nothing(client: TestClient, writer: F
     assert writer.records == []
 
 
-def test_413_body_over_the_limit(client: TestClient, writer: FakeWriter) -> None:
+def test_413_body_over_the_limit_keeps_its_first_bytes(client: TestClient, writer: FakeWriter) -> None:
+    """Refused, and kept as far as the limit: nothing sent with a valid token is lost."""
     r = client.post(URL, params={"token": TOKEN}, data={**IN, "pad": "x" * 20000})
-    assert r.status_code == 413 and "16384" in r.json()["detail"]
-    assert writer.records == []
+    assert r.status_code == 413 and r.json()["error"] == "body_too_large" and "16384" in r.json()["detail"]
+    [dead] = writer.on("u.ivr.events.invalid")
+    assert writer.on("u.ivr.events") == []
+    assert len(dead["body"]) == 16384 and dead["body"].startswith("app=4e11fe") and dead["body"].endswith("x")
+    assert dead["errors"] == r.json()["errors"] == [
+        {"field": "body", "reason": "over the limit of 16384 bytes: its first 16384 bytes are kept"}]
+    assert TOKEN not in orjson.dumps(dead).decode()
+    writer.fail = True  # not durable: 503, so it is sent again
+    r = client.post(URL, params={"token": TOKEN}, data={**IN, "pad": "x" * 20000})
+    assert r.status_code == 503
 
 
-def test_415_unsupported_content_type(client: TestClient, writer: FakeWriter) -> None:
+def test_413_a_body_declared_over_the_limit_is_read_no_further(writer: FakeWriter) -> None:
+    """Content-Length over the limit: refused once the limit's worth has come, the rest unread."""
+    body = b"app=" + APP.encode() + b"&pad=" + b"y" * 40000
+    messages = [{"type": "http.request", "body": body[i:i + 1000], "more_body": i + 1000 < len(body)}
+                for i in range(0, len(body), 1000)]
+    status, received = asyncio.run(_call_with(create_app(SETTINGS, writer=writer), messages, len(body)))
+    assert status == 413
+    assert received <= 17  # chunks read: the limit's worth (16384 bytes), not the 40 KB declared
+    [dead] = writer.on("u.ivr.events.invalid")
+    assert len(dead["body"]) == 16384
+
+
+def test_415_unsupported_content_type_is_kept(client: TestClient, writer: FakeWriter) -> None:
     r = client.post(URL, params={"token": TOKEN}, content=b"<xml/>", headers={"content-type": "application/xml"})
     assert r.status_code == 415 and r.json()["error"] == "unsupported_media_type"
-    assert writer.records == []
+    [dead] = writer.on("u.ivr.events.invalid")
+    assert writer.on("u.ivr.events") == []
+    assert (dead["body"], dead["content_type"], dead["errors"][0]["field"]) == ("<xml/>", "application/xml",
+                                                                                "content-type")
+    r = client.post(URL, params={"token": TOKEN, **IN}, files={"f": ("a.txt", b"x")})  # multipart: kept too
+    assert r.status_code == 415 and len(writer.on("u.ivr.events.invalid")) == 2
+    assert writer.on("u.ivr.events.invalid")[1]["app"] == APP  # read from the query string
 
 
 @pytest.mark.parametrize(("fields", "field", "reason"), [
@@ -182,9 +210,24 @@ async def _call(app: Any, body_parts: list[bytes], declared: int) -> tuple[int |
     """Drive the ASGI app directly: the body arrives in `body_parts`, then the client disconnects."""
     messages = [{"type": "http.request", "body": p, "more_body": True} for p in body_parts]
     messages.append({"type": "http.disconnect"})
+    status, sent, _ = await _drive(app, messages, declared)
+    return status, sent
+
+
+async def _call_with(app: Any, messages: list[dict[str, Any]], declared: int) -> tuple[int | None, int]:
+    """Drive the ASGI app with these messages: its status, and how many messages it read."""
+    status, _, received = await _drive(app, messages, declared)
+    return status, received
+
+
+async def _drive(app: Any, messages: list[dict[str, Any]],
+                 declared: int) -> tuple[int | None, list[dict[str, Any]], int]:
     sent: list[dict[str, Any]] = []
+    received = 0
 
     async def receive() -> dict[str, Any]:
+        nonlocal received
+        received += 1
         return messages.pop(0) if messages else {"type": "http.disconnect"}
 
     async def send(message: dict[str, Any]) -> None:
@@ -197,7 +240,7 @@ async def _call(app: Any, body_parts: list[bytes], declared: int) -> tuple[int |
              "client": ("127.0.0.1", 5000), "server": ("127.0.0.1", 80), "state": {}}
     await app(scope, receive, send)
     status = next((m["status"] for m in sent if m["type"] == "http.response.start"), None)
-    return status, sent
+    return status, sent, received
 
 
 def test_a_body_cut_short_writes_nothing(writer: FakeWriter) -> None:
@@ -215,3 +258,11 @@ def test_a_body_cut_short_writes_nothing(writer: FakeWriter) -> None:
     with TestClient(app) as c:
         assert c.post(URL, params={"token": TOKEN}, content=full,
                       headers={"content-type": "application/x-www-form-urlencoded"}).status_code == 202
+
+
+def test_other_methods_and_paths_get_json_errors(client: TestClient) -> None:
+    r = client.put(URL, params={"token": TOKEN}, data=IN)
+    assert (r.status_code, r.json()["error"]) == (405, "method_not_allowed")
+    assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+    r = client.get("/nowhere")
+    assert (r.status_code, r.json()["error"]) == (404, "not_found")
