@@ -55,7 +55,7 @@ class Settings:
     kafka_nodes: int = 1  # brokers `make run` starts locally (1 or 3)
     provider_timeout_s: float = 10.0
     provider_max_attempts: int = 6
-    connected_idle_timeout_s: float = 14400.0
+    connected_idle_timeout_s: float = 0.0  # 0: the same as CALL_IDLE_TIMEOUT_S (see `calls.lifecycle_config`)
     closed_call_retention_s: float = 86400.0
     metrics_grace_s: float = 1800.0
     metrics_idle_close_s: float = 960.0

@@ -37,7 +37,9 @@ def lifecycle_config(s: Settings) -> LifecycleConfig:
     return LifecycleConfig(
         hangup_grace_s=s.hangup_grace_s,
         idle_timeout_s=s.call_idle_timeout_s,
-        connected_idle_timeout_s=s.connected_idle_timeout_s,
+        # the contract's rule, a call with no event for CALL_IDLE_TIMEOUT_S is closed, holds for a
+        # call whose agent is talking too unless CONNECTED_IDLE_TIMEOUT_S says otherwise
+        connected_idle_timeout_s=s.connected_idle_timeout_s or s.call_idle_timeout_s,
         retention_s=s.closed_call_retention_s,
         short_abandon_s=s.short_abandon_s,
         max_state_bytes=s.worker_produce_batch_bytes // 2,  # its record, about as large, fits a batch

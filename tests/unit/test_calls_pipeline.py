@@ -160,3 +160,12 @@ def test_calls_kept_between_batches_give_the_same_bytes_as_calls_read_from_the_t
         assert most > (1 if keep_bytes == 3000 else 30)
         assert kept_rows == rows
         assert kept == read
+
+
+def test_a_talking_call_closes_on_call_idle_timeout_unless_connected_idle_timeout_is_set() -> None:
+    """The contract: a call with no event for CALL_IDLE_TIMEOUT_S is closed; CONNECTED_IDLE_TIMEOUT_S
+    (unset by default) lets calls whose agent is talking stay open longer."""
+    assert calls.lifecycle_config(load({"CALL_IDLE_TIMEOUT_S": "20"})).connected_idle_timeout_s == 20
+    assert calls.lifecycle_config(load({})).connected_idle_timeout_s == 900
+    cfg = calls.lifecycle_config(load({"CALL_IDLE_TIMEOUT_S": "20", "CONNECTED_IDLE_TIMEOUT_S": "14400"}))
+    assert (cfg.idle_timeout_s, cfg.connected_idle_timeout_s) == (20, 14400)
