@@ -20,6 +20,7 @@ from aiokafka.errors import KafkaConnectionError, KafkaError
 from rich.console import Console
 from rich.table import Table
 
+from config import kafka_client
 from config.settings import Settings, SettingsError, load
 from config.topics import CATALOGUE
 from ivr_cli import kafka
@@ -62,12 +63,29 @@ def _run(coro: Coroutine[Any, Any, T], settings: Settings) -> T:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         raise typer.Exit(0) from None
     except KafkaConnectionError:
-        err.print(f"error: cannot reach Kafka at {settings.kafka_bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS); "
-                  "is the stack running (`make run`)?")
+        refusal = _refusal(settings)
+        if refusal is not None:  # reached, and refused: the line naming the setting at fault
+            err.print(f"error: {refusal}")
+        else:
+            err.print(f"error: cannot reach Kafka at {settings.kafka_bootstrap_servers} (KAFKA_BOOTSTRAP_SERVERS); "
+                      "is the stack running (`make run`)?")
         raise typer.Exit(1) from None
     except KafkaError as e:
         err.print(f"error: Kafka: {e}")
         raise typer.Exit(1) from None
+
+
+def _refusal(settings: Settings) -> str | None:
+    """Why the broker refused this client (credentials, certificates), if it did; None when it
+    could not be reached at all."""
+    logging.getLogger("config.kafka").setLevel(logging.CRITICAL)  # its line is printed by the caller
+    try:
+        asyncio.run(kafka_client.check_connection(settings, timeout_s=5.0))
+    except kafka_client.KafkaSetupError as e:
+        return str(e.args[0]) if e.args else str(e)
+    except Exception:  # nothing more to say than "cannot reach"
+        return None
+    return None
 
 
 def _decode(value: bytes | None) -> Any:
@@ -84,8 +102,9 @@ def _emit_json(value: bytes | None) -> None:
 
 @app.command()
 def tail(
-    topic: Annotated[str, typer.Argument(metavar="TOPIC", help=f"one of: {', '.join(TOPICS)} (or a full topic name)",
-                                         show_default=False)],
+    topic: Annotated[str, typer.Argument(
+        metavar="TOPIC", help=f"one of: {', '.join(TOPICS)} (or their full names, with TOPIC_PREFIX or without)",
+        show_default=False)],
     from_beginning: Annotated[bool, typer.Option("--from-beginning", "-b",
                                                  help="start at the oldest record kept, not at the end")] = False,
     app_filter: App = None,
@@ -98,12 +117,12 @@ def tail(
                                                     min=0)] = None,
 ) -> None:
     """Follow a topic and print each record as one line (Ctrl-C stops)."""
-    try:
-        base = topic_base(topic)
-    except KeyError:
-        err.print(f"error: unknown topic {topic!r}; one of: {', '.join(TOPICS)}")
-        raise typer.Exit(2) from None
     settings = _settings()
+    try:
+        base = topic_base(topic, settings.topic_prefix)
+    except KeyError:
+        err.print(f"error: unknown topic {topic!r}; one of: {', '.join(TOPICS)} (or their full names)")
+        raise typer.Exit(2) from None
     kind = KIND_OF[base]
 
     async def go() -> None:
@@ -200,7 +219,12 @@ def simulate(ctx: typer.Context) -> None:
         settings = _settings()
         args += ["--url", f"http://127.0.0.1:{settings.ingress_port}/webhooks/ivr"]
         if "--token" not in given:
-            args += ["--token", settings.webhook_tokens[0] if settings.webhook_tokens else _dev_token(settings)]
+            token = settings.webhook_tokens[0] if settings.webhook_tokens else _dev_token(settings)
+            if not token:  # every webhook would be refused (401)
+                err.print("error: no webhook token: set WEBHOOK_TOKENS, pass --token, or start the stack with "
+                          "`make run` (it makes one)")
+                raise typer.Exit(2)
+            args += ["--token", token]
     try:
         code = simulator_main(args, prog="ivr simulate")
     except KeyboardInterrupt:

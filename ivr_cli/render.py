@@ -23,12 +23,15 @@ TOPICS: dict[str, str] = {
 KIND_OF = {base: kind for kind, base in TOPICS.items()}
 
 
-def topic_base(name: str) -> str:
-    """`calls` -> `ivr.calls.completed`; a full base name is kept as it is."""
+def topic_base(name: str, prefix: str = "") -> str:
+    """`calls` -> `ivr.calls.completed`; a full name is kept as it is, less `prefix` (TOPIC_PREFIX)
+    when it starts with it."""
     if name in TOPICS:
         return TOPICS[name]
     if name in KIND_OF:
         return name
+    if prefix and name.startswith(prefix) and name[len(prefix):] in KIND_OF:
+        return name[len(prefix):]
     raise KeyError(name)
 
 

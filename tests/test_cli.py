@@ -75,8 +75,10 @@ def test_other_summaries() -> None:
 
 def test_filters_masking_and_open_alerts() -> None:
     assert topic_base("calls") == "ivr.calls.completed" and topic_base("ivr.alerts.missed") == "ivr.alerts.missed"
-    with pytest.raises(KeyError):
-        topic_base("nope")
+    assert topic_base("c3.ivr.calls.completed", "c3.") == "ivr.calls.completed"  # as `ivr topics` names it
+    for name, prefix in (("nope", ""), ("c3.ivr.calls.completed", ""), ("c3.ivr.internal.call-ticks", "c3.")):
+        with pytest.raises(KeyError):
+            topic_base(name, prefix)
     assert mask_cli("9716700271") == "******0271" and mask_cli("") == ""
     assert matches(call("1"), APP.upper(), "9716700271") and not matches(call("1"), OTHER_APP, None)
     assert not matches({"app": APP}, None, "9716700271")  # no caller number: a --cli filter excludes it
@@ -86,6 +88,14 @@ def test_filters_masking_and_open_alerts() -> None:
 
 
 # --- against the broker ----------------------------------------------------------------------------
+
+def test_simulate_without_any_token_says_so_and_posts_nothing(tmp_path: Path) -> None:
+    """No WEBHOOK_TOKENS, no --token, no `make run` token: every webhook would get 401."""
+    env = {k: v for k, v in os.environ.items() if k != "WEBHOOK_TOKENS"}
+    r = ivr({**env, "RUN_DIR": str(tmp_path), "INGRESS_PORT": "9"}, "simulate", "--calls", "1")
+    assert r.returncode == 2 and "no webhook token" in r.stderr, r.stderr
+    assert "HTTP statuses" not in r.stderr
+
 
 def _env(kafka: KafkaBroker, prefix: str) -> dict[str, str]:
     return {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix,

@@ -9,6 +9,8 @@ ingress that meets a refusal later (the broker away at its start) recovers once 
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -23,7 +25,7 @@ from bench.simulator import APP as SIMULATED_APP
 from bench.simulator import Profile, generate_timed
 from config import kafka_client
 from config.settings import load
-from deploy.local_kafka import BrokerSecurity, KafkaBroker, free_port
+from deploy.local_kafka import ROOT, BrokerSecurity, KafkaBroker, free_port
 from deploy.tls import Pki, make_ca, make_pki
 from tests.conftest import (
     PROVIDER_KEY,
@@ -156,6 +158,11 @@ def test_refused_credentials_stop_ingress_and_worker_at_start(case: str, secure_
             line = _exits_with_one_line(service, expected)
             print(f"{case}: {line.strip()[-300:]}")
             assert "not-the-password" not in service.log()
+        # the `ivr` command says the same, not that Kafka cannot be reached
+        cli = subprocess.run(python("-m", "ivr_cli", "topics"), env={**os.environ, **env}, capture_output=True,
+                             text=True, timeout=120, cwd=ROOT)
+        assert cli.returncode == 1 and all(e in cli.stderr for e in expected), cli.stderr
+        assert "cannot reach" not in cli.stderr and "not-the-password" not in cli.stdout + cli.stderr
     finally:
         worker.kill()
         ingress.kill()
