@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import hmac
+import sys
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -182,6 +183,8 @@ def main(argv: list[str] | None = None) -> int:
     with open(args.truth, "rb") as f:
         truth = truth_from_json(orjson.loads(f.read()))
     provider = FakeProvider({args.app: truth}, args.key, args.page_size)
+    print(f"the call log of {len(truth)} calls of app {args.app}; for the workers: "
+          f"PROVIDER_API_URL=http://127.0.0.1:{args.port} PROVIDER_API_KEY=<--key>", file=sys.stderr, flush=True)
     uvicorn.run(provider.app, host="127.0.0.1", port=args.port, log_level="warning")
     return 0
 
