@@ -99,6 +99,8 @@ def base_env(broker: KafkaBroker, prefix: str, tmp: Path) -> dict[str, str]:
     return {"KAFKA_BOOTSTRAP_SERVERS": broker.bootstrap, "TOPIC_PREFIX": prefix, "TOPIC_PARTITIONS": "6",
             "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": "rocksdb://", "WORKER_DATA_DIR": str(tmp / f"{prefix}w"),
             "HANGUP_GRACE_S": "1", "CALL_IDLE_TIMEOUT_S": "3", "WORKER_SESSION_TIMEOUT_S": "10",
+            # a talking call waits for its TE, as before this default changed: figures stay comparable
+            "CONNECTED_IDLE_TIMEOUT_S": "14400",
             }
 
 

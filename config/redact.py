@@ -80,6 +80,22 @@ def redact_token_params(text: str) -> str:
     return TOKEN_PARAM.sub(lambda m: m.group(1) + MASK, text)
 
 
+# a `token` field of a body kept without being parsed (cut short at the size limit, multipart, or
+# invalid): its value, in JSON (up to its closing quote, or the end of a cut body) and in a
+# multipart part (the line after the part's headers)
+_JSON_TOKEN = re.compile(rb'(?i)("token"\s*:\s*")((?:[^"\\]|\\.)*)')
+_MULTIPART_TOKEN = re.compile(rb'(?i)(content-disposition:[^\r\n]*\bname="?token"?(?:[;\s][^\r\n]*)?\r?\n'
+                              rb'(?:[^\r\n]+\r?\n)*\r?\n)([^\r\n]*)')
+
+
+def redact_token_fields(body: bytes) -> bytes:
+    """Every value of a field named `token` in a body, read leniently (a form's `token=`, the name
+    in any encoding; JSON; multipart), masked whatever its value; all other bytes as they were."""
+    out = redact_token_params(body.decode("latin-1")).encode("latin-1")  # latin-1: byte for byte
+    out = _JSON_TOKEN.sub(lambda m: m.group(1) + MASK.encode(), out)
+    return _MULTIPART_TOKEN.sub(lambda m: m.group(1) + MASK.encode(), out)
+
+
 def drop_token_params(query: str) -> str:
     """A query string without its `token` parameters (name in any encoding)."""
     kept = []

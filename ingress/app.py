@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from config import settings as settings_module
 from config import topics
 from config.logs import install_filters
-from config.redact import Scrubber, drop_token_params
+from config.redact import Scrubber, drop_token_params, redact_token_fields
 from config.settings import Settings
 from ingress import body as bodies
 from ingress.auth import TokenCheck
@@ -87,6 +87,10 @@ class Ingress:
         self.settings = settings
         self.tokens = TokenCheck(settings.webhook_tokens)
         self.scrubber = Scrubber(settings.webhook_tokens)  # no copy of a token is stored, in any encoding
+        # read past the size limit of a refused body, so that a token the limit cuts in two is seen
+        # whole (and scrubbed) before the body is cut: its longest encoding (a character percent-encoded
+        # as four UTF-8 bytes)
+        self._token_margin = 12 * max(map(len, settings.webhook_tokens), default=0)
         self.writer = writer
         self.events_topic = settings.topic(topics.EVENTS)
         self.invalid_topic = settings.topic(topics.EVENTS_INVALID)
@@ -139,7 +143,8 @@ class Ingress:
         try:
             if request.method == "POST":
                 async with asyncio.timeout(BODY_TIMEOUT_S):
-                    body = await bodies.read_body(request, self.settings.max_body_bytes)
+                    body = await bodies.read_body(request, self.settings.max_body_bytes,
+                                                  self.settings.max_body_bytes + self._token_margin)
                 kind = bodies.media_type(request)
                 if kind not in (bodies.FORM, bodies.JSON):
                     raise bodies.UnsupportedMediaType
@@ -158,11 +163,13 @@ class Ingress:
             log.info("request body not received within %.0fs; nothing written", BODY_TIMEOUT_S)
             detail = f"the body did not arrive within {BODY_TIMEOUT_S:.0f}s"
             return _json(408, {"error": "request_timeout", "detail": detail}, {"Connection": "close"}), "unknown"
-        except bodies.BodyTooLarge as e:  # kept too, as far as the limit: nothing with a valid token is lost
+        except bodies.BodyTooLarge as e:  # kept too, as far as the limit
             limit = self.settings.max_body_bytes
-            reason = f"over the limit of {limit} bytes: its first {len(e.head)} bytes are kept"
+            reason = f"over the limit of {limit} bytes: only its first {limit} bytes are kept"
+            # closed: a client that sent `Expect: 100-continue` would otherwise upload the rest,
+            # read and discarded by the server to keep the connection
             return await self._dead_letter(request, received_at, query_string, e.head, [FieldError("body", reason)],
-                                           413, "body_too_large"), "unknown"
+                                           413, "body_too_large", cut=limit, headers={"Connection": "close"}), "unknown"
         except bodies.UnsupportedMediaType:
             reason = f"use {bodies.FORM} or {bodies.JSON} (got {kind or 'none'!r})"
             refused = [FieldError("content-type", reason)]
@@ -182,13 +189,17 @@ class Ingress:
 
     async def _dead_letter(
         self, request: Request, received_at: float, query_string: str, body: bytes, errors: list[FieldError],
-        status: int = 422, error: str = "invalid_event",
+        status: int = 422, error: str = "invalid_event", cut: int | None = None,
+        headers: dict[str, str] | None = None,
     ) -> Response:
         """Keep an authenticated request refused as invalid on `ivr.events.invalid`, as received
-        (tokens scrubbed), and answer `status` once it is durable (503 if it cannot be made so)."""
+        (tokens scrubbed; the body cut to `cut` bytes after that), and answer `status` once it is
+        durable (503 if it cannot be made so)."""
         scrub = Scrubber((*self.settings.webhook_tokens, *_presented_secrets(request, query_string, body)))
         query_string = scrub.text(drop_token_params(query_string))
-        body = scrub.bytes(body)
+        # a body that may not parse (cut short, multipart) hides its token fields from
+        # `_presented_secrets`: every `token` field's value is masked, read leniently
+        body = redact_token_fields(scrub.bytes(body))[:cut]
         text = body.decode("utf-8", errors="replace")
         errors = [FieldError(scrub.text(e.field), scrub.text(e.reason)) for e in errors]
         record = InvalidEvent(
@@ -209,7 +220,7 @@ class Ingress:
             return _unavailable()
         DEAD_LETTERED.inc()
         detail = "; ".join(f"{e.field}: {e.reason}" for e in errors)
-        return _json(status, {"error": error, "detail": detail, "errors": _errors(errors)})
+        return _json(status, {"error": error, "detail": detail, "errors": _errors(errors)}, headers)
 
     async def healthz(self, request: Request) -> Response:
         return _json(200, {"status": "alive"})

@@ -32,26 +32,28 @@ class IncompleteBody(Exception):
     """The client went away, or stopped sending, before the body it declared had arrived."""
 
 
-async def read_body(request: Request, limit: int) -> bytes:
+async def read_body(request: Request, limit: int, head: int = 0) -> bytes:
     """The whole body, or `BodyTooLarge` / `IncompleteBody`: a partial body is never returned as
-    the body. Of a body over the limit (declared or sent), the first `limit` bytes are read, and
-    no more, to be kept with the refusal."""
+    the body. Of a body over the limit (declared or sent), the first `max(limit, head)` bytes are
+    read, and no more, to be kept with the refusal (a little past the limit: a token cut in two at
+    the limit is still recognised, and scrubbed, before the head is cut to the limit)."""
     declared = request.headers.get("content-length")
     expected = int(declared) if declared is not None and declared.isdigit() else None
+    keep = max(limit, head)
     chunks: list[bytes] = []
     size = 0
     try:
         async for chunk in request.stream():
             size += len(chunk)
             chunks.append(chunk)
-            if size > limit or (expected is not None and expected > limit and size >= limit):
-                raise BodyTooLarge(b"".join(chunks)[:limit])
+            if size > keep or (expected is not None and expected > limit and size >= keep):
+                raise BodyTooLarge(b"".join(chunks)[:keep])
     except ClientDisconnect:
         if expected is not None and expected > limit:
-            raise BodyTooLarge(b"".join(chunks)[:limit]) from None  # refused either way: keep what came
+            raise BodyTooLarge(b"".join(chunks)[:keep]) from None  # refused either way: keep what came
         raise IncompleteBody from None
-    if expected is not None and expected > limit:
-        raise BodyTooLarge(b"".join(chunks)[:limit])  # declared more than it sent
+    if size > limit or (expected is not None and expected > limit):
+        raise BodyTooLarge(b"".join(chunks)[:keep])  # over the limit, within the head; or declared more than sent
     if expected is not None and size != expected:
         raise IncompleteBody
     return b"".join(chunks)

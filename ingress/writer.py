@@ -59,6 +59,7 @@ class KafkaWriter:
         self._ready = False
         self._background: set[asyncio.Task[None]] = set()
         self._topics_ensured = False  # ivr.events and ivr.events.invalid made (or found) with their settings
+        self._stopped = False
 
     def _new_producer(self) -> AIOKafkaProducer:
         """The only place the producer is configured."""
@@ -119,6 +120,8 @@ class KafkaWriter:
 
     def _reset(self, reason: str) -> None:
         """Swap in a fresh producer (new producer id); requests meanwhile wait for it, within their bound."""
+        if self._stopped:
+            return  # `stop` stops the producer; none is started after it
         old, self._producer = self._producer, None
         if old is None:
             return  # a reset is already under way
@@ -137,6 +140,7 @@ class KafkaWriter:
     async def stop(self) -> None:
         """Stop the producer, one being started (awaited: it stops what it started) and old ones
         being stopped after a reset."""
+        self._stopped = True
         starting = self._starting
         if starting is not None and not starting.done():
             starting.cancel()

@@ -121,13 +121,14 @@ class LivenessMonitor:
         from aiokafka import AIOKafkaConsumer
         from aiokafka.admin import AIOKafkaAdminClient
 
-        client = aiokafka_kwargs(self.settings)  # the brokers and their security, as the worker's own
-        # kept before they start: one whose start fails is closed with the others (`_close_clients`)
+        # the brokers and their security, as the worker's own; kept before they start: one whose
+        # start fails is closed with the others (`_close_clients`)
         if self._admin is None:
-            self._admin = AIOKafkaAdminClient(**client, request_timeout_ms=10_000, client_id=f"{self.group}-liveness")
+            self._admin = AIOKafkaAdminClient(**aiokafka_kwargs(self.settings), request_timeout_ms=10_000,
+                                              client_id=f"{self.group}-liveness")
             await self._admin.start()
         if self._probe is None:  # end offsets only: no group, never fetches
-            self._probe = AIOKafkaConsumer(**client, group_id=None, enable_auto_commit=False,
+            self._probe = AIOKafkaConsumer(**aiokafka_kwargs(self.settings), group_id=None, enable_auto_commit=False,
                                            request_timeout_ms=10_000, client_id=f"{self.group}-liveness")
             await self._probe.start()
         return self._admin, self._probe

@@ -117,6 +117,10 @@ CASES: dict[str, list[Case]] = {
          (f'ivr_ingress_requests_total{{{I}, event="unknown", status="401"}}', "0+120x30"),
          (f'ivr_ingress_requests_total{{{I}, event="TE", status="422"}}', "0+3x30")],
         "30m", [({"status": "401"}, "More than 5% of webhooks answered 401")],
+    ), (  # the provider switched to multipart: every webhook refused (and kept)
+        [(f'ivr_ingress_requests_total{{{I}, event="IN", status="202"}}', "0+600x10 6000x20"),
+         (f'ivr_ingress_requests_total{{{I}, event="unknown", status="415"}}', "0x10 0+600x20")],
+        "30m", [({"status": "415"}, "More than 5% of webhooks answered 415")],
     )],
     "IvrNoWebhooks": [
         ([(f"up{{{I}}}", "1x80"), (f'ivr_ingress_requests_total{{{I}, event="IN", status="202"}}', "100x80")],

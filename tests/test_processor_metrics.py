@@ -30,13 +30,14 @@ def parse(t: str) -> float:
     return parse_provider_time(t, KOLKATA)
 
 
-def _metrics_stack(kafka: KafkaBroker, prefix: str, tmp_path: Path, grace_s: int) -> Iterator[Stack]:
+def _metrics_stack(kafka: KafkaBroker, prefix: str, tmp_path: Path, grace_s: int,
+                   idle_close_s: int = 12) -> Iterator[Stack]:
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix, "TOPIC_PARTITIONS": "3",
         "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": "memory://", "WORKER_DATA_DIR": str(tmp_path / "worker"),
         "WORKER_SESSION_TIMEOUT_S": "10",
-        "HANGUP_GRACE_S": "2", "CALL_IDLE_TIMEOUT_S": "5", "SHORT_ABANDON_S": "5",
-        "AGENT_WINDOW_S": str(WINDOW), "METRICS_GRACE_S": str(grace_s), "METRICS_IDLE_CLOSE_S": "12",
+        "HANGUP_GRACE_S": "2", "CALL_IDLE_TIMEOUT_S": "5", "CONNECTED_IDLE_TIMEOUT_S": "30", "SHORT_ABANDON_S": "5",
+        "AGENT_WINDOW_S": str(WINDOW), "METRICS_GRACE_S": str(grace_s), "METRICS_IDLE_CLOSE_S": str(idle_close_s),
         "METRICS_INTERIM_INTERVAL_S": "2",
     }
     ingress, base = start_ingress(env, tmp_path / "ingress.log")
@@ -59,8 +60,9 @@ def metrics_stack(kafka: KafkaBroker, prefix: str, tmp_path: Path) -> Iterator[S
 @pytest.fixture
 def short_grace_stack(kafka: KafkaBroker, prefix: str, tmp_path: Path) -> Iterator[Stack]:
     """A grace of a minute: every window of `a_day` is past it on the wall clock from the start,
-    and past it on the watermark as soon as a later hour's call is read."""
-    yield from _metrics_stack(kafka, prefix, tmp_path, grace_s=60)
+    and past it on the watermark as soon as a later hour's call is read. Windows go final after
+    30 s quiet (a slow machine may take more than 12 s between two partitions' closes)."""
+    yield from _metrics_stack(kafka, prefix, tmp_path, grace_s=60, idle_close_s=30)
 
 
 def a_day(seed: int) -> tuple[list[dict[str, str]], list[Truth]]:

@@ -74,7 +74,7 @@ def test_two_workers_of_a_new_group_started_together_handle_every_event(kafka: K
     env = {
         "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": new_prefix(), "TOPIC_PARTITIONS": "6",
         "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": "rocksdb://", "WORKER_SESSION_TIMEOUT_S": "10",
-        "HANGUP_GRACE_S": "1", "CALL_IDLE_TIMEOUT_S": "3",
+        "HANGUP_GRACE_S": "1", "CALL_IDLE_TIMEOUT_S": "3", "CONNECTED_IDLE_TIMEOUT_S": "30",
     }
     prefix = env["TOPIC_PREFIX"]
     profile = Profile(agents=20, p_duplicate=0.02, p_reorder=0.02, p_missing_hangup=0.01, mean_talk_s=60)

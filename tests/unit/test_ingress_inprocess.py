@@ -94,7 +94,8 @@ def test_413_body_over_the_limit_keeps_its_first_bytes(client: TestClient, write
     assert writer.on("u.ivr.events") == []
     assert len(dead["body"]) == 16384 and dead["body"].startswith("app=4e11fe") and dead["body"].endswith("x")
     assert dead["errors"] == r.json()["errors"] == [
-        {"field": "body", "reason": "over the limit of 16384 bytes: its first 16384 bytes are kept"}]
+        {"field": "body", "reason": "over the limit of 16384 bytes: only its first 16384 bytes are kept"}]
+    assert r.headers["connection"] == "close"  # the rest of the body is not read
     assert TOKEN not in orjson.dumps(dead).decode()
     writer.fail = True  # not durable: 503, so it is sent again
     r = client.post(URL, params={"token": TOKEN}, data={**IN, "pad": "x" * 20000})
@@ -172,6 +173,37 @@ def test_no_token_in_dead_letters_whatever_the_form(client: TestClient, writer: 
     [dead] = writer.on("u.ivr.events.invalid")
     assert leaks(dead, TOKEN, OTHER, OLD_SECRET) == [], dead
     assert dead["errors"] and dead["method"] == method
+
+
+PAD = "x" * 20000
+REFUSED_FORMS: dict[str, tuple[dict[str, Any], int]] = {
+    "413: a JSON body cut at the limit, an old secret in its token field": (
+        {"content": f'{{"app":"{APP}","token":"{OLD_SECRET}","pad":"{PAD}"}}'.encode(),
+         "headers": {"content-type": "application/json"}}, 413),
+    "413: a configured token cut in two by the limit": (
+        {"content": f"app={APP}&pad={PAD[:16384 - 47 - 12]}&note={TOKEN}{PAD}".encode(),
+         "headers": {"content-type": "application/x-www-form-urlencoded"}}, 413),
+    "413: an old secret in a token field cut by the limit": (
+        {"content": f"app={APP}&pad={PAD[:16384 - 47 - 12]}&token={OLD_SECRET}{PAD}".encode(),
+         "headers": {"content-type": "application/x-www-form-urlencoded"}}, 413),
+    "415: multipart with a token field": (
+        {"data": {"app": APP, "token": OLD_SECRET}, "files": {"f": ("a", b"x")}}, 415),
+    "415: text with a token parameter": (
+        {"content": f"token={OLD_SECRET}&app={APP}".encode(), "headers": {"content-type": "text/plain"}}, 415),
+}
+
+
+@pytest.mark.parametrize("form", list(REFUSED_FORMS))
+def test_no_token_in_413_and_415_dead_letters(client: TestClient, writer: FakeWriter, form: str) -> None:
+    """Bodies kept without being parsed (cut at the limit, of another content type): no token or
+    secret, whole or in part, in what is kept."""
+    kw, status = REFUSED_FORMS[form]
+    r = client.post(URL, params={"token": TOKEN}, **kw)
+    assert r.status_code == status, r.text
+    [dead] = writer.on("u.ivr.events.invalid")
+    assert leaks(dead, TOKEN, OTHER, OLD_SECRET) == [], dead["body"][-200:]
+    assert TOKEN[:6] not in dead["body"] and OLD_SECRET[:6] not in dead["body"], dead["body"][-200:]
+    assert len(dead["body"]) <= 16384
 
 
 def test_no_token_in_raw_of_an_accepted_event(client: TestClient, writer: FakeWriter) -> None:
