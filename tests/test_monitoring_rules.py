@@ -101,9 +101,12 @@ CASES: dict[str, list[Case]] = {
                  "Worker w0:6066, calls: 10 records could not be processed")],
     )],
     "IvrReconciliationFailing": [
-        ([(f'ivr_reconcile_passes_failed_total{{{W}, instance="w0:6066"}}', "0+1x40")],
-         "40m", [({}, "30 call-log reconciliation passes failed in 30 min")]),
-        ([(f'ivr_reconcile_passes_failed_total{{{W}, instance="w0:6066"}}', "0x10 1x10 2x20")], "40m", []),
+        # every pass fails (one each 10 min, RECONCILE_INTERVAL_S=600): nothing is being healed
+        ([(f'ivr_reconcile_passes_failed_total{{{W}, instance="w0:6066"}}', "0+0.1x90")],
+         "90m", [({}, "Call-log reconciliation: 6 passes failed in the last hour, none read a call log")]),
+        # one pass failed (a leader change), the next ones read the call log
+        ([(f'ivr_reconcile_passes_failed_total{{{W}, instance="w0:6066"}}', "0x30 1x60"),
+          (f'ivr_reconcile_polls_total{{{W}, instance="w0:6066", result="ok"}}', "0x35 0+1x55")], "90m", []),
     ],
     "IvrIngress503Rate": [
         ([(f'ivr_ingress_requests_total{{{I}, event="IN", status="202"}}', "0+600x20"),
