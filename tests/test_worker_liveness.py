@@ -234,7 +234,7 @@ def test_a_peers_partitions_held_without_progress_are_not_this_workers_stall(kaf
     survivor 'stalled', and, after the exit grace, exit: the whole cluster restarted for one
     worker's crash). Then it takes the dead one's partitions over and every call is right."""
     # the exit grace is long: a survivor judged stalled fails the test by its 503s already
-    env = {**env_for(kafka, tmp_path, exit_after="60"), "WORKER_SESSION_TIMEOUT_S": "45"}
+    env = {**env_for(kafka, tmp_path, exit_after="60"), "WORKER_SESSION_TIMEOUT_S": "30"}
     prefix, group = env["TOPIC_PREFIX"], f"{env['TOPIC_PREFIX']}ivr-processor"
     topic = f"{prefix}ivr.events"
     first, truth1 = calls(150, 6, "f")
@@ -250,7 +250,7 @@ def test_a_peers_partitions_held_without_progress_are_not_this_workers_stall(kaf
         killed_at = time.monotonic()
         asyncio.run(write_events(kafka.bootstrap, topic, second, progress=False))
         seen: list[tuple[int, dict[str, Any]]] = []
-        while time.monotonic() < killed_at + 20:  # well past the stall timeout (4 s)
+        while time.monotonic() < killed_at + 14:  # well past the stall timeout (4 s); the session lasts 30 s
             seen.append(health(port))
             time.sleep(0.5)
         assert members(kafka.bootstrap, group) == 2  # the dead worker still held its partitions meanwhile
