@@ -17,7 +17,8 @@ JSON = "application/json"
 
 
 class BodyTooLarge(Exception):
-    """A body over the limit; `head`: its first `limit` bytes (what is kept of it)."""
+    """A body over the limit; `head`: its first bytes, as many as `read_body` was asked to keep
+    (the caller scrubs them, then cuts them to the limit)."""
 
     def __init__(self, head: bytes) -> None:
         super().__init__(f"body over the limit ({len(head)} bytes kept)")
