@@ -54,7 +54,8 @@ def test_a_cancelled_start_stops_the_producer_it_was_starting(silent_broker: str
     assert made[0]._closed  # stopped: its connection and sender task are gone
 
 
-def test_ingress_writer_stop_waits_for_its_start_loop() -> None:
+def _counting_writer() -> tuple[KafkaWriter, list[AIOKafkaProducer]]:
+    """An ingress writer for a broker that is down, and the producers it makes, as it makes them."""
     settings = load({"KAFKA_BOOTSTRAP_SERVERS": _closed_port(), "WEBHOOK_TOKENS": "t" * 32})
     writer = KafkaWriter(settings)
     made: list[AIOKafkaProducer] = []
@@ -65,6 +66,11 @@ def test_ingress_writer_stop_waits_for_its_start_loop() -> None:
         return made[-1]
 
     writer._new_producer = counted  # type: ignore[method-assign]
+    return writer, made
+
+
+def test_ingress_writer_stop_waits_for_its_start_loop() -> None:
+    writer, made = _counting_writer()
 
     async def run() -> None:
         await writer.start()  # the broker is down: serving (503) while the producer is retried
@@ -73,5 +79,32 @@ def test_ingress_writer_stop_waits_for_its_start_loop() -> None:
         # stopped with the writer, not left for the event loop's end to cancel
         assert writer._starting is not None and writer._starting.done()
         assert made and all(p._closed for p in made)
+
+    asyncio.run(run())
+
+
+class _Running:
+    """A producer that is running (stands in for one connected before `stop`)."""
+
+    stopped = False
+
+    async def stop(self) -> None:
+        self.stopped = True
+
+
+def test_ingress_writer_starts_no_producer_after_stop() -> None:
+    """A write failing fatally after `stop` (a request still in flight as the server shuts down)
+    asks for a fresh producer: none is started, so none is left running once the ingress is gone."""
+    writer, made = _counting_writer()
+    running = _Running()
+
+    async def run() -> None:
+        writer._producer = running  # type: ignore[assignment]
+        await writer.stop()
+        assert running.stopped
+        writer._reset("OutOfOrderSequenceNumber")  # what a fatal error of a late write does
+        await asyncio.sleep(0.5)
+        assert not made  # no start loop after stop
+        assert writer._starting is None
 
     asyncio.run(run())
