@@ -1,7 +1,8 @@
 """The call lifecycle: apply an event, let time pass, decide what a call emits.
 
 When a call closes
-  * at once on H, when IN is known and every attempt seen has its TA and TE;
+  * at once on H, when IN is known and every attempt seen has its TA and TE (and its TC, if
+    answered);
   * else HANGUP_GRACE_S after H arrived (attempts still ringing end as caller_hangup);
   * else after CALL_IDLE_TIMEOUT_S with no event (CONNECTED_IDLE_TIMEOUT_S while an answered
     attempt has had no TE yet: a conversation sends no events until it ends).
@@ -209,10 +210,20 @@ def resolution_how(event: Mapping[str, Any]) -> SelfResolution:
 
 
 def _complete(state: CallState) -> bool:
+    """Every event of the call known, as far as its events tell: its IN and H, each attempt's TA
+    and TE, and the TC of an attempt a webhook TE says was answered (sent before that TE, it may
+    still be on its way: closed without it, the call's first revision would have no answer time).
+    The provider's call log has no TC: an answer it reports waits for none."""
     facts = state.facts
     if "H" not in facts or "IN" not in facts:
         return False
-    return all(f"TA|{a}" in facts and f"TE|{a}" in facts for a in state.attempt_ids())
+    for a in state.attempt_ids():
+        end = facts.get(f"TE|{a}")
+        if end is None or f"TA|{a}" not in facts:
+            return False
+        if end.result == "answered" and not end.from_log and f"TC|{a}" not in facts:
+            return False
+    return True
 
 
 def _talking(state: CallState) -> bool:

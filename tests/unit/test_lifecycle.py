@@ -361,7 +361,7 @@ def test_timeout_closed_missed_call_always_alerts_and_says_its_wait_is_a_lower_b
 
 def test_wait_is_a_lower_bound_without_in_or_without_tc() -> None:
     no_tc = Run().feed([ev("IN", "n", T0), *attempt("n", 1, "A1", T0 + 2, "answered", ring=3, talk=9,
-                                                     with_tc=False), ev("H", "n", None, duration=20)]).record
+                                                     with_tc=False), ev("H", "n", None, duration=20)]).settle().record
     assert no_tc.outcome == "answered" and no_tc.wait_is_lower_bound
     assert Run().feed(answered_call()).record.wait_is_lower_bound is False
 
@@ -616,3 +616,28 @@ def test_no_fact_is_larger_than_the_size_below_which_calls_are_not_measured() ->
     fact.result, fact.agent_name, fact.group, fact.duration = "noanswer", long, long, 1e300
     one = len(orjson.dumps({f"TA|{long}": fact.to_json()}))
     assert MAX_FIELD_CHARS * 4 * 5 < one <= MAX_FACT_BYTES  # the key and four strings
+
+
+def test_a_tc_arriving_after_its_answered_te_and_the_h_makes_no_second_revision() -> None:
+    """TE `answered` and H before the TC (sent before both): the call waits for it, within the
+    hang-up grace, and its one record is the one the events in order give."""
+    uid = "late-tc"
+    in_order = answered_call(uid)
+    tc = next(e for e in in_order if e["event"] == "TC")
+    run = Run().feed([e for e in in_order if e is not tc])
+    assert run.completed == []  # not closed on the H: the answered attempt's TC is still to come
+    run.feed([tc]).settle()
+    ordered = Run().feed(in_order)
+    assert [r.revision for r in run.completed] == [1]
+    assert _content(run.record) == _content(ordered.record)
+    assert run.record.attempts[0].connected_at is not None and run.record.wait_is_lower_bound is False
+
+
+def test_an_answered_call_whose_tc_never_comes_closes_after_the_grace() -> None:
+    uid = "lost-tc"
+    events = [e for e in answered_call(uid) if e["event"] != "TC"]
+    run = Run().feed(events)
+    assert run.completed == []
+    run.at(NOW + CFG.hangup_grace_s)
+    (r,) = run.completed
+    assert (r.outcome, r.close_reason, r.wait_is_lower_bound) == ("answered", "hangup", True)
