@@ -20,7 +20,7 @@ Rules (also in the README):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Literal
 
@@ -114,6 +114,26 @@ def read_fact(data: Mapping[str, Any]) -> CallerFact:
     if fact.started_at is not None:
         parse_ts(fact.started_at)
     return fact
+
+
+def in_call_order(facts: Sequence[CallerFact]) -> list[CallerFact]:
+    """Facts in the order their calls started (by uniqueid where two started together), each
+    call's own facts in the order they came. One batch of the calls agent sends its facts in the
+    order its partitions happened to be read (missed calls decided by the same timer round come
+    together); a caller's alerts count their repeats in the order they are raised, which is then
+    the calls' order, not the partitions'."""
+    first: dict[str, tuple[str, str]] = {}
+    for fact in facts:
+        first.setdefault(fact.uniqueid, (_started(fact), fact.uniqueid))
+    return sorted(facts, key=lambda fact: first[fact.uniqueid])
+
+
+def _started(fact: CallerFact) -> str:
+    """The call's start as the fact writes it (ISO, UTC, one format: ordered as text), or its end
+    on a missed fact written before starts were."""
+    if isinstance(fact, MissedCallFact):
+        return fact.started_at or fact.at
+    return fact.started_at
 
 
 def apply_fact(state: CallerState | None, fact: CallerFact, now: float) -> tuple[CallerState, list[CallerOutput]]:

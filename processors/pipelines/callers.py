@@ -20,6 +20,7 @@ from processors.core.callers import (
     caller_key,
     expired,
     forget_at,
+    in_call_order,
     reached_again_start,
     read_fact,
 )
@@ -31,13 +32,13 @@ from schemas.timefmt import parse_ts
 
 
 def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
-    """The caller facts of a bundle (see `processors.bundles`), each keyed app:cli as it says, or
+    """The caller facts of a bundle (see `processors.bundles`), in their calls' order (see
+    `in_call_order`), each keyed app:cli as it says, or
     the one fact of a record written before bundles, keyed as the record is. Facts of any kind
     (those without `kind` are missed facts)."""
     data = orjson.loads(value)
     if isinstance(data, list):
-        facts = [read_fact(item) for item in data]
-        return [(caller_key(fact.app, fact.cli), fact) for fact in facts]
+        return [(caller_key(fact.app, fact.cli), fact) for fact in in_call_order([read_fact(item) for item in data])]
     fact = read_fact(data)
     return [((key or caller_key(fact.app, fact.cli).encode()).decode("utf-8", "replace"), fact)]
 
