@@ -6,7 +6,9 @@ README's configuration table; the provider contract fixes the first eight.
 
 from __future__ import annotations
 
+import math
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -23,6 +25,7 @@ SSL_PROTOCOLS = ("SSL", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: UPGRADE_FROM's values: none, or a version whose workers read other internal formats than this one's
 UPGRADE_FROM = ("", "0.1")
+TOPIC_PREFIX_CHARS = re.compile(r"[A-Za-z0-9._-]*")  # what Kafka takes in a topic name
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +129,8 @@ def _parse(name: str, raw: str, default: object) -> object:
             value: object = int(raw)
         elif isinstance(default, float):
             value = float(raw)
+            if not math.isfinite(value):  # nan, inf, 1e400: no interval, timeout or rate is one
+                raise ValueError
         else:
             return raw
     except ValueError:
@@ -167,6 +172,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if settings.upgrade_from not in UPGRADE_FROM:
         raise SettingsError(f"UPGRADE_FROM={settings.upgrade_from!r}: the versions a worker can run beside are "
                             f"{', '.join(v for v in UPGRADE_FROM if v)}")
+    if not TOPIC_PREFIX_CHARS.fullmatch(settings.topic_prefix):
+        raise SettingsError(f"TOPIC_PREFIX={settings.topic_prefix!r}: a topic name takes only ASCII letters, digits, "
+                            "'.', '_' and '-'")
     if settings.kafka_nodes not in (1, 3):
         raise SettingsError(f"KAFKA_NODES={settings.kafka_nodes} must be 1 or 3")
     return _kafka_security(settings)

@@ -28,6 +28,23 @@ def test_settings_defaults_and_parsing() -> None:
         load({"UPGRADE_FROM": "0.0"})
 
 
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400", "Infinity"])
+def test_a_number_setting_must_be_finite(value: str) -> None:
+    """A worker given RECONCILE_INTERVAL_S=nan joined its group, then died on a conversion naming
+    no variable; the other settings took it as a timeout or rate that never ends."""
+    for name in ("RECONCILE_INTERVAL_S", "CALL_IDLE_TIMEOUT_S", "PROVIDER_MAX_RPS", "SHORT_ABANDON_S"):
+        with pytest.raises(SettingsError, match=f"{name}='{value}' is not a number"):
+            load({name: value})
+
+
+@pytest.mark.parametrize("prefix", ["bad/prefix", "a b.", "ü.", "x:"])
+def test_a_topic_prefix_kafka_cannot_name_a_topic_with_is_refused(prefix: str) -> None:
+    """The ingress waited for ever for topics it could not create (and ignored SIGTERM meanwhile)."""
+    with pytest.raises(SettingsError, match="TOPIC_PREFIX"):
+        load({"TOPIC_PREFIX": prefix})
+    assert load({"TOPIC_PREFIX": "prod-eu_1."}).topic("ivr.events") == "prod-eu_1.ivr.events"
+
+
 @pytest.mark.parametrize(("value", "expected"), [
     ("2017-06-22T11:17:18+05:30", "2017-06-22T05:47:18.000Z"),
     ("2017-06-22 11:17:18", "2017-06-22T05:47:18.000Z"),  # naive: Asia/Kolkata
