@@ -14,6 +14,8 @@ from schemas.webhook import InvalidWebhook
 
 FORM = "application/x-www-form-urlencoded"
 JSON = "application/json"
+#: fields that are identifiers or numbers to dial, taken as text: sent as JSON numbers, their digits as written
+ID_FIELDS = ("uniqueid", "attemptid", "cli", "to")
 
 
 class BodyTooLarge(Exception):
@@ -89,7 +91,10 @@ def parse_body(kind: str, body: bytes) -> dict[str, Any]:
             raise InvalidWebhook([FieldError("body", "not valid JSON")]) from None
         if not isinstance(data, dict):
             raise InvalidWebhook([FieldError("body", "must be a JSON object with the event's fields")])
-        _refuse_duplicate_keys(body)
+        as_written = _refuse_duplicate_keys(body)
+        for name in ID_FIELDS:  # an id sent as a JSON number: its digits as written (1796000001.10 is not .1)
+            if isinstance(data.get(name), int | float) and not isinstance(data[name], bool):
+                data[name] = as_written[name]
         return data
     if kind == FORM:
         try:
@@ -100,8 +105,9 @@ def parse_body(kind: str, body: bytes) -> dict[str, Any]:
     raise UnsupportedMediaType
 
 
-def _refuse_duplicate_keys(body: bytes) -> None:
+def _refuse_duplicate_keys(body: bytes) -> dict[str, Any]:
     """orjson keeps the last of two equal keys; a key given twice is refused instead, at any depth.
+    Returns the body's object with its numbers as written (text).
 
     Bodies are small (MAX_BODY_BYTES), so a second parse with the standard library, which shows
     every key, is cheap.
@@ -117,13 +123,14 @@ def _refuse_duplicate_keys(body: bytes) -> None:
         return dict(items)
 
     try:
-        json.loads(body, object_pairs_hook=pairs)
+        written: dict[str, Any] = json.loads(body, object_pairs_hook=pairs, parse_float=str, parse_int=str)
     except RecursionError:
         raise InvalidWebhook([FieldError("body", "nested too deeply")]) from None
     except ValueError:  # orjson accepted what the standard library does not: refuse, never guess
         raise InvalidWebhook([FieldError("body", "not valid JSON")]) from None
     if dupes:
         raise InvalidWebhook([FieldError(k, "given more than once in the JSON body") for k in dupes])
+    return written
 
 
 def merge(query: dict[str, Any], body: dict[str, Any]) -> dict[str, Any]:

@@ -220,6 +220,21 @@ def test_duration_too_large_is_422_and_dead_lettered(client: TestClient, writer:
     assert writer.on("u.ivr.events") == [] and len(writer.on("u.ivr.events.invalid")) == 1
 
 
+def test_ids_sent_as_json_numbers_keep_their_digits(client: TestClient, writer: FakeWriter) -> None:
+    """Provider ids are "seconds.sequence": as a JSON number, 1796000001.10 read as a float is
+    1796000001.1, another call's id (its webhooks sent as text would have split the call in two)."""
+    body = (b'{"app":"%s","event":"TA","uniqueid":1796000001.10,"attemptid":1796000001.10,"cli":9716700271,'
+            b'"to":9000000001,"time":"2017-06-22T11:17:18+05:30"}' % APP.encode())
+    r = client.post(URL, params={"token": TOKEN}, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 202, r.text
+    [(_, key, value)] = writer.records
+    assert key == b"1796000001.10" and value["uniqueid"] == value["attemptid"] == "1796000001.10"
+    assert (value["cli"], value["to"]) == ("9716700271", "9000000001")
+    text = dict(orjson.loads(body), uniqueid="1796000001.10", attemptid="1796000001.10")
+    r = client.post(URL, params={"token": TOKEN}, json=text)
+    assert r.status_code == 202 and writer.records[-1][2]["id"] == value["id"]  # one event, either way
+
+
 def test_duplicate_json_keys_are_refused_naming_the_field(client: TestClient, writer: FakeWriter) -> None:
     body = b'{"app":"%s","event":"IN","uniqueid":"u1","event":"H","uniqueid":"u1"}' % APP.encode()
     r = client.post(URL, params={"token": TOKEN}, content=body, headers={"content-type": "application/json"})
