@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -138,6 +139,16 @@ def _parse(name: str, raw: str, default: object) -> object:
     if value < 0:  # type: ignore[operator]
         raise SettingsError(f"{name}={raw!r} must not be negative")
     return value
+
+
+def load_or_exit() -> Settings:
+    """The process environment's settings, for a program's start: a bad value stops it with one
+    line naming the variable (exit status 2), not a traceback through the server that imported it."""
+    try:
+        return load()
+    except SettingsError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 def load(environ: Mapping[str, str] | None = None) -> Settings:

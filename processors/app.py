@@ -18,7 +18,7 @@ from processors import worker
 from processors.pipelines import all_pipelines
 from processors.worker_metrics import REGISTRY
 
-settings = settings_module.load()
+settings = settings_module.load_or_exit()
 app, monitor = worker.build(settings, all_pipelines(settings))
 worker.collect_less()
 

@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from zoneinfo import ZoneInfo
 
 import pytest
@@ -99,3 +102,12 @@ def test_the_worker_web_port_listens_where_worker_web_host_says() -> None:
 
     assert create_app(load({})).conf.web_bind == "0.0.0.0"  # probes reach it from outside the pod
     assert create_app(load({"WORKER_WEB_HOST": "127.0.0.1"})).conf.web_bind == "127.0.0.1"  # as `make run` sets
+
+
+@pytest.mark.parametrize("program", [["-m", "ingress", "--port", "1"],
+                                     ["-m", "faust", "-A", "processors.app", "worker"]])
+def test_a_bad_setting_stops_the_ingress_and_the_worker_in_one_line(program: list[str]) -> None:
+    env = {**os.environ, "TOPIC_PREFIX": "bad/prefix"}
+    done = subprocess.run([sys.executable, *program], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: TOPIC_PREFIX='bad/prefix'") and "Traceback" not in done.stderr
