@@ -21,7 +21,7 @@ from pathlib import Path
 
 import httpx
 
-from config.settings import Settings, load
+from config.settings import Settings, load_or_exit
 from deploy.local_kafka import ROOT, BrokerError, KafkaCluster, cluster_ports, local_cluster
 
 
@@ -129,7 +129,7 @@ def _ports(settings: Settings) -> list[tuple[int, str, str]]:
 
 def main() -> int:
     sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # progress shows when piped
-    settings = load()
+    settings = load_or_exit()
     var = state_dir(settings)
     var.mkdir(parents=True, exist_ok=True)
     for port, what, variable in _ports(settings):

@@ -105,8 +105,9 @@ def test_the_worker_web_port_listens_where_worker_web_host_says() -> None:
 
 
 @pytest.mark.parametrize("program", [["-m", "ingress", "--port", "1"],
-                                     ["-m", "faust", "-A", "processors.app", "worker"]])
-def test_a_bad_setting_stops_the_ingress_and_the_worker_in_one_line(program: list[str]) -> None:
+                                     ["-m", "faust", "-A", "processors.app", "worker"],
+                                     ["-m", "deploy.run_local"]])  # make run
+def test_a_bad_setting_stops_the_ingress_the_worker_and_make_run_in_one_line(program: list[str]) -> None:
     env = {**os.environ, "TOPIC_PREFIX": "bad/prefix"}
     done = subprocess.run([sys.executable, *program], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
