@@ -15,6 +15,9 @@ PASSES_FAILED = Counter("ivr_reconcile_passes_failed_total",
                         registry=REGISTRY)
 CALLS_READ = Counter("ivr_reconcile_calls_read_total", "Calls read from the call log (finished or not)",
                      registry=REGISTRY)
+CALLS_UNCHANGED = Counter("ivr_reconcile_calls_unchanged_total",
+                          "Finished calls read again as this worker last wrote them (not written again)",
+                          registry=REGISTRY)
 CALLS_INVALID = Counter("ivr_reconcile_calls_invalid_total",
                         "Call-log entries that could not be turned into events (logged, skipped)", registry=REGISTRY)
 EVENTS_WRITTEN = Counter("ivr_reconcile_events_written_total", "Events derived from the call log written to ivr.events",

@@ -11,13 +11,17 @@ One pass, for each app (PROVIDER_APPS, or every app of the app list API):
     time of the pages written, then the pass's start time once all are, never past the start of
     the oldest call still active.
 The processor recognises an event it already has (same call, same fact): a repeated pass changes
-nothing. A pass that fails (provider down, broker down) leaves the cursor where it was; the next
-pass starts from there. Nothing here knows about Faust: the worker calls `run_once` from a timer
-that fires on one worker of the cluster (the leader).
+nothing. Each pass reads again every call of the look-back (RECONCILE_LOOKBACK_S, a dozen passes
+at the defaults): a call whose log entry is as this reconciler last wrote it is not written again
+(remembered while it is in the look-back; a new leader writes each once more). A pass that fails
+(provider down, broker down) leaves the cursor where it was; the next pass starts from there.
+Nothing here knows about Faust: the worker calls `run_once` from a timer that fires on one worker
+of the cluster (the leader).
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import re
 import time
@@ -25,6 +29,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import datetime
 from typing import Any, Protocol
 from zoneinfo import ZoneInfo
+
+import orjson
 
 from config import topics
 from config.settings import Settings
@@ -71,6 +77,9 @@ class Reconciler:
         self.clock = clock
         self.tz = settings.tz
         self.events_topic = settings.topic(topics.EVENTS)
+        #: per app, the calls whose events this reconciler wrote (acknowledged), by uniqueid: a
+        #: digest of the log entry they were made from. Kept for the calls the last full pass read.
+        self.written: dict[str, dict[str, bytes]] = {}
 
     async def apps(self) -> list[str]:
         guids = list(self.s.provider_apps) or await self.api.apps()
@@ -115,12 +124,15 @@ class Reconciler:
         cursor = stored if stored is not None else started
         since = since_text(cursor - self.s.reconcile_lookback_s, self.tz)
         oldest_active: float | None = None
+        written = self.written.get(app, {})
+        read: dict[str, bytes] = {}  # the finished calls of this pass, written (now or before)
         pg, total = 1, 1
         while pg <= total:
             if not self.active():
                 raise Preempted
             calls, total = await self.api.calls(app, since, pg)
             records: list[Record] = []
+            page: dict[str, bytes] = {}
             last: float | None = None
             for call in calls:
                 m.CALLS_READ.inc()
@@ -131,16 +143,25 @@ class Reconciler:
                     if at is not None:
                         oldest_active = at if oldest_active is None else min(oldest_active, at)
                     continue
+                uid, digest = str(call.get("uid")), _digest(call)
+                if written.get(uid) == digest:
+                    read[uid] = digest
+                    m.CALLS_UNCHANGED.inc()
+                    continue
                 try:
                     events = call_events(call, app, self.clock(), self.tz)
                 except CallLogError as e:
                     m.CALLS_INVALID.inc()
-                    log.warning("call log of app %s: skipping call %r: %s", app, str(call.get("uid"))[:64], e)
+                    log.warning("call log of app %s: skipping call %r: %s", app, uid[:64], e)
                     continue
                 records += [(self.events_topic, e.uniqueid.encode(), dumps(e)) for e in events]
+                page[uid] = digest
             if records:
                 await self.send(records)
                 m.EVENTS_WRITTEN.inc(len(records))
+            read.update(page)  # acknowledged
+            written.update(page)
+            self.written[app] = written
             done = pg >= total
             # every call before `reach` is written (calls share a time across a page break: at or
             # after `last` is read again, `since` is inclusive)
@@ -152,9 +173,19 @@ class Reconciler:
                 await self.cursors.save(app, new)
                 cursor = new
             pg += 1
+        # every call of the look-back was read: those it no longer reaches are not read again
+        self.written[app] = read
         log.info("call log of app %s read from %s: %d page(s); cursor %s", app, since, total,
                  since_text(cursor, self.tz))
         return cursor
+
+
+def _digest(call: dict[str, Any]) -> bytes:
+    """What a call-log entry says, as bytes to compare (the order of its keys aside)."""
+    try:
+        return hashlib.blake2b(orjson.dumps(call, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
+    except TypeError:  # not JSON as orjson writes it: never taken as unchanged
+        return b""
 
 
 def _call_time(call: dict[str, Any], tz: ZoneInfo) -> float | None:

@@ -6,6 +6,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 import httpx
@@ -93,13 +94,24 @@ def test_first_pass_reads_every_page_and_starts_the_cursor_at_its_own_start(capl
     assert KEY not in caplog.text and KEY not in repr(rec.s)
 
 
-def test_a_second_pass_writes_the_same_events() -> None:
-    _, rec, _, sink, _ = setup()
+def test_a_call_read_again_unchanged_is_not_written_again() -> None:
+    """Every pass reads the whole look-back again (a dozen times a call at the defaults): what it
+    wrote already is not written again, a call whose entry changed is, and a new leader (no memory
+    of its own) writes each call once more: the same events."""
+    provider, rec, cursors, sink, _ = setup()
     asyncio.run(rec.run_once())
-    first = sorted(e["id"] for e in sink.events())
+    changed = next(t for t in provider.calls[APP] if t.attempts)
+    first = sorted(e["id"] for e in sink.events() if e["uniqueid"] != changed.uniqueid)
     sink.records.clear()
     asyncio.run(rec.run_once())
-    assert sorted(e["id"] for e in sink.events()) == first
+    assert sink.records == [] and len(provider.served) == 10  # read again, all of it, and nothing written
+    changed.attempts[0] = replace(changed.attempts[0], agent_name="Asha Rao")
+    asyncio.run(rec.run_once())
+    assert uids(sink) == {changed.uniqueid}
+    sink.records.clear()
+    asyncio.run(Reconciler(rec.s, rec.api, cursors, sink).run_once())  # the next leader
+    assert uids(sink) == {t.uniqueid for t in provider.calls[APP]}
+    assert sorted(e["id"] for e in sink.events() if e["uniqueid"] != changed.uniqueid) == first
 
 
 def test_since_is_the_cursor_minus_the_look_back_in_the_provider_zone() -> None:
