@@ -253,9 +253,20 @@ class Progress:
             sys.stderr.flush()
 
 
+#: how long a poster rides through an ingress that stopped answering (a restart of `make run`
+#: takes about half a minute) before the run stops
+NO_ANSWER_S = 120.0
+
+
+class NoAnswer(Exception):
+    """The ingress does not answer (not running, or gone for longer than `NO_ANSWER_S`)."""
+
+
 async def post_events(url: str, token: str, events: list[dict[str, str]], rate: float, concurrency: int = 32,
                       progress: bool = True, transport: Any = None) -> dict[int, int]:
-    """POST each event (form) at about `rate` per second; returns a count per HTTP status. Retries 503.
+    """POST each event (form) at about `rate` per second; returns a count per HTTP status. Retries 503
+    and, once the ingress has answered, a connection refused or broken (the ingress restarting)
+    for up to `NO_ANSWER_S`; past that, or if the ingress never answered, raises `NoAnswer`.
 
     A call's events are posted one after the other, in the order given (by the same poster): with
     the posts in flight together, a TA could overtake its call's hang-up by a few milliseconds, and
@@ -265,6 +276,7 @@ async def post_events(url: str, token: str, events: list[dict[str, str]], rate: 
     import httpx
 
     statuses: dict[int, int] = {}
+    answered = [False]  # the ingress has answered a request (so a refusal now is a restart)
     bar = Progress(len(events), "posting") if progress else None
     queues: list[asyncio.Queue[dict[str, str] | None]] = [asyncio.Queue() for _ in range(concurrency)]
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
@@ -272,7 +284,16 @@ async def post_events(url: str, token: str, events: list[dict[str, str]], rate: 
     async def worker(client: httpx.AsyncClient, queue: asyncio.Queue[dict[str, str] | None]) -> None:
         while (e := await queue.get()) is not None:
             for _ in range(20):
-                r = await client.post(url, data=e, headers={"X-Webhook-Token": token})
+                unanswered = time.monotonic()
+                while True:
+                    try:
+                        r = await client.post(url, data=e, headers={"X-Webhook-Token": token})
+                        answered[0] = True
+                        break
+                    except httpx.TransportError as error:  # refused, reset, timed out
+                        if not answered[0] or time.monotonic() - unanswered > NO_ANSWER_S:
+                            raise NoAnswer(f"no answer from {url} ({type(error).__name__})") from None
+                        await asyncio.sleep(1.0)
                 if r.status_code != 503:
                     break
                 await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
@@ -380,7 +401,11 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         with open(args.truth, "wb") as f:
             f.write(orjson.dumps([asdict(t) for t in truth], option=orjson.OPT_INDENT_2))
     if args.url:
-        statuses = asyncio.run(post_events(args.url, args.token, events, args.rate))
+        try:
+            statuses = asyncio.run(post_events(args.url, args.token, events, args.rate))
+        except NoAnswer as e:
+            print(f"error: {e}: is the ingress running? (`make run` starts it)", file=sys.stderr)
+            return 1
         print(f"HTTP statuses: {statuses}", file=sys.stderr)
         return 0 if set(statuses) == {202} else 1
     if args.kafka:

@@ -7,12 +7,13 @@ import random
 from urllib.parse import parse_qs
 
 import httpx
+import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from bench.simulator import post_events
+from bench.simulator import NoAnswer, post_events
 
 
 def test_a_calls_events_arrive_in_order_though_posted_concurrently() -> None:
@@ -35,3 +36,29 @@ def test_a_calls_events_arrive_in_order_though_posted_concurrently() -> None:
         assert [n for uid, n in arrived if uid == f"c{c}"] == list(range(5))
     # posted concurrently all the same: calls overtook one another
     assert [uid for uid, _ in arrived] != [e["uniqueid"] for e in events]
+
+
+class Restarting(httpx.AsyncBaseTransport):
+    """An ingress that answers, then refuses connections for a while (a restart), then answers."""
+
+    def __init__(self, refusals: int) -> None:
+        self.refusals = refusals
+        self.answered = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.answered >= 3 and self.refusals > 0:
+            self.refusals -= 1
+            raise httpx.ConnectError("connection refused")
+        self.answered += 1
+        return httpx.Response(202)
+
+
+def test_posting_rides_through_an_ingress_restart_and_stops_at_once_when_none_answers() -> None:
+    events = [{"uniqueid": f"c{c}", "event": "IN"} for c in range(6)]
+    restarting = Restarting(refusals=2)
+    statuses = asyncio.run(post_events("http://ingress/webhooks/ivr", "t", events, rate=0, concurrency=1,
+                                       progress=False, transport=restarting))
+    assert statuses == {202: 6} and restarting.refusals == 0
+    # nothing has ever answered: not a restart, the ingress is not there
+    with pytest.raises(NoAnswer, match=r"no answer from http://127\.0\.0\.1:9/webhooks/ivr"):
+        asyncio.run(post_events("http://127.0.0.1:9/webhooks/ivr", "t", events, rate=0, progress=False))
