@@ -1,7 +1,8 @@
-"""`make run`: a local Apache Kafka broker, the ingress and one worker, in the foreground.
+"""`make run`: a local Apache Kafka broker (or three), the ingress and one worker, in the foreground.
 
-Ctrl-C stops all three (worker, ingress, then the broker) and leaves no process behind; so do
-SIGINT, SIGTERM or SIGHUP sent to this process or to the `make` that started it.
+Ctrl-C stops them all (worker, ingress, then Kafka) and leaves no process behind; so do SIGINT,
+SIGTERM or SIGHUP sent to this process or to the `make` that started it. A broker that exits is
+started again (`BrokerRestarts`); the ingress or the worker exiting stops the rest.
 Ports: KAFKA_PORT (and the next one up, for the controller), INGRESS_PORT, WORKER_WEB_PORT.
 State lives under RUN_DIR, ./var by default (broker data, worker tables, logs, the dev token).
 """
@@ -22,7 +23,7 @@ from pathlib import Path
 import httpx
 
 from config.settings import Settings, load_or_exit
-from deploy.local_kafka import ROOT, BrokerError, KafkaCluster, cluster_ports, local_cluster
+from deploy.local_kafka import ROOT, BrokerError, KafkaBroker, KafkaCluster, cluster_ports, local_cluster
 
 
 def state_dir(settings: Settings) -> Path:
@@ -118,6 +119,45 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
     return False
 
 
+class BrokerRestarts:
+    """A broker that exits is started again, as a supervisor would, `RESTART_AFTER_S` later (with
+    three, the other two go on meanwhile: a broker's loss can be tried here). One that keeps
+    exiting (`GIVE_UP_AFTER` times, each within `STABLE_S` of its start) raises BrokerError."""
+
+    RESTART_AFTER_S = 10.0
+    STABLE_S = 60.0
+    GIVE_UP_AFTER = 3
+
+    def __init__(self, nodes: list[KafkaBroker]) -> None:
+        self.nodes = nodes
+        self.down_since: dict[int, float] = {}  # node id -> when its exit was seen
+        self.started: dict[int, float] = {}  # node id -> when it was last started here
+        self.quick_exits: dict[int, int] = {}
+
+    def check(self, now: float) -> None:
+        for node in self.nodes:
+            nid = node.node_id
+            if node.alive():
+                if now - self.started.get(nid, -1e9) > self.STABLE_S:
+                    self.quick_exits.pop(nid, None)
+                continue
+            if nid not in self.down_since:
+                self.down_since[nid] = now
+                if now - self.started.get(nid, -1e9) <= self.STABLE_S:
+                    self.quick_exits[nid] = self.quick_exits.get(nid, 0) + 1
+                if self.quick_exits.get(nid, 0) >= self.GIVE_UP_AFTER:
+                    raise BrokerError(f"broker {nid} keeps exiting; see {node.log_path}")
+                code = node.proc.returncode if node.proc is not None else None
+                others = "the others go on; " if len(self.nodes) > 1 else ""
+                print(f"warning: broker {nid} exited (status {code}); {others}starting it again in "
+                      f"{self.RESTART_AFTER_S:.0f}s (its log: {node.log_path})", file=sys.stderr)
+            elif now - self.down_since[nid] >= self.RESTART_AFTER_S:
+                del self.down_since[nid]
+                self.started[nid] = now
+                node.launch()
+                print(f"broker {nid} started again", file=sys.stderr)
+
+
 def _ports(settings: Settings) -> list[tuple[int, str, str]]:
     # node i of KAFKA_NODES listens on KAFKA_PORT + 2i, its controller on KAFKA_PORT + 2i + 1
     kafka, controllers = cluster_ports(settings.kafka_nodes, settings.kafka_port)
@@ -205,12 +245,13 @@ ready.
       -d cli=9716700271 -d 'time=2017-06-22 11:17:18'
   Ctrl-C (or SIGINT/SIGTERM to this process or to make) stops everything.
 """, flush=True)
+        restarts = BrokerRestarts(nodes)
         while not stopping:
-            for proc, name in ((ingress, "ingress"), (worker, "worker"),
-                               *((n.proc, f"broker {n.node_id}") for n in nodes)):
+            for proc, name in ((ingress, "ingress"), (worker, "worker")):
                 if proc is None or proc.poll() is not None:
                     print(f"error: the {name} exited; stopping the rest (see its log under {var})", file=sys.stderr)
                     return 1
+            restarts.check(time.monotonic())
             time.sleep(0.5)
     except KeyboardInterrupt:
         pass

@@ -1,0 +1,67 @@
+"""`make run`'s broker supervision (`deploy.run_local.BrokerRestarts`), on stand-in brokers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, cast
+
+import pytest
+
+from deploy.local_kafka import BrokerError, KafkaBroker
+from deploy.run_local import BrokerRestarts
+
+
+class Node:
+    """A broker process: running, or exited with a status, and started again by `launch`."""
+
+    def __init__(self, node_id: int) -> None:
+        self.node_id = node_id
+        self.log_path = Path(f"/tmp/node-{node_id}.log")
+        self.running = True
+        self.launches = 0
+        self.proc: Any = type("Proc", (), {"returncode": None})()
+
+    def alive(self) -> bool:
+        return self.running
+
+    def crash(self) -> None:
+        self.running, self.proc.returncode = False, -9
+
+    def launch(self) -> None:
+        self.running, self.proc.returncode = True, None
+        self.launches += 1
+
+
+def supervise(nodes: list[Node]) -> BrokerRestarts:
+    return BrokerRestarts(cast(list[KafkaBroker], nodes))
+
+
+def test_a_broker_that_exits_is_started_again_while_the_others_go_on(capsys: pytest.CaptureFixture[str]) -> None:
+    nodes = [Node(1), Node(2), Node(3)]
+    restarts = supervise(nodes)
+    restarts.check(0.0)
+    nodes[0].crash()
+    restarts.check(100.0)
+    assert "broker 1 exited (status -9); the others go on" in capsys.readouterr().err
+    restarts.check(100.0 + BrokerRestarts.RESTART_AFTER_S - 1)
+    assert nodes[0].launches == 0  # down for a while, as a crash and a supervisor's restart would be
+    restarts.check(100.0 + BrokerRestarts.RESTART_AFTER_S)
+    assert nodes[0].launches == 1 and nodes[0].alive() and [n.launches for n in nodes[1:]] == [0, 0]
+    for t in (500.0, 1000.0):  # exits long after each start: started again every time
+        nodes[0].crash()
+        restarts.check(t)
+        restarts.check(t + BrokerRestarts.RESTART_AFTER_S)
+    assert nodes[0].launches == 3
+
+
+def test_a_broker_that_keeps_exiting_at_start_stops_the_stack() -> None:
+    node = Node(1)
+    restarts = supervise([node])
+    t = 0.0
+    with pytest.raises(BrokerError, match="broker 1 keeps exiting"):
+        for _ in range(BrokerRestarts.GIVE_UP_AFTER + 1):
+            node.crash()
+            restarts.check(t)
+            t += BrokerRestarts.RESTART_AFTER_S
+            restarts.check(t)
+            t += 1.0
