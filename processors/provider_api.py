@@ -9,6 +9,7 @@ PROVIDER_MAX_ATTEMPTS; any other non-200 is an error at once. The API key travel
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import random
 import time
@@ -97,7 +98,8 @@ class ProviderApi:
             else:
                 if r.status_code == 200:
                     try:
-                        body = r.json()
+                        # a decimal as written ("uid": 1796000001.10 is not .1, another call's id)
+                        body = json.loads(r.content, parse_float=str)
                     except ValueError:
                         m.API_ERRORS.labels("bad_json").inc()
                         raise ProviderError(f"{path}: not JSON", 200) from None

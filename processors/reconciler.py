@@ -144,7 +144,7 @@ class Reconciler:
                         oldest_active = at if oldest_active is None else min(oldest_active, at)
                     continue
                 uid, digest = str(call.get("uid")), _digest(call)
-                if written.get(uid) == digest:
+                if digest is not None and written.get(uid) == digest:
                     read[uid] = digest
                     m.CALLS_UNCHANGED.inc()
                     continue
@@ -155,7 +155,8 @@ class Reconciler:
                     log.warning("call log of app %s: skipping call %r: %s", app, uid[:64], e)
                     continue
                 records += [(self.events_topic, e.uniqueid.encode(), dumps(e)) for e in events]
-                page[uid] = digest
+                if digest is not None:
+                    page[uid] = digest
             if records:
                 await self.send(records)
                 m.EVENTS_WRITTEN.inc(len(records))
@@ -180,12 +181,13 @@ class Reconciler:
         return cursor
 
 
-def _digest(call: dict[str, Any]) -> bytes:
-    """What a call-log entry says, as bytes to compare (the order of its keys aside)."""
+def _digest(call: dict[str, Any]) -> bytes | None:
+    """What a call-log entry says, as bytes to compare (the order of its keys aside); None for an
+    entry orjson cannot write (an integer past 64 bits, deep nesting): never taken as unchanged."""
     try:
         return hashlib.blake2b(orjson.dumps(call, option=orjson.OPT_SORT_KEYS), digest_size=16).digest()
-    except TypeError:  # not JSON as orjson writes it: never taken as unchanged
-        return b""
+    except TypeError:
+        return None
 
 
 def _call_time(call: dict[str, Any], tz: ZoneInfo) -> float | None:

@@ -232,3 +232,33 @@ def test_log_entry_of_the_truth_has_the_reference_shape() -> None:
     entry = log_entry(next(t for t in truth if t.attempts))
     assert set(entry) >= {"uid", "cli", "time", "active", "duration", "transfer"}
     assert set(entry["transfer"][0]) >= {"attemptId", "to", "time", "du", "disposition", "name", "group"}
+
+
+def _log_of(entries: list[bytes]) -> httpx.MockTransport:
+    """A call log of one page holding `entries` as written (JSON text, numbers as they come)."""
+    def answer(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith("/calls"):
+            body = b'{"page":{"totalPages":1},"data":[' + b",".join(entries) + b"]}"
+            return httpx.Response(200, content=body, headers={"content-type": "application/json"})
+        return httpx.Response(404)
+    return httpx.MockTransport(answer)
+
+
+def test_a_numeric_uid_in_the_call_log_keeps_its_digits() -> None:
+    """As at the ingress: 1796000001.10 read as a float would be 1796000001.1, another call."""
+    api = ProviderApi("http://provider/", KEY, max_rps=1000, transport=_log_of([b'{"uid":1796000001.10,"n":3}']))
+    calls, total = asyncio.run(api.calls(APP, "2026-11-30T00:00:00+05:30", 1))
+    assert calls == [{"uid": "1796000001.10", "n": 3}] and total == 1
+
+
+def test_an_entry_that_cannot_be_compared_is_written_on_every_pass() -> None:
+    """An entry orjson cannot write (an integer past 64 bits) has no digest: never taken as
+    unchanged, so a change the provider makes to it still reaches the processor."""
+    _, rec, cursors, sink, _ = setup()
+    entry = (b'{"uid":"big.1","cli":"9812345678","time":"%s","active":false,"duration":"20",'
+             b'"extra":123456789012345678901234,"transfer":[]}' % since_text(time.time() - 60, rec.tz).encode())
+    rec.api = ProviderApi("http://provider/", KEY, max_rps=1000, transport=_log_of([entry]))
+    asyncio.run(rec.run_once())
+    asyncio.run(rec.run_once())
+    assert [e["event"] for e in sink.events()] == ["IN", "H", "IN", "H"]
+    assert cursors.saved
