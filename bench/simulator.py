@@ -265,8 +265,9 @@ class NoAnswer(Exception):
 async def post_events(url: str, token: str, events: list[dict[str, str]], rate: float, concurrency: int = 32,
                       progress: bool = True, transport: Any = None) -> dict[int, int]:
     """POST each event (form) at about `rate` per second; returns a count per HTTP status. Retries 503
-    and, once the ingress has answered, a connection refused or broken (the ingress restarting)
-    for up to `NO_ANSWER_S`; past that, or if the ingress never answered, raises `NoAnswer`.
+    and, once the ingress has answered, a connection refused (the ingress restarting) for up to
+    `NO_ANSWER_S`; past that, if the ingress never answered, or on a request cut off mid-way,
+    raises `NoAnswer`.
 
     A call's events are posted one after the other, in the order given (by the same poster): with
     the posts in flight together, a TA could overtake its call's hang-up by a few milliseconds, and
@@ -290,8 +291,11 @@ async def post_events(url: str, token: str, events: list[dict[str, str]], rate: 
                         r = await client.post(url, data=e, headers={"X-Webhook-Token": token})
                         answered[0] = True
                         break
-                    except httpx.TransportError as error:  # refused, reset, timed out
-                        if not answered[0] or time.monotonic() - unanswered > NO_ANSWER_S:
+                    except httpx.TransportError as error:
+                        # refused: not sent, so sent again (a request cut off mid-way may have been
+                        # taken: sent again, it would be a duplicate the simulation did not ask for)
+                        if (not isinstance(error, httpx.ConnectError) or not answered[0]
+                                or time.monotonic() - unanswered > NO_ANSWER_S):
                             raise NoAnswer(f"no answer from {url} ({type(error).__name__})") from None
                         await asyncio.sleep(1.0)
                 if r.status_code != 503:

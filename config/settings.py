@@ -27,6 +27,8 @@ SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: UPGRADE_FROM's values: none, or a version whose workers read other internal formats than this one's
 UPGRADE_FROM = ("", "0.1")
 TOPIC_PREFIX_CHARS = re.compile(r"[A-Za-z0-9._-]*")  # what Kafka takes in a topic name
+#: the longest name made from it, `<prefix>ivr-processor-agent_windows-changelog`, within Kafka's 249
+MAX_TOPIC_PREFIX = 200
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,6 +185,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
     if settings.upgrade_from not in UPGRADE_FROM:
         raise SettingsError(f"UPGRADE_FROM={settings.upgrade_from!r}: the versions a worker can run beside are "
                             f"{', '.join(v for v in UPGRADE_FROM if v)}")
+    if len(settings.topic_prefix) > MAX_TOPIC_PREFIX:
+        raise SettingsError(f"TOPIC_PREFIX is {len(settings.topic_prefix)} characters: at most {MAX_TOPIC_PREFIX} "
+                            "(Kafka's topic names stop at 249, and the tables' changelogs add the group's)")
     if not TOPIC_PREFIX_CHARS.fullmatch(settings.topic_prefix):
         raise SettingsError(f"TOPIC_PREFIX={settings.topic_prefix!r}: a topic name takes only ASCII letters, digits, "
                             "'.', '_' and '-'")

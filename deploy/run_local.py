@@ -122,16 +122,16 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
 class BrokerRestarts:
     """A broker that exits is started again, as a supervisor would, `RESTART_AFTER_S` later (with
     three, the other two go on meanwhile: a broker's loss can be tried here). One that keeps
-    exiting (`GIVE_UP_AFTER` times, each within `STABLE_S` of its start) raises BrokerError."""
+    exiting (`GIVE_UP_AFTER` times in a row, each within `STABLE_S` of its start) raises BrokerError."""
 
     RESTART_AFTER_S = 10.0
     STABLE_S = 60.0
     GIVE_UP_AFTER = 3
 
-    def __init__(self, nodes: list[KafkaBroker]) -> None:
+    def __init__(self, nodes: list[KafkaBroker], started: float) -> None:
         self.nodes = nodes
         self.down_since: dict[int, float] = {}  # node id -> when its exit was seen
-        self.started: dict[int, float] = {}  # node id -> when it was last started here
+        self.started = {node.node_id: started for node in nodes}  # node id -> when it was last started
         self.quick_exits: dict[int, int] = {}
 
     def check(self, now: float) -> None:
@@ -245,7 +245,7 @@ ready.
       -d cli=9716700271 -d 'time=2017-06-22 11:17:18'
   Ctrl-C (or SIGINT/SIGTERM to this process or to make) stops everything.
 """, flush=True)
-        restarts = BrokerRestarts(nodes)
+        restarts = BrokerRestarts(nodes, time.monotonic())
         while not stopping:
             for proc, name in ((ingress, "ingress"), (worker, "worker")):
                 if proc is None or proc.poll() is not None:

@@ -300,4 +300,4 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return _json(exc.status_code, {"error": error, "detail": exc.detail}, dict(exc.headers or {}))
 
 
-app = create_app(settings_module.load_or_exit())  # a bad setting stops the start in one line
+app = create_app()

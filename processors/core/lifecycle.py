@@ -1,8 +1,8 @@
 """The call lifecycle: apply an event, let time pass, decide what a call emits.
 
 When a call closes
-  * at once on H, when IN is known and every attempt seen has its TA and TE (and its TC, if
-    answered);
+  * at once on H, when IN is known and every attempt seen has its TA and TE (and its TC, if a
+    webhook TE says it was answered: the call log has no TC);
   * else HANGUP_GRACE_S after H arrived (attempts still ringing end as caller_hangup);
   * else after CALL_IDLE_TIMEOUT_S with no event (CONNECTED_IDLE_TIMEOUT_S while an answered
     attempt has had no TE yet: a conversation sends no events until it ends).

@@ -120,8 +120,8 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
             except CallTooLarge:
                 if item.get("origin") != "call_log":
                     raise  # dead-lettered once, with its reason
-                # the call log is read again on every reconcile pass: dead-lettered, the same
-                # event would be set aside (and alerted on) again and again
+                # the call log's copy comes back with each new leader and each change of its
+                # entry: dead-lettered, the same event would be set aside (and alerted on) again
                 reconcile_metrics.EVENTS_REFUSED.inc()
                 return None
             if applied.late:

@@ -25,10 +25,10 @@ class Unread:
         return None
 
 
-def test_a_call_log_event_past_the_bound_is_counted_not_dead_lettered_on_every_pass() -> None:
+def test_a_call_log_event_past_the_bound_is_counted_not_dead_lettered_each_time_it_comes() -> None:
     """A call at its size bound refuses a new attempt's event. A webhook's goes to the dead
-    letters, once. The call log's copy comes back on every reconcile pass (its lookback reads the
-    same calls again): it is counted, not dead-lettered each time (that alert would never clear)."""
+    letters, once. The call log's copy comes back with each new leader of the reconciler and each
+    change of its entry: it is counted, not dead-lettered each time."""
     s = load({"WORKER_PRODUCE_BATCH_BYTES": "4096"})  # a call's state: 2 KiB at most
     pipe = calls.pipeline(s)
     delivered, rows = Delivery(), dict[bytes, bytes]()

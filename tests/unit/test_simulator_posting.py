@@ -41,12 +41,13 @@ def test_a_calls_events_arrive_in_order_though_posted_concurrently() -> None:
 class Restarting(httpx.AsyncBaseTransport):
     """An ingress that answers, then refuses connections for a while (a restart), then answers."""
 
-    def __init__(self, refusals: int) -> None:
+    def __init__(self, refusals: int, answering: int = 3) -> None:
         self.refusals = refusals
+        self.answering = answering  # requests answered before the refusals
         self.answered = 0
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        if self.answered >= 3 and self.refusals > 0:
+        if self.answered >= self.answering and self.refusals > 0:
             self.refusals -= 1
             raise httpx.ConnectError("connection refused")
         self.answered += 1
@@ -60,5 +61,6 @@ def test_posting_rides_through_an_ingress_restart_and_stops_at_once_when_none_an
                                        progress=False, transport=restarting))
     assert statuses == {202: 6} and restarting.refusals == 0
     # nothing has ever answered: not a restart, the ingress is not there
-    with pytest.raises(NoAnswer, match=r"no answer from http://127\.0\.0\.1:9/webhooks/ivr"):
-        asyncio.run(post_events("http://127.0.0.1:9/webhooks/ivr", "t", events, rate=0, progress=False))
+    with pytest.raises(NoAnswer, match=r"no answer from http://ingress/webhooks/ivr \(ConnectError\)"):
+        asyncio.run(post_events("http://ingress/webhooks/ivr", "t", events, rate=0, progress=False,
+                                transport=Restarting(refusals=len(events), answering=0)))

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from zoneinfo import ZoneInfo
@@ -46,6 +47,8 @@ def test_a_topic_prefix_kafka_cannot_name_a_topic_with_is_refused(prefix: str) -
     with pytest.raises(SettingsError, match="TOPIC_PREFIX"):
         load({"TOPIC_PREFIX": prefix})
     assert load({"TOPIC_PREFIX": "prod-eu_1."}).topic("ivr.events") == "prod-eu_1.ivr.events"
+    with pytest.raises(SettingsError, match="TOPIC_PREFIX is 201 characters"):
+        load({"TOPIC_PREFIX": "p" * 201})
 
 
 @pytest.mark.parametrize(("value", "expected"), [
@@ -108,7 +111,10 @@ def test_the_worker_web_port_listens_where_worker_web_host_says() -> None:
                                      ["-m", "faust", "-A", "processors.app", "worker"],
                                      ["-m", "deploy.run_local"]])  # make run
 def test_a_bad_setting_stops_the_ingress_the_worker_and_make_run_in_one_line(program: list[str]) -> None:
-    env = {**os.environ, "TOPIC_PREFIX": "bad/prefix"}
-    done = subprocess.run([sys.executable, *program], env=env, capture_output=True, text=True, timeout=120)
+    with socket.socket() as busy:  # were the setting taken, `make run` would stop here, at its port check
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        env = {**os.environ, "TOPIC_PREFIX": "bad/prefix", "KAFKA_PORT": str(busy.getsockname()[1])}
+        done = subprocess.run([sys.executable, *program], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.startswith("error: TOPIC_PREFIX='bad/prefix'") and "Traceback" not in done.stderr
