@@ -148,6 +148,6 @@ class ProviderApi:
 def _total_pages(body: dict[str, Any]) -> int:
     page = body.get("page")
     try:
-        return int(page["totalPages"]) if isinstance(page, dict) else 1
-    except (KeyError, TypeError, ValueError):
+        return int(float(page["totalPages"])) if isinstance(page, dict) else 1  # decimals are read as text
+    except (KeyError, TypeError, ValueError, OverflowError):
         return 1

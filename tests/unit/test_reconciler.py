@@ -251,6 +251,13 @@ def test_a_numeric_uid_in_the_call_log_keeps_its_digits() -> None:
     assert calls == [{"uid": "1796000001.10", "n": 3}] and total == 1
 
 
+def test_total_pages_written_as_a_decimal_is_still_a_count() -> None:
+    def answer(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, content=b'{"page":{"totalPages":3.0},"data":[]}')
+    api = ProviderApi("http://provider/", KEY, max_rps=1000, transport=httpx.MockTransport(answer))
+    assert asyncio.run(api.calls(APP, "2026-11-30T00:00:00+05:30", 1)) == ([], 3)
+
+
 def test_an_entry_that_cannot_be_compared_is_written_on_every_pass() -> None:
     """An entry orjson cannot write (an integer past 64 bits) has no digest: never taken as
     unchanged, so a change the provider makes to it still reaches the processor."""
