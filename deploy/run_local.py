@@ -138,12 +138,12 @@ class BrokerRestarts:
         for node in self.nodes:
             nid = node.node_id
             if node.alive():
-                if now - self.started.get(nid, -1e9) > self.STABLE_S:
+                if now - self.started[nid] > self.STABLE_S:
                     self.quick_exits.pop(nid, None)
                 continue
             if nid not in self.down_since:
                 self.down_since[nid] = now
-                if now - self.started.get(nid, -1e9) <= self.STABLE_S:
+                if now - self.started[nid] <= self.STABLE_S:
                     self.quick_exits[nid] = self.quick_exits.get(nid, 0) + 1
                 if self.quick_exits.get(nid, 0) >= self.GIVE_UP_AFTER:
                     raise BrokerError(f"broker {nid} keeps exiting; see {node.log_path}")

@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from config import kafka_client
-from config.settings import Settings, SettingsError, load
+from config.settings import Settings, load_or_exit
 from config.topics import CATALOGUE
 from ivr_cli import kafka
 from ivr_cli.render import KIND_OF, TOPICS, matches, open_alerts, summary, topic_base
@@ -38,12 +38,6 @@ Json = Annotated[bool, typer.Option("--json", help="raw JSON, one record a line 
 Mask = Annotated[bool, typer.Option("--mask", help="show caller numbers' last 4 digits only")]
 
 
-def _settings() -> Settings:
-    try:
-        return load()
-    except SettingsError as e:
-        err.print(f"error: {e}")
-        raise typer.Exit(2) from None
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -117,7 +111,7 @@ def tail(
                                                     min=0)] = None,
 ) -> None:
     """Follow a topic and print each record as one line (Ctrl-C stops)."""
-    settings = _settings()
+    settings = load_or_exit()
     try:
         base = topic_base(topic, settings.topic_prefix)
     except KeyError:
@@ -155,7 +149,7 @@ def alerts(
     limit: Annotated[int | None, typer.Option(help="show at most this many", min=1)] = None,
 ) -> None:
     """Open missed-call alerts (no resolution yet): the callers to call back, newest first."""
-    settings = _settings()
+    settings = load_or_exit()
 
     async def go() -> list[dict[str, Any]]:
         raised = [_decode(r.value) for r in await kafka.read_to_end(settings, settings.topic(TOPICS["alerts"]))]
@@ -177,7 +171,7 @@ def alerts(
 @app.command()
 def topics() -> None:
     """Each project topic: partitions, records kept (log end minus start) and the worker group's lag."""
-    settings = _settings()
+    settings = load_or_exit()
     group = f"{settings.topic_prefix}{settings.processor_id}"
     bases = [s.base for s in CATALOGUE] + [b for b in TOPICS.values() if b not in {s.base for s in CATALOGUE}]
 
@@ -216,7 +210,7 @@ def simulate(ctx: typer.Context) -> None:
     args = list(ctx.args)
     given = {a.split("=", 1)[0] for a in args}
     if not given & {"--url", "--kafka", "-h", "--help"}:
-        settings = _settings()
+        settings = load_or_exit()
         args += ["--url", f"http://127.0.0.1:{settings.ingress_port}/webhooks/ivr"]
         if "--token" not in given:
             token = settings.webhook_tokens[0] if settings.webhook_tokens else _dev_token(settings)

@@ -124,7 +124,7 @@ class Reconciler:
         cursor = stored if stored is not None else started
         since = since_text(cursor - self.s.reconcile_lookback_s, self.tz)
         oldest_active: float | None = None
-        written = self.written.get(app, {})
+        written = self.written.setdefault(app, {})
         read: dict[str, bytes] = {}  # the finished calls of this pass, written (now or before)
         pg, total = 1, 1
         while pg <= total:
@@ -162,7 +162,6 @@ class Reconciler:
                 m.EVENTS_WRITTEN.inc(len(records))
             read.update(page)  # acknowledged
             written.update(page)
-            self.written[app] = written
             done = pg >= total
             # every call before `reach` is written (calls share a time across a page break: at or
             # after `last` is read again, `since` is inclusive)
