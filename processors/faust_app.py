@@ -15,8 +15,9 @@ from config import kafka_client
 from config.settings import Settings
 from config.topics import TopicSpec, ensure_topics
 from processors.batched_table import BatchedTable
-from processors.faust_consumer import SafeConsumer, SafeTransport
+from processors.faust_consumer import SafeConsumer, SafeTransport, kafka_consumer
 from processors.inbox import Inbox
+from processors.membership import Membership
 from processors.output_producer import OutputProducer
 
 log = logging.getLogger("processors.app")
@@ -63,6 +64,9 @@ class IvrApp(faust.App):
         #: topic name -> the inbox its pipeline reads (handed to by the consumer: `faust_consumer`)
         self.inboxes: dict[str, Inbox[Any]] = {}
         self.flow_guards: list[Any] = []  # see `runtime.ClearedByRebalance`
+        #: asked before each delivery: a worker evicted while frozen must not write (`processors.membership`)
+        self.membership = Membership(lambda: getattr(kafka_consumer(self), "_coordinator", None),
+                                     settings.worker_session_timeout_s)
         super().__init__(**kwargs)
 
     async def on_first_start(self) -> None:

@@ -332,6 +332,12 @@ class SafeConsumer(Consumer):
             self.diag.unset_flag(CONSUMER_FETCHING)
 
 
+def kafka_consumer(app: Any) -> Any:
+    """aiokafka's consumer inside Faust's consumer thread (None before it started)."""
+    thread = getattr(app.consumer, "_thread", None)
+    return None if thread is None else getattr(thread, "_consumer", None)
+
+
 def fetch_position(client: Any, tp: Any) -> int | None:
     """aiokafka's position for `tp`: the offset its next fetch starts at (None: not assigned, or
     not known yet). A plain read of the consumer's state, safe from either thread."""

@@ -31,6 +31,7 @@ from prometheus_client import Counter, Gauge
 from config.kafka_client import aiokafka_kwargs
 from config.settings import Settings
 from processors.core.liveness import Observation, Verdict, Watchdog
+from processors.faust_consumer import kafka_consumer
 from processors.worker_metrics import REGISTRY
 
 log = logging.getLogger("processors.liveness")
@@ -44,12 +45,6 @@ IN_GROUP = Gauge("ivr_worker_in_group", "1 while the broker lists this worker as
 GROUP_ERRORS = Counter("ivr_worker_group_errors_total",
                        "Consumer group errors aiokafka waited on and the worker read so coordination goes on",
                        registry=REGISTRY)
-
-
-def _kafka_consumer(app: Any) -> Any:
-    """aiokafka's consumer inside Faust's consumer thread (None before it started)."""
-    thread = getattr(app.consumer, "_thread", None)
-    return None if thread is None else getattr(thread, "_consumer", None)
 
 
 async def _read_pending_group_error(consumer: Any) -> str | None:
@@ -105,7 +100,7 @@ class LivenessMonitor:
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
         """Ready: in the group (joined, a generation), partitions assigned and tables restored."""
-        consumer = _kafka_consumer(self.app)
+        consumer = kafka_consumer(self.app)
         coordinator = getattr(consumer, "_coordinator", None)
         joined = coordinator is not None and getattr(coordinator, "generation", -1) > 0
         assigned = len(self._assignment()) > 0
@@ -147,7 +142,7 @@ class LivenessMonitor:
         from aiokafka import TopicPartition
 
         admin, probe = await self._clients()
-        consumer = _kafka_consumer(self.app)
+        consumer = kafka_consumer(self.app)
         member_id = getattr(getattr(consumer, "_coordinator", None), "member_id", "") or ""
         (described,) = await admin.describe_consumer_groups([self.group])
         _error, _group, state, _ptype, _protocol, members, *_ = described.groups[0]
@@ -169,7 +164,7 @@ class LivenessMonitor:
         return Observation(time.monotonic(), in_group, committed, ends, remaining)
 
     async def _repair(self) -> None:
-        consumer = _kafka_consumer(self.app)
+        consumer = kafka_consumer(self.app)
         if consumer is None:
             return
         error = await self.app.consumer._thread.call_thread(_read_pending_group_error, consumer)

@@ -533,6 +533,7 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
     table = app.batched_table(pipeline.table)
 
     async def deliver(records: Sequence[Record], placed: Sequence[Placed]) -> Offsets:
+        await app.membership.confirmed()  # raises Evicted: the runtime then stops, acknowledging nothing
         return cast(Offsets, await app.outputs.send_all(records, placed))
 
     runner: Runner[S] = Runner(
