@@ -2,7 +2,7 @@
 
 Ctrl-C stops them all (worker, ingress, then Kafka) and leaves no process behind; so do SIGINT,
 SIGTERM or SIGHUP sent to this process or to the `make` that started it. A broker that exits is
-started again (`BrokerRestarts`); the ingress or the worker exiting stops the rest.
+started again, and so is the worker (`Restarts`); the ingress exiting stops the rest.
 Ports: KAFKA_PORT (and the next one up, for the controller), INGRESS_PORT, WORKER_WEB_PORT.
 State lives under RUN_DIR, ./var by default (broker data, worker tables, logs, the dev token).
 """
@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Protocol
 
 import httpx
 
@@ -119,43 +120,89 @@ def _wait_http(url: str, proc: subprocess.Popen[bytes], timeout: float) -> bool:
     return False
 
 
-class BrokerRestarts:
-    """A broker that exits is started again, as a supervisor would, `RESTART_AFTER_S` later (with
-    three, the other two go on meanwhile: a broker's loss can be tried here). One that keeps
-    exiting (`GIVE_UP_AFTER` times in a row, each within `STABLE_S` of its start) raises BrokerError."""
+class Supervised(Protocol):
+    """A process `make run` keeps running: a broker, or the worker."""
+
+    log_path: Path
+
+    def alive(self) -> bool: ...
+
+    def launch(self) -> None: ...
+
+    def status(self) -> int | None: ...
+
+
+class Broker:
+    def __init__(self, node: KafkaBroker) -> None:
+        self.node = node
+        self.log_path = node.log_path
+
+    def alive(self) -> bool:
+        return self.node.alive()
+
+    def launch(self) -> None:
+        self.node.launch()
+
+    def status(self) -> int | None:
+        return None if self.node.proc is None else self.node.proc.returncode
+
+
+class Worker:
+    """The worker: it exits to be started again when it cannot go on (3: stalled; 70: a batch it
+    could not complete, or learnt it must not deliver), as under any supervisor."""
+
+    ARGS = (sys.executable, "-m", "faust", "-A", "processors.app", "worker", "-l", "info")
+
+    def __init__(self, env: dict[str, str], log_path: Path) -> None:
+        self.env = env
+        self.log_path = log_path
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def launch(self) -> None:
+        self.proc = _spawn(list(self.ARGS), self.env, self.log_path)
+
+    def status(self) -> int | None:
+        return None if self.proc is None else self.proc.poll()
+
+
+class Restarts:
+    """A broker or the worker that exits is started again, as a supervisor would, `RESTART_AFTER_S`
+    later; the rest go on meanwhile (with three brokers, a broker's loss can be tried here). One that
+    keeps exiting (`GIVE_UP_AFTER` times in a row, each within `STABLE_S` of its start) raises
+    BrokerError."""
 
     RESTART_AFTER_S = 10.0
     STABLE_S = 60.0
     GIVE_UP_AFTER = 3
 
-    def __init__(self, nodes: list[KafkaBroker], started: float) -> None:
-        self.nodes = nodes
-        self.down_since: dict[int, float] = {}  # node id -> when its exit was seen
-        self.started = {node.node_id: started for node in nodes}  # node id -> when it was last started
-        self.quick_exits: dict[int, int] = {}
+    def __init__(self, processes: dict[str, Supervised], started: float) -> None:
+        self.processes = processes  # name ("broker 1", "the worker") -> process
+        self.down_since: dict[str, float] = {}  # name -> when its exit was seen
+        self.started = dict.fromkeys(processes, started)  # name -> when it was last started
+        self.quick_exits: dict[str, int] = {}
 
     def check(self, now: float) -> None:
-        for node in self.nodes:
-            nid = node.node_id
-            if node.alive():
-                if now - self.started[nid] > self.STABLE_S:
-                    self.quick_exits.pop(nid, None)
+        for name, process in self.processes.items():
+            if process.alive():
+                if now - self.started[name] > self.STABLE_S:
+                    self.quick_exits.pop(name, None)
                 continue
-            if nid not in self.down_since:
-                self.down_since[nid] = now
-                if now - self.started[nid] <= self.STABLE_S:
-                    self.quick_exits[nid] = self.quick_exits.get(nid, 0) + 1
-                if self.quick_exits.get(nid, 0) >= self.GIVE_UP_AFTER:
-                    raise BrokerError(f"broker {nid} keeps exiting; see {node.log_path}")
-                code = node.proc.returncode if node.proc is not None else None
-                others = "the others go on; " if len(self.nodes) > 1 else ""
-                print(f"warning: broker {nid} exited (status {code}); {others}starting it again in "
-                      f"{self.RESTART_AFTER_S:.0f}s (its log: {node.log_path})", file=sys.stderr)
-            elif now - self.down_since[nid] >= self.RESTART_AFTER_S:
-                del self.down_since[nid]
-                self.started[nid] = now
-                node.launch()
-                print(f"broker {nid} started again", file=sys.stderr)
+            if name not in self.down_since:
+                self.down_since[name] = now
+                if now - self.started[name] <= self.STABLE_S:
+                    self.quick_exits[name] = self.quick_exits.get(name, 0) + 1
+                if self.quick_exits.get(name, 0) >= self.GIVE_UP_AFTER:
+                    raise BrokerError(f"{name} keeps exiting; see {process.log_path}")
+                print(f"warning: {name} exited (status {process.status()}); the rest go on; starting it again "
+                      f"in {self.RESTART_AFTER_S:.0f}s (its log: {process.log_path})", file=sys.stderr)
+            elif now - self.down_since[name] >= self.RESTART_AFTER_S:
+                del self.down_since[name]
+                self.started[name] = now
+                process.launch()
+                print(f"{name} started again", file=sys.stderr)
 
 
 def _ports(settings: Settings) -> list[tuple[int, str, str]]:
@@ -192,7 +239,7 @@ def main() -> int:
         "WORKER_WEB_HOST": "127.0.0.1",  # as the ingress: nothing here is for other machines
     }
     ingress: subprocess.Popen[bytes] | None = None
-    worker: subprocess.Popen[bytes] | None = None
+    worker = Worker(env, var / "worker.log")
     stopping = False
 
     def on_signal(signum: int, frame: object) -> None:
@@ -217,12 +264,12 @@ def main() -> int:
         ingress = _spawn([sys.executable, "-m", "ingress", "--host", "127.0.0.1",
                           "--port", str(settings.ingress_port)], env, var / "ingress.log")
         print("starting a worker ...")
-        worker = _spawn([sys.executable, "-m", "faust", "-A", "processors.app", "worker", "-l", "info"],
-                        env, var / "worker.log")
+        worker.launch()
+        assert worker.proc is not None
         if not _wait_http(f"http://127.0.0.1:{settings.ingress_port}/readyz", ingress, 60):
             print(f"error: the ingress did not become ready; see {var / 'ingress.log'}", file=sys.stderr)
             return 1
-        _wait_http(f"http://127.0.0.1:{settings.worker_web_port}/healthz", worker, 60)
+        _wait_http(f"http://127.0.0.1:{settings.worker_web_port}/healthz", worker.proc, 60)
         url = f"http://127.0.0.1:{settings.ingress_port}/webhooks/ivr"
         # what `ivr` needs to find this stack when the ports are not the defaults
         ivr_env = "" if bootstrap == "127.0.0.1:9092" else f"KAFKA_BOOTSTRAP_SERVERS={bootstrap} "
@@ -245,12 +292,12 @@ ready.
       -d cli=9716700271 -d 'time=2017-06-22 11:17:18'
   Ctrl-C (or SIGINT/SIGTERM to this process or to make) stops everything.
 """, flush=True)
-        restarts = BrokerRestarts(nodes, time.monotonic())
+        supervised: dict[str, Supervised] = {f"broker {node.node_id}": Broker(node) for node in nodes}
+        restarts = Restarts({**supervised, "the worker": worker}, time.monotonic())
         while not stopping:
-            for proc, name in ((ingress, "ingress"), (worker, "worker")):
-                if proc is None or proc.poll() is not None:
-                    print(f"error: the {name} exited; stopping the rest (see its log under {var})", file=sys.stderr)
-                    return 1
+            if ingress is None or ingress.poll() is not None:
+                print(f"error: the ingress exited; stopping the rest (see its log under {var})", file=sys.stderr)
+                return 1
             restarts.check(time.monotonic())
             time.sleep(0.5)
     except KeyboardInterrupt:
@@ -261,7 +308,7 @@ ready.
     finally:
         stopping = True
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not cut the clean stop short
-        _stop(worker, "worker")
+        _stop(worker.proc, "worker")
         _stop(ingress, "ingress")
         print("stopping Kafka ...")
         broker.stop()
