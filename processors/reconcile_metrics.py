@@ -8,7 +8,8 @@ from prometheus_client import Counter, Gauge
 
 from processors.worker_metrics import REGISTRY
 
-POLLS = Counter("ivr_reconcile_polls_total", "Call-log polls of one app, by result (ok, failed, preempted)",
+POLLS = Counter("ivr_reconcile_polls_total",
+                "Call-log polls of one app (or of the app list, when it fails), by result (ok, failed, preempted)",
                 ["result"], registry=REGISTRY)
 PASSES_FAILED = Counter("ivr_reconcile_passes_failed_total",
                         "Reconciliation passes that could not run (the cursors could not be read from Kafka)",
@@ -32,5 +33,5 @@ API_ERRORS = Counter("ivr_reconcile_api_errors_total",
                      "Failed provider API requests, by HTTP status (or timeout, network)", ["status"],
                      registry=REGISTRY)
 CURSOR_AGE = Gauge("ivr_reconcile_cursor_age_seconds",
-                   "Now minus the app's durable cursor: grows while the provider cannot be read", ["app"],
-                   registry=REGISTRY)
+                   "Now minus the app's durable cursor (at each scrape): grows while the provider cannot be read",
+                   ["app"], registry=REGISTRY)

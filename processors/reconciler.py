@@ -80,6 +80,9 @@ class Reconciler:
         #: per app, the calls whose events this reconciler wrote (acknowledged), by uniqueid: a
         #: digest of the log entry they were made from. Kept for the calls the last full pass read.
         self.written: dict[str, dict[str, bytes]] = {}
+        #: per app, its durable cursor as last known here: `ivr_reconcile_cursor_age_seconds` is
+        #: now minus it at each scrape, so it grows while the provider cannot be read
+        self.cursors_known: dict[str, float] = {}
 
     async def apps(self) -> list[str]:
         guids = list(self.s.provider_apps) or await self.api.apps()
@@ -104,7 +107,7 @@ class Reconciler:
                 return
             cursor = stored.get(app)
             if cursor is not None:
-                m.CURSOR_AGE.labels(app).set(max(0.0, self.clock() - cursor))
+                self._known(app, cursor)
             try:
                 cursor = await self.reconcile(app, cursor)
             except Preempted:
@@ -116,7 +119,12 @@ class Reconciler:
                             app, e, self.s.reconcile_interval_s)
                 continue
             m.POLLS.labels("ok").inc()
-            m.CURSOR_AGE.labels(app).set(max(0.0, self.clock() - cursor))
+            self._known(app, cursor)
+
+    def _known(self, app: str, cursor: float) -> None:
+        if app not in self.cursors_known:
+            m.CURSOR_AGE.labels(app).set_function(lambda: max(0.0, self.clock() - self.cursors_known[app]))
+        self.cursors_known[app] = cursor
 
     async def reconcile(self, app: str, stored: float | None) -> float:
         """Read one app's call log from its cursor; returns the cursor stored at the end."""

@@ -103,7 +103,11 @@ CASES: dict[str, list[Case]] = {
     "IvrReconciliationFailing": [
         # every pass fails (one each 10 min, RECONCILE_INTERVAL_S=600): nothing is being healed
         ([(f'ivr_reconcile_passes_failed_total{{{W}, instance="w0:6066"}}', "0+0.1x90")],
-         "90m", [({}, "Call-log reconciliation: 6 passes failed in the last hour, none read a call log")]),
+         "90m", [({}, "Call-log reconciliation: 6 passes or polls failed in the last hour, none read a call log")]),
+        # the provider fails every poll (a pass every 10 min): no pass failed, none read a call log
+        ([(f'ivr_reconcile_passes_failed_total{{{W}, instance="w0:6066"}}', "0x90"),
+          (f'ivr_reconcile_polls_total{{{W}, instance="w0:6066", result="failed"}}', "0+0.1x90")],
+         "90m", [({}, "Call-log reconciliation: 6 passes or polls failed in the last hour, none read a call log")]),
         # one pass failed (a leader change), the next ones read the call log
         ([(f'ivr_reconcile_passes_failed_total{{{W}, instance="w0:6066"}}', "0x30 1x60"),
           (f'ivr_reconcile_polls_total{{{W}, instance="w0:6066", result="ok"}}', "0x35 0+1x55")], "90m", []),

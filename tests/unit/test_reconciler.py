@@ -19,6 +19,7 @@ from config.settings import load
 from processors import reconcile_metrics as rm
 from processors.provider_api import Pacer, ProviderApi, ProviderError, retry_after
 from processors.reconciler import Reconciler, since_text
+from processors.worker_metrics import REGISTRY
 
 KEY = "k-0123456789abcdef-secret"
 OTHER_APP = "0" * 31 + "1"
@@ -159,6 +160,29 @@ def test_provider_outage_keeps_the_cursor_and_the_next_pass_catches_up() -> None
     assert rm.POLLS.labels("failed")._value.get() == failed + 1
     asyncio.run(rec.run_once())
     assert uids(sink) == {t.uniqueid for t in provider.calls[APP]}
+
+
+def test_the_cursor_age_grows_while_the_provider_cannot_be_read() -> None:
+    """Read at each scrape: it grows between passes, and while every request fails (the app list's
+    included, which ends a pass before any app)."""
+    provider, rec, cursors, _, _ = setup()
+    clock = [time.time()]
+    rec.clock = lambda: clock[0]
+    cursors.saved.append((APP, clock[0] - 100))
+    provider.fail_next(503, 4)
+    asyncio.run(rec.run_once())
+
+    def age() -> float | None:
+        return REGISTRY.get_sample_value("ivr_reconcile_cursor_age_seconds", {"app": APP})
+
+    assert age() == pytest.approx(100)
+    clock[0] += 600
+    assert age() == pytest.approx(700)
+    rec.s = replace(rec.s, provider_apps=())  # the app list is asked for, and fails
+    provider.fail_next(503, 4)
+    asyncio.run(rec.run_once())
+    clock[0] += 600
+    assert age() == pytest.approx(1300)
 
 
 def test_cursor_moves_only_past_pages_written() -> None:
