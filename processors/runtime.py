@@ -174,6 +174,11 @@ class Pipeline(Generic[S]):
                 is saved, and for every state held after a rebalance
     bundled     output topics whose records are bundled per partition (see `bundles`)
     tick_every  how often the timer looks for due keys (seconds)
+    settle      called once per batch for each key its records changed, after them all:
+                (key, state, now) -> Result, or None when nothing changes (e.g. one revision
+                for several late events). Raising: the key keeps what its records changed, not
+                what `settle` did, and its latest record goes to the dead-letter topic with the
+                error (the step takes care that this does not happen: see `lifecycle._late`)
     on_saved    called after each batch with the keys saved (gauges); like `due`, it reads
                 them then and keeps none: the next batch may change a state in place
     on_recovered  called with every state held after a rebalance (gauges)
@@ -189,6 +194,7 @@ class Pipeline(Generic[S]):
     due: Callable[[S], float | None]
     bundled: frozenset[str] = frozenset()
     tick_every: float = 1.0
+    settle: Callable[[str, S, float], Result[S] | None] | None = None
     on_saved: Callable[[dict[str, S | None]], None] | None = None
     on_recovered: Callable[[Iterable[tuple[str, S]]], None] | None = None
 
@@ -321,6 +327,8 @@ class Runner(Generic[S]):
         outputs: list[Output] = []
         for record in batch:
             outputs.extend(self._record(record, keys, now))
+        if self.p.settle is not None:
+            self._settle(self.p.settle, keys, outputs, now)
         saved: dict[str, S | None] = {}
         for key, k in keys.items():
             if not k.changed:
@@ -404,6 +412,21 @@ class Runner(Generic[S]):
                 self._undo(keys, touched, touched[:done], now)
             return [self._dead_letter(record, error)]
         return out
+
+    def _settle(self, settle: Callable[[str, S, float], Result[S] | None], keys: dict[str, _Key[S]],
+                outputs: list[Output], now: float) -> None:
+        for key, k in keys.items():
+            if not k.changed or k.state is None:
+                continue
+            try:
+                result = settle(key, k.state, now)
+            except Exception as error:  # confined to this key, as a record's error is
+                self._undo(keys, [key], [], now)  # its records' inputs applied again, not settled
+                outputs.append(self._dead_letter(k.source, error))
+                continue
+            if result is not None:
+                k.state = result.state
+                outputs.extend(result.outputs)
 
     def _set_deadlines(self, states: Iterable[tuple[str, S | None]]) -> None:
         """The keys' next deadlines, from their saved states: asked here, once per key and batch

@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from schemas.records import SelfResolution
+
 AlertState = Literal["none", "pending", "sent"]
 
 
@@ -43,12 +45,16 @@ def merge_fact(seen: Fact, new: Fact, closed: bool) -> tuple[Fact, bool]:
     The result does not depend on which came first: a webhook's fields win over the call log's
     (the log only adds what was missing); of two webhook deliveries the earliest received is kept
     (while the call is open: once closed, a repeat must not revise it); the agent's name and group
-    come from the call log whenever it has them."""
+    come from the call log whenever it has them, from its latest read when they changed there (an
+    agent renamed): the one received last of two reads, or, on a webhook's fact (which keeps the
+    webhook's receipt), the read that came last (the reconciler writes its reads in order)."""
     webhook_wins = seen.from_log and not new.from_log
     earlier_delivery = not seen.from_log and not new.from_log and not closed and new.received < seen.received
     core = new if webhook_wins or earlier_delivery else seen
-    merged = replace(core, agent_name=seen.agent_name if seen.agent_name is not None else new.agent_name,
-                     group=seen.group if seen.group is not None else new.group)
+    renamed = new.from_log and (not seen.from_log or new.received > seen.received)
+    name = new.agent_name if new.agent_name is not None and (renamed or seen.agent_name is None) else seen.agent_name
+    group = new.group if new.group is not None and (renamed or seen.group is None) else seen.group
+    merged = replace(core, agent_name=name, group=group)
     return merged, not seen.from_log and not new.from_log
 
 
@@ -74,6 +80,11 @@ class CallState:
     # the state's JSON size when the lifecycle measured it (once a call is large enough, once per
     # load), plus what attempts' facts added since (not the IN, the H or bookkeeping); not stored
     size: int | None = field(default=None, compare=False, repr=False)
+    # a closed call that late events changed, its revision left for `lifecycle.settle` (at the end
+    # of the batch): how an answer they show resolves its alert, and the latest one's receipt;
+    # never stored (the batch settles it before the state is saved)
+    revise: SelfResolution | None = field(default=None, compare=False, repr=False)
+    revised_by: float | None = field(default=None, compare=False, repr=False)
 
     @property
     def closed(self) -> bool:

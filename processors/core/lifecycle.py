@@ -8,7 +8,10 @@ When a call closes
     attempt has had no TE yet: a conversation sends no events until it ends).
 What it emits
   * revision 1 of its completed record when it closes; a further revision whenever a later event
-    changes the record's content (a duplicate, or an event that changes nothing, emits nothing);
+    changes the record's content (a duplicate, or an event that changes nothing, emits nothing).
+    The pipeline applies a batch's events with `settle_later` and calls `settle` at the batch's
+    end: the late events of one call in one batch (a call-log pass, a burst of retried webhooks)
+    make one revision, not one each with states in between that never were;
   * caller facts, re-keyed by app:cli for the callers agent (processors.core.callers):
     - a missed fact when a missed call is decided: at its close or at the first revision that
       makes it missed, once the hang-up grace has passed (an answer delivered out of order within
@@ -108,7 +111,8 @@ def fact_from_event(event: Mapping[str, Any]) -> tuple[str, Fact]:
     return fact_key(event["event"], event.get("attemptid")), fact
 
 
-def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: LifecycleConfig) -> Applied:
+def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: LifecycleConfig,
+          settle_later: bool = False) -> Applied:
     key, fact = fact_from_event(event)
     if state is None:
         state = CallState(uniqueid=event["uniqueid"], app=event["app"])
@@ -126,19 +130,43 @@ def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: Li
         if not state.closed:
             return Applied(state, NOTHING, duplicate=repeated)
         # a closed call: agent name/group filled in, or the call log's fields replaced by a webhook's
-        return Applied(state, _revise(state, now, cfg, resolution_how(event)), late=True)
+        return Applied(state, _late(state, fact, event, now, cfg, settle_later), late=True)
     _make_room(state, key, fact, None, cfg)
     state.facts[key] = fact
     state.last_activity = now
     healed = fact.from_log
     if key == "H" and state.hangup_seen is None:
         state.hangup_seen = now
-    how = resolution_how(event)
     if state.closed:
-        return Applied(state, _revise(state, now, cfg, how), late=True, healed=healed)
+        return Applied(state, _late(state, fact, event, now, cfg, settle_later), late=True, healed=healed)
     if _complete(state):
-        return Applied(state, _close(state, now, cfg, how), healed=healed)
+        return Applied(state, _close(state, now, cfg, resolution_how(event)), healed=healed)
     return Applied(state, NOTHING, healed=healed)
+
+
+def _late(state: CallState, fact: Fact, event: Mapping[str, Any], now: float, cfg: LifecycleConfig,
+          settle_later: bool) -> Emission:
+    """A late event changed a closed call: its revision now, or left for `settle`. Its record is
+    made here either way, so that an event it cannot be made with fails here, where it is that
+    event's error (the worker dead-letters it), not at the batch's end."""
+    how = resolution_how(event)
+    if not settle_later:
+        return _revise(state, now, cfg, how)
+    completed_record(state, view(state), state.revision + 1, now)
+    # an answer any late webhook of the batch shows is the webhooks' word (see `resolution_how`)
+    state.revise = how if state.revise in (None, how) else "revised_answered"
+    state.revised_by = fact.received
+    return NOTHING
+
+
+def settle(state: CallState, now: float, cfg: LifecycleConfig) -> Applied:
+    """The revision the batch's late events left (`apply(..., settle_later=True)`), if any: one,
+    made from everything they changed (none if, all told, the record is as it was)."""
+    how = state.revise
+    if how is None:
+        return Applied(state, NOTHING)
+    state.revise = state.revised_by = None
+    return Applied(state, _revise(state, now, cfg, how), late=True)
 
 
 def _make_room(state: CallState, key: str, fact: Fact, seen: Fact | None, cfg: LifecycleConfig) -> None:

@@ -16,7 +16,16 @@ from processors.core.call_metrics import Contribution, agent_contributions, app_
 from processors.core.call_record import CallView
 from processors.core.call_state import CallState
 from processors.core.callers import caller_key
-from processors.core.lifecycle import NOTHING, Applied, CallTooLarge, LifecycleConfig, apply, next_due, tick
+from processors.core.lifecycle import (
+    NOTHING,
+    Applied,
+    CallTooLarge,
+    LifecycleConfig,
+    apply,
+    next_due,
+    settle,
+    tick,
+)
 from processors.json_store import JsonStore
 from processors.runtime import TICK, Output, Pipeline, Result
 from schemas.codec import contribution_json, dumps
@@ -30,6 +39,7 @@ KEPT_CALLS_BYTES = 8 * 1024 * 1024
 
 def _as_loaded(state: CallState) -> CallState:
     state.size = None  # measured once per load (see `lifecycle._make_room`)
+    state.revise = state.revised_by = None  # settled before each save: never set here
     return state
 
 
@@ -87,12 +97,11 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
     completed, missed = s.topic(topics.CALLS_COMPLETED), s.topic(topics.MISSED_BY_CALLER)
     open_calls: set[str] = set()
 
-    def outputs(applied: Applied, event: Any) -> list[Output]:
+    def outputs(applied: Applied, received: float | None) -> list[Output]:
         """The emission's records. Their `received`: the ingress receipt of the webhook that
-        closed (or revised) the call (`event`); for a call closed by a timer, that of its hang-up,
-        if any."""
+        closed (or last revised) the call; for a call closed by a timer, that of its hang-up, if
+        any."""
         state, em, out = applied.state, applied.emission, []
-        received = None if event is TICK else parse_ts(event["received_at"])
         if received is None and state is not None and "H" in state.facts:
             received = state.facts["H"].received
         if em.completed is not None:
@@ -116,7 +125,7 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
         else:
             m.EVENTS.inc(str(item.get("event")))
             try:
-                applied = apply(state, item, now, cfg)
+                applied = apply(state, item, now, cfg, settle_later=True)
             except CallTooLarge:
                 if item.get("origin") != "call_log":
                     raise  # dead-lettered once, with its reason
@@ -132,7 +141,14 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
                 reconcile_metrics.EVENTS_HEALED.inc()
         if applied.emission is NOTHING:  # most events: the call goes on, nothing to write
             return Result(applied.state)
-        return Result(applied.state, outputs(applied, item))
+        return Result(applied.state, outputs(applied, None if item is TICK else parse_ts(item["received_at"])))
+
+    def settled(uid: str, state: CallState, now: float) -> Result[CallState] | None:
+        if state.revise is None:  # most calls: no late event in the batch
+            return None
+        received = state.revised_by
+        applied = settle(state, now, cfg)
+        return Result(applied.state, outputs(applied, received))
 
     def on_saved(saved: dict[str, CallState | None]) -> None:
         for uid, st in saved.items():
@@ -155,5 +171,5 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
         decode=decode, step=step, due=lambda st: next_due(st, cfg),
         bundled=frozenset({s.topic(topics.ATTEMPTS_BY_AGENT), s.topic(topics.CALLS_BY_APP)}
                           | (set() if s.writes_0_1_formats else {missed})),
-        tick_every=0.5, on_saved=on_saved, on_recovered=on_recovered,
+        tick_every=0.5, settle=settled, on_saved=on_saved, on_recovered=on_recovered,
     )

@@ -16,6 +16,7 @@ from processors.core.call_state import CallState
 from processors.json_store import JsonStore
 from processors.pipelines import calls
 from processors.runtime import Runner
+from schemas.timefmt import format_ts
 from tests.unit.callgen import T0, attempt, ev
 from tests.unit.test_runtime import Delivery, Rec
 
@@ -169,3 +170,34 @@ def test_a_talking_call_closes_on_call_idle_timeout_unless_connected_idle_timeou
     assert calls.lifecycle_config(load({})).connected_idle_timeout_s == 900
     cfg = calls.lifecycle_config(load({"CALL_IDLE_TIMEOUT_S": "20", "CONNECTED_IDLE_TIMEOUT_S": "14400"}))
     assert (cfg.idle_timeout_s, cfg.connected_idle_timeout_s) == (20, 14400)
+
+
+def test_a_batch_of_late_events_of_a_closed_call_makes_one_revision() -> None:
+    """A call-log pass (or a burst of retried webhooks) brings several late events of a closed
+    call in one batch: one revision with all of them, not one each with states in between that
+    never were. A later batch's late event makes the next revision."""
+    s = load({})
+    pipe = calls.pipeline(s)
+    delivered, rows = Delivery(), dict[bytes, bytes]()
+    runner = Runner(pipe, pipe.store(rows), delivered, CaughtUp(), s.topic(topics.EVENTS_UNPROCESSABLE))
+
+    def batch(events: list[dict[str, Any]], first: int, now: float) -> None:
+        asyncio.run(runner.handle([Rec(pipe.source, 0, first + i, b"c1", orjson.dumps(e))
+                                   for i, e in enumerate(events)], now))
+
+    # the webhooks: IN, an attempt whose TE was lost, H; closed by the hang-up grace
+    batch([ev("IN", "c1", T0), ev("TA", "c1", T0 + 1, attempt="c1.1", to="9000000001"), ev("H", "c1", T0 + 20)],
+          0, T0 + 21)
+    asyncio.run(runner.handle([Rec(pipe.ticks, 0, 0, b"c1", b"")], T0 + 60))
+    log = [{**e, "origin": "call_log", "agent_name": "Asha", "group": "Support"}
+           for e in attempt("c1", 1, "9000000001", T0 + 1, "answered", 4, 10, with_tc=False)]
+    batch(log, 3, T0 + 120)
+    records = [orjson.loads(v) for _, v in delivered.records(s.topic(topics.CALLS_COMPLETED))]
+    assert [r["revision"] for r in records] == [1, 2]
+    assert records[0]["outcome"] == "missed" and records[1]["outcome"] == "answered"
+    assert records[1]["attempts"][0]["agent_name"] == "Asha"
+    # the agent renamed in the call log: the next pass reads it (later) and writes it again
+    batch([{**e, "agent_name": "Asha R.", "received_at": format_ts(T0 + 170)} for e in log], 5, T0 + 180)
+    records = [orjson.loads(v) for _, v in delivered.records(s.topic(topics.CALLS_COMPLETED))]
+    assert [r["revision"] for r in records] == [1, 2, 3]
+    assert records[2]["attempts"][0]["agent_name"] == "Asha R."

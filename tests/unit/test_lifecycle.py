@@ -12,7 +12,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from processors.core.call_state import CallState
-from processors.core.lifecycle import MAX_FACT_BYTES, Applied, CallTooLarge, LifecycleConfig, apply, next_due, tick
+from processors.core.lifecycle import (
+    MAX_FACT_BYTES,
+    Applied,
+    CallTooLarge,
+    LifecycleConfig,
+    apply,
+    next_due,
+    settle,
+    tick,
+)
 from schemas.records import AnsweredCallFact, CompletedCall, MissedCallFact
 from schemas.timefmt import format_ts
 from schemas.webhook import MAX_FIELD_CHARS
@@ -61,6 +70,20 @@ class Run:
             state = None if self.state is None else roundtrip(self.state)
             was = self._alerted()
             self._take(apply(state, e, now, CFG), was)
+        return self
+
+    def batch(self, events: list[dict[str, Any]], now: float = NOW) -> Run:
+        """The events in one batch, as the calls pipeline applies them: a closed call's revision
+        is settled at the batch's end."""
+        state = None if self.state is None else roundtrip(self.state)
+        for e in events:
+            was = self._alerted()
+            self._take(apply(state, e, now, CFG, settle_later=True), was)
+            state = self.state
+        if state is not None:
+            was = self._alerted()
+            self._take(settle(state, now, CFG), was)
+            assert self.state is not None and self.state.revise is None
         return self
 
     def at(self, now: float) -> Run:
@@ -641,3 +664,48 @@ def test_an_answered_call_whose_tc_never_comes_closes_after_the_grace() -> None:
     run.at(NOW + CFG.hangup_grace_s)
     (r,) = run.completed
     assert (r.outcome, r.close_reason, r.wait_is_lower_bound) == ("answered", "hangup", True)
+
+
+@pytest.mark.parametrize("origins", [("call_log", "call_log"), ("call_log", None), (None, None)])
+def test_a_batch_of_late_events_makes_one_revision_as_they_would_have_ended(origins: tuple[str | None, ...]) -> None:
+    """An alerted call's late TA and answered TE in one batch: one revision, answered, and one
+    resolution of its alert (`call_log_answered` only if the call log alone said so), not a missed
+    revision first. The revision is the last of those the events would have made one by one."""
+    uid = "lb"
+
+    def alerted() -> Run:
+        return Run().feed([ev("IN", uid, T0), *attempt(uid, 1, "A1", T0 + 1, "noanswer", ring=5),
+                           ev("H", uid, None, duration=60)]).settle()
+
+    late = [{**e, "origin": o} if o else e for e, o in
+            zip(attempt(uid, 2, "A2", T0 + 7, "answered", ring=2, talk=40, with_tc=False), origins, strict=True)]
+    batched, one_by_one = alerted().batch(late, NOW + 300), alerted().feed(late, NOW + 300)
+    assert [r.revision for r in batched.completed] == [1, 2]
+    assert [r.revision for r in one_by_one.completed] == [1, 2, 3]
+    assert replace(batched.record, revision=3) == one_by_one.record
+    assert batched.record.outcome == "answered" and len(batched.missed) == 1  # no refresh before the answer
+    how = "call_log_answered" if origins == ("call_log", "call_log") else "revised_answered"
+    assert [(a.cli, a.how) for a in batched.answered] == [("9800000001", how)]
+    assert batched.batch(late, NOW + 400).completed[-1].revision == 2  # the same again: nothing
+
+
+def test_the_call_logs_latest_read_of_an_agents_name_wins() -> None:
+    """The call log renamed the agent between two reads. On the call log's own fact: the later
+    read's name and group, in either order of arrival (a report's `received_at` is when the
+    reconciler read it). On a webhook's fact, which keeps the webhook's receipt: the read that came
+    last (the reconciler writes its reads in order). A webhook's repeat after them changes neither."""
+    uid = "rn"
+    webhooks = [ev("IN", uid, T0), *attempt(uid, 1, "A1", T0 + 1, "answered", ring=2, talk=30),
+                ev("H", uid, None, duration=40)]
+    te = webhooks[-2]
+
+    def read(name: str, group: str | None, at: float) -> dict[str, Any]:
+        return {**te, "origin": "call_log", "agent_name": name, "group": group, "received_at": format_ts(at)}
+
+    first, second = read("Asha", "Sales", T0 + 100), read("Asha R.", None, T0 + 200)
+    for order in ([first, second], [second, first]):
+        run = Run().feed([w for w in webhooks if w is not te]).settle().feed(order)
+        assert (run.record.attempts[0].agent_name, run.record.attempts[0].group) == ("Asha R.", "Sales")
+    run = Run().feed(webhooks).settle().feed([first, second, te])
+    assert (run.record.attempts[0].agent_name, run.record.attempts[0].group) == ("Asha R.", "Sales")
+    assert [r.revision for r in run.completed] == [1, 2, 3]
