@@ -75,6 +75,11 @@ class CallTooLarge(Refused):
     """An event that would take a call's state past its bound (see the module doc)."""
 
 
+class OtherAppsCall(Refused):
+    """An event whose `uniqueid` is a call of another app: calls are keyed by `uniqueid` alone, so
+    it is refused (dead-lettered, with this reason), not merged into that app's call."""
+
+
 @dataclass(frozen=True, slots=True)
 class Emission:
     completed: CompletedCall | None = None
@@ -116,6 +121,8 @@ def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: Li
     key, fact = fact_from_event(event)
     if state is None:
         state = CallState(uniqueid=event["uniqueid"], app=event["app"])
+    elif state.app != event["app"] and state.app.lower() != event["app"].lower():  # a GUID's hex in either case
+        raise OtherAppsCall(f"call {state.uniqueid} is a call of app {state.app}, not of app {event['app']}")
     seen = state.facts.get(key)
     if seen is not None:
         merged, repeated = merge_fact(seen, fact, state.closed)

@@ -17,6 +17,7 @@ from processors.core.lifecycle import (
     Applied,
     CallTooLarge,
     LifecycleConfig,
+    OtherAppsCall,
     apply,
     next_due,
     settle,
@@ -709,3 +710,14 @@ def test_the_call_logs_latest_read_of_an_agents_name_wins() -> None:
     run = Run().feed(webhooks).settle().feed([first, second, te])
     assert (run.record.attempts[0].agent_name, run.record.attempts[0].group) == ("Asha R.", "Sales")
     assert [r.revision for r in run.completed] == [1, 2, 3]
+
+
+def test_an_event_of_another_apps_call_with_the_same_uniqueid_is_refused() -> None:
+    """Calls are keyed by `uniqueid`: another app's event with it is refused (the worker
+    dead-letters it with the reason), not counted into this app's call as a duplicate."""
+    run = Run().feed([ev("IN", "same", T0), ev("H", "same", None, duration=30)]).settle()
+    before = roundtrip(run.state) if run.state is not None else None
+    other = {**ev("IN", "same", T0 + 5, cli="9800000002"), "app": "d" * 32}
+    with pytest.raises(OtherAppsCall, match=f"call same is a call of app {APP}, not of app d{{32}}"):
+        apply(run.state, other, NOW, CFG)
+    assert run.state == before and run.record.cli == "9800000001"
