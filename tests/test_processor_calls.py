@@ -196,11 +196,13 @@ def test_late_event_after_close_makes_a_revision_not_a_second_alert(stack: Stack
     assert r1["revision"] == 1 and r1["missed_reason"] == "abandoned_in_ivr"
     wait_for(stack, "ivr.alerts.missed", lambda v: v["uniqueid"] == u)
     post(stack, [ta(u, 1, "A1", "2026-03-02 10:00:05"), te(u, 1, "A1", "noanswer", 10)])
-    revisions = completed(stack, u, count=3)
-    assert [r["revision"] for r in revisions] == [1, 2, 3]
+    wait_for(stack, "ivr.calls.completed", lambda v: v["uniqueid"] == u and v["missed_reason"] == "no_answer")
+    revisions = completed(stack, u, count=2)
+    # one revision for both if the worker read them in one batch, else one each
+    assert [r["revision"] for r in revisions] in ([1, 2], [1, 2, 3])
     assert revisions[-1]["missed_reason"] == "no_answer" and revisions[-1]["attempts"][0]["result"] == "noanswer"
     post(stack, [te(u, 1, "A1", "noanswer", 10)])  # a duplicate of a seen event: nothing
     time.sleep(2)
-    assert len(completed(stack, u, count=3)) == 3
+    assert len(completed(stack, u, count=len(revisions))) == len(revisions)
     assert len(alerts(stack, u)) == 1
     validate("ivr.calls.completed", revisions)
