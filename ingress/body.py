@@ -85,6 +85,7 @@ def parse_pairs(data: str, where: str) -> dict[str, Any]:
 
 def parse_body(kind: str, body: bytes) -> dict[str, Any]:
     if kind == JSON:
+        body = body.removeprefix(b"\xef\xbb\xbf")  # UTF-8 with a byte order mark: still UTF-8 JSON
         try:
             data = orjson.loads(body)
         except orjson.JSONDecodeError:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import functools
+import re
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 _MIN_EPOCH = datetime(2000, 1, 1, tzinfo=UTC).timestamp()
 _MAX_EPOCH = datetime(2100, 1, 1, tzinfo=UTC).timestamp()
+_ENDS_WITH_TIME = re.compile(r"\d\d:\d\d(:\d\d([.,]\d+)?)?$")
+_OFFSET = re.compile(r"\d\d(:?\d\d)?")
+_DATE = re.compile(r"\d{4}-\d\d-\d\d")
 
 
 def format_ts(epoch: float) -> str:
@@ -42,8 +46,10 @@ def parse_provider_time(value: str | int | float, tz: ZoneInfo) -> float:
         if _is_number(text):
             epoch = float(text)
         else:
+            if _DATE.fullmatch(text):
+                raise ValueError("a date without a time of day")
             try:
-                dt = datetime.fromisoformat(text)
+                dt = datetime.fromisoformat(_plus_restored(text))
             except ValueError:
                 raise ValueError(
                     "not a timestamp: expected ISO 8601 (with or without offset) or epoch seconds/milliseconds"
@@ -55,6 +61,15 @@ def parse_provider_time(value: str | int | float, tz: ZoneInfo) -> float:
     if epoch >= 1e11:  # milliseconds: 1e11 s would be the year 5138
         epoch /= 1000.0
     return _checked(epoch)
+
+
+def _plus_restored(text: str) -> str:
+    """`2017-06-22T11:17:18 05:30` -> `...+05:30`: an offset's `+` sent unencoded in a query
+    string is read as a space (a naive `2017-06-22 11:17:18` is left as it is)."""
+    head, space, offset = text.rpartition(" ")
+    if space and _OFFSET.fullmatch(offset) and _ENDS_WITH_TIME.search(head):
+        return f"{head}+{offset}"
+    return text
 
 
 def _is_number(text: str) -> bool:

@@ -235,6 +235,19 @@ def test_ids_sent_as_json_numbers_keep_their_digits(client: TestClient, writer: 
     assert r.status_code == 202 and writer.records[-1][2]["id"] == value["id"]  # one event, either way
 
 
+def test_a_query_string_with_an_unencoded_offset_and_json_with_a_byte_order_mark_are_taken(
+        client: TestClient, writer: FakeWriter) -> None:
+    """`time=...T11:17:18+05:30` unencoded reads as `...T11:17:18 05:30`; UTF-8 JSON may start
+    with a byte order mark. Both are the provider's event as sent."""
+    query = f"token={TOKEN}&app={APP}&event=IN&uniqueid=u9&cli=9716700271&time=2017-06-22T11:17:18+05:30"
+    r = client.get(f"{URL}?{query}")
+    assert r.status_code == 202, r.text
+    assert writer.records[-1][2]["time"] == "2017-06-22T05:47:18.000Z"
+    body = b"\xef\xbb\xbf" + orjson.dumps({"app": APP, "event": "H", "uniqueid": "u9"})
+    r = client.post(URL, params={"token": TOKEN}, content=body, headers={"content-type": "application/json"})
+    assert r.status_code == 202, r.text
+
+
 def test_duplicate_json_keys_are_refused_naming_the_field(client: TestClient, writer: FakeWriter) -> None:
     body = b'{"app":"%s","event":"IN","uniqueid":"u1","event":"H","uniqueid":"u1"}' % APP.encode()
     r = client.post(URL, params={"token": TOKEN}, content=body, headers={"content-type": "application/json"})

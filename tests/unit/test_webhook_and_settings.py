@@ -60,13 +60,18 @@ def test_a_topic_prefix_kafka_cannot_name_a_topic_with_is_refused(prefix: str) -
     ("1498110438123", "2017-06-22T05:47:18.123Z"),
     ("1498110438.5", "2017-06-22T05:47:18.500Z"),
     (1498110438, "2017-06-22T05:47:18.000Z"),
+    # the offset's `+` sent unencoded in a query string or form, read as a space
+    ("2017-06-22T11:17:18 05:30", "2017-06-22T05:47:18.000Z"),
+    ("2017-06-22 11:17:18 0530", "2017-06-22T05:47:18.000Z"),
+    ("2017-06-22 11:17", "2017-06-22T05:47:00.000Z"),  # naive, no seconds: no offset taken from it
 ])
 def test_provider_time_formats(value: str | int, expected: str) -> None:
     assert format_ts(parse_provider_time(value, KOLKATA)) == expected
     assert parse_ts(expected) == pytest.approx(parse_provider_time(value, KOLKATA))
 
 
-@pytest.mark.parametrize("value", ["yesterday", "1e5", "-1498110438", "12", "3000-01-01T00:00:00Z", "22/06/2017"])
+@pytest.mark.parametrize("value", ["yesterday", "1e5", "-1498110438", "12", "3000-01-01T00:00:00Z", "22/06/2017",
+                                   "2017-06-22"])
 def test_bad_times_are_refused(value: str) -> None:
     with pytest.raises(ValueError):
         parse_provider_time(value, KOLKATA)
