@@ -16,8 +16,13 @@ _DATE = re.compile(r"\d{4}-\d\d-\d\d")
 
 def format_ts(epoch: float) -> str:
     """Epoch seconds -> `2017-06-22T05:47:18.000Z` (fixed width, so it sorts as text)."""
-    ms = round(epoch * 1000)
-    return f"{_second(ms // 1000)}.{ms % 1000:03d}Z"
+    second, ms = divmod(round(epoch * 1000), 1000)
+    return _second(second) + _MILLIS[ms]
+
+
+# ".000Z" to ".999Z": the end of every `format_ts`, made once (formatting it each time cost a
+# third of the call)
+_MILLIS = tuple(f".{ms:03d}Z" for ms in range(1000))
 
 
 @functools.lru_cache(maxsize=4096)
