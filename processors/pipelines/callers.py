@@ -46,6 +46,7 @@ def decode(key: bytes | None, value: bytes) -> Sequence[tuple[str, Any]]:
 def pipeline(s: Settings) -> Pipeline[CallerState]:
     alerts, resolved = s.topic(topics.ALERTS_MISSED), s.topic(topics.ALERTS_RESOLVED)
     calls_by_app = s.topic(topics.CALLS_BY_APP)
+    resolutions: dict[str, Any] = {}  # the counter's children, by how (`labels` takes a lock, builds a tuple)
 
     def step(key: str, state: CallerState | None, item: Any, now: float) -> Result[CallerState] | None:
         if item is TICK:
@@ -61,7 +62,10 @@ def pipeline(s: Settings) -> Pipeline[CallerState]:
                             if isinstance(item, MissedCallFact) and item.received_at is not None else None)
                 out.append(Output(alerts, rec.cli.encode(), dumps(rec), received, "alert"))
             else:
-                m.RESOLUTIONS.labels(rec.how).inc()
+                counter = resolutions.get(rec.how)
+                if counter is None:
+                    counter = resolutions[rec.how] = m.RESOLUTIONS.labels(rec.how)
+                counter.inc()
                 out.append(Output(resolved, rec.cli.encode(), dumps(rec)))
                 started = reached_again_start(state, rec)
                 if started is not None:
