@@ -32,8 +32,15 @@ def bundle(records: Sequence[Record], partitions: int, max_bytes: int = MAX_BYTE
     outage) could make a bundle larger than the broker takes (`max.message.bytes`): refused, and
     retried for ever, it stalled the pipeline."""
     groups: dict[tuple[str, int], list[bytes]] = {}
+    placed: dict[bytes, int] = {}  # a batch's keys repeat (an app's, an agent's): each hashed once
     for topic, key, value in records:
-        groups.setdefault((topic, partition_for(key, partitions)), []).append(value)
+        part = placed.get(key)
+        if part is None:
+            part = placed[key] = partition_for(key, partitions)
+        group = groups.get((topic, part))
+        if group is None:
+            group = groups[(topic, part)] = []
+        group.append(value)
     out: list[Placed] = []
     for (topic, part), values in groups.items():
         if sum(map(len, values)) + len(values) + 1 <= max_bytes:  # the usual case: one bundle
