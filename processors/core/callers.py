@@ -145,7 +145,8 @@ def apply_fact(state: CallerState | None, fact: CallerFact, now: float) -> tuple
         state = CallerState(fact.app, fact.cli)
     elif not state.app:  # read from the older format
         state.app, state.cli = fact.app, fact.cli
-    state.seen = max(state.seen, now)
+    if now > state.seen:  # (max(state.seen, now), without the call)
+        state.seen = now
     out = _missed(state, fact, now) if isinstance(fact, MissedCallFact) else _answered(state, fact, now)
     _prune(state, now)
     return state, out
@@ -185,6 +186,8 @@ def _answered(state: CallerState, fact: AnsweredCallFact, now: float) -> list[Ca
     own = state.missed.get(fact.uniqueid)
     if own is not None and own.status == "open":
         out.append(_resolve(state, fact.uniqueid, fact.how, None, now))
+    if not state.missed:
+        return out  # (most callers: no missed call to look through)
     opened = [(m.at, uid, m) for uid, m in state.missed.items() if m.status == "open"]  # few, if any
     if opened:
         for _, uid, m in sorted(opened, key=lambda entry: entry[:2]):
@@ -245,7 +248,7 @@ def _all_seen_after(state: CallerState, horizon: float) -> bool:
     for m in state.missed.values():
         if m.seen <= horizon:
             return False
-    for a in state.answered.values():
+    for a in state.answered.values():  # noqa: SIM110 - see above
         if a.seen <= horizon:
             return False
     return True
