@@ -70,15 +70,18 @@ def agent_key(app: str, agent: str) -> str:
 
 def agent_contributions(call: CompletedCall) -> list[Contribution]:
     """One per attempt: its result, ring time when answered, talk time."""
+    app, uniqueid, started, attempts = call.app, call.uniqueid, call.started_at, call.attempts
+    answering: str | None = None
+    for a in attempts:  # (a loop, not next() over a generator: this runs for every completed call)
+        if a.result == "answered":
+            answering = a.attemptid
+            break
     out = []
-    answering = next((a.attemptid for a in call.attempts if a.result == "answered"), None)
-    for a in call.attempts:
+    for a in attempts:
         answered = a.result == "answered"
         talk = call.talk_s if a.attemptid == answering else 0.0
-        out.append(Contribution(agent_key(call.app, a.to), f"{call.uniqueid}|{a.attemptid}",
-                                a.started_at or call.started_at, {
-                                    "v": CONTRIBUTION_VERSION, "result": a.result,
-                                    "ring_s": a.ring_s if answered else None, "talk_s": talk}))
+        out.append(Contribution(agent_key(app, a.to), f"{uniqueid}|{a.attemptid}", a.started_at or started, {
+            "v": CONTRIBUTION_VERSION, "result": a.result, "ring_s": a.ring_s if answered else None, "talk_s": talk}))
     return out
 
 
@@ -101,8 +104,10 @@ def reached_contribution(app: str, uniqueid: str, started: float) -> Contributio
 def receive_timed(uniqueid: str, v: CallView) -> frozenset[str]:
     """The items (as in `Contribution.item_id`) whose window time is a receive-time stand-in, not
     the provider's clock: they are counted in their window but must not advance its watermark."""
-    out = {f"{uniqueid}|{a.attemptid}" for a in v.attempts if not a.started_clocked}
-    return frozenset(out | {uniqueid} if not v.start_clocked else out)
+    out = [f"{uniqueid}|{a.attemptid}" for a in v.attempts if not a.started_clocked]
+    if not v.start_clocked:
+        out.append(uniqueid)
+    return frozenset(out)
 
 
 def _rate(num: int, den: int) -> float | None:
