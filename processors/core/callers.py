@@ -76,10 +76,12 @@ class CallerState:
     seen: float = 0.0  # wall clock of the latest fact
 
     def to_json(self) -> dict[str, Any]:
+        # (an empty kind skips its comprehension: most callers have calls of one kind only)
+        missed, answered = self.missed, self.answered
         return {
             "a": self.app, "c": self.cli, "s": self.seen,
-            "m": {u: [m.at, m.started, m.status, m.seen] for u, m in self.missed.items()},
-            "n": {u: [a.started, a.how, a.seen, a.start_known] for u, a in self.answered.items()},
+            "m": {u: [m.at, m.started, m.status, m.seen] for u, m in missed.items()} if missed else {},
+            "n": {u: [a.started, a.how, a.seen, a.start_known] for u, a in answered.items()} if answered else {},
         }
 
     @classmethod
