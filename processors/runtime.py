@@ -678,7 +678,9 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
         generation = app.consumer_generation_id
         for attempt in range(1, 4):
             try:
-                committed = await app.consumer.seek_to_committed()
+                # none (more workers than partitions: this one waits for a share) is not an error,
+                # though aiokafka's seek says so
+                committed = await app.consumer.seek_to_committed() if app.consumer.assignment() else {}
                 mine = {tp: o for tp, o in committed.items() if tp.topic in (pipeline.source, pipeline.ticks)}
                 new = [tp for tp, offset in mine.items() if offset is None]
                 earliest = await app.consumer.earliest_offsets(*new) if new else {}

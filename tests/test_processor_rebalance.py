@@ -99,3 +99,27 @@ def test_two_workers_of_a_new_group_started_together_handle_every_event(kafka: K
         finally:
             for w, _ in workers:
                 w.stop()
+
+
+def test_more_workers_than_partitions_the_idle_one_waits(kafka: KafkaBroker, tmp_path: Path) -> None:
+    """One partition, three workers: one holds it, one its tables' standbys, the third nothing. That
+    one must wait, healthy, for a share: it exited 70 (aiokafka's seek to the committed offsets of
+    no partition raised), and under a supervisor rejoined, rebalancing the group, and exited again."""
+    env = {
+        "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": new_prefix(), "TOPIC_PARTITIONS": "1",
+        "WEBHOOK_TOKENS": TOKEN, "WORKER_STORE": "rocksdb://", "WORKER_SESSION_TIMEOUT_S": "10",
+        "HANGUP_GRACE_S": "1", "CALL_IDLE_TIMEOUT_S": "3", "CONNECTED_IDLE_TIMEOUT_S": "30",
+    }
+    create_topics(env)
+    workers = [start_worker({**env, "WORKER_DATA_DIR": str(tmp_path / w)}, tmp_path / f"{w}.log") for w in "abc"]
+    try:
+        for w, _ in workers:
+            wait_worker_ready(w)
+        events, truth = generate(200, time.time() - 7200, 600, Profile(agents=5), seed=8, prefix="mw")
+        asyncio.run(write_events(kafka.bootstrap, f"{env['TOPIC_PREFIX']}ivr.events", events, progress=False))
+        assert truth_mismatches(kafka.bootstrap, env["TOPIC_PREFIX"], truth) == 0
+        assert all(w.alive() for w, _ in workers), [w.log()[-2000:] for w, _ in workers if not w.alive()]
+        assert not any("could not be completed" in w.log() for w, _ in workers)
+    finally:
+        for w, _ in workers:
+            w.stop()
