@@ -75,6 +75,11 @@ CATALOGUE: tuple[TopicSpec, ...] = (
 )
 
 
+def min_insync(settings: Settings) -> int:
+    """The topics' `min.insync.replicas`: two of three replicas, so that one broker may be lost."""
+    return 2 if settings.topic_replication >= 3 else 1
+
+
 async def ensure_topics(settings: Settings, bases: tuple[str, ...] | None = None,
                         extra: tuple[TopicSpec, ...] = (), timeout_s: float = 120.0) -> None:
     """Create the project's topics (and `extra`) if they do not exist yet (idempotent), then wait
@@ -84,7 +89,7 @@ async def ensure_topics(settings: Settings, bases: tuple[str, ...] | None = None
     from aiokafka.errors import TopicAlreadyExistsError
 
     wanted = [s for s in CATALOGUE if bases is None or s.base in bases] + list(extra)
-    min_isr = "2" if settings.topic_replication >= 3 else "1"
+    min_isr = str(min_insync(settings))
     await check_connection(settings)  # refused credentials or certificates: KafkaSetupError, not a retry
     admin = AIOKafkaAdminClient(**aiokafka_kwargs(settings))
     try:

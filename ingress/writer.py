@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Protocol
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
@@ -26,6 +26,8 @@ log = logging.getLogger("ingress.writer")
 # after a refusal of the credentials or certificates while serving: the first wait, and the longest
 REFUSED_RETRY_S = 5.0
 REFUSED_RETRY_MAX_S = 60.0
+#: a failed write keeps /readyz at 503 this long, unless a later one is acknowledged
+FAILED_RECENTLY_S = 5.0
 # how long writes wait, once connected, for the topics the ingress could not make at start
 ENSURE_TOPICS_BOUND_S = 15.0
 
@@ -57,6 +59,9 @@ class KafkaWriter:
         self._starting: asyncio.Task[None] | None = None
         self._ready_checked_at = 0.0
         self._ready = False
+        # the last write the broker failed to acknowledge, and the last it acknowledged (monotonic)
+        self._failed_at: float | None = None
+        self._written_at = 0.0
         self._background: set[asyncio.Task[None]] = set()
         self._topics_ensured = False  # ivr.events and ivr.events.invalid made (or found) with their settings
         self._stopped = False
@@ -155,10 +160,13 @@ class KafkaWriter:
         try:
             await asyncio.wait_for(self._send(topic, key, value), self._timeout)
         except FATAL_PRODUCER_ERRORS as e:
+            self._failed_at = time.monotonic()
             self._reset(type(e).__name__)
             raise NotDurable(f"{type(e).__name__}: the producer is being replaced") from None
         except (TimeoutError, KafkaError, OSError) as e:
+            self._failed_at = time.monotonic()
             raise NotDurable(f"{type(e).__name__}: the broker did not acknowledge the write") from None
+        self._written_at = time.monotonic()
         PRODUCE_SECONDS.labels(topic).observe(time.perf_counter() - start)
 
     async def _send(self, topic: str, key: bytes | None, value: bytes) -> None:
@@ -169,17 +177,31 @@ class KafkaWriter:
         await self._producer.send_and_wait(topic, value, key=key)
 
     async def ready(self) -> bool:
-        """Whether the producer can write now: connected and the cluster answers a metadata request."""
+        """Whether the producer can write now: connected; no write failed in the last
+        `FAILED_RECENTLY_S` without one acknowledged since; and the cluster answers a metadata
+        request in which every partition of `ivr.events` has a leader and enough replicas in sync
+        for `acks=all` (a broker that hangs leaves the in-sync set ~30 s later: until then the
+        failed writes tell)."""
         producer = self._producer
         if producer is None:
             return False
         now = time.monotonic()
+        failed = self._failed_at
+        if failed is not None and failed > self._written_at and now - failed < FAILED_RECENTLY_S:
+            return False
         if now - self._ready_checked_at < 1.0:
             return self._ready
         try:
-            await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0)
-            self._ready = True
+            metadata = await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0)
+            self._ready = self._in_sync(metadata)
         except (TimeoutError, KafkaError, OSError):
             self._ready = False
         self._ready_checked_at = now
         return self._ready
+
+    def _in_sync(self, metadata: Any) -> bool:
+        partitions = metadata._partitions.get(self._settings.topic(topics.EVENTS))  # (aiokafka's ClusterMetadata)
+        if not partitions:
+            return False  # not created yet, or not visible to this client
+        need = topics.min_insync(self._settings)
+        return all(p.leader not in (None, -1) and len(p.isr) >= need for p in partitions.values())
