@@ -176,6 +176,9 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
         raise SettingsError(f"LOG_CALLER_NUMBERS={settings.log_caller_numbers!r}: use masked or full")
     if settings.worker_stall_timeout_s <= 0:
         raise SettingsError("WORKER_STALL_TIMEOUT_S must be positive")
+    if not 6 <= settings.worker_session_timeout_s <= 1800:  # Kafka's group.min/max.session.timeout.ms
+        raise SettingsError(f"WORKER_SESSION_TIMEOUT_S={settings.worker_session_timeout_s:g} must be from 6 to 1800 "
+                            "(the brokers' default bounds: a group refuses others)")
     if settings.reconcile_interval_s <= 0 or settings.provider_max_rps <= 0 or settings.provider_timeout_s <= 0:
         raise SettingsError("RECONCILE_INTERVAL_S, PROVIDER_MAX_RPS and PROVIDER_TIMEOUT_S must be positive")
     if settings.provider_max_attempts <= 0:

@@ -123,3 +123,11 @@ def test_a_bad_setting_stops_the_ingress_the_worker_and_make_run_in_one_line(pro
         done = subprocess.run([sys.executable, *program], env=env, capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.startswith("error: TOPIC_PREFIX='bad/prefix'") and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("value", ["0", "5", "1801"])
+def test_a_session_timeout_the_brokers_refuse_is_refused_at_start(value: str) -> None:
+    """0 was taken: the worker's JoinGroup was refused (InvalidSessionTimeoutError) every 5 s, for ever."""
+    with pytest.raises(SettingsError, match=f"WORKER_SESSION_TIMEOUT_S={value} must be from 6 to 1800"):
+        load({"WORKER_SESSION_TIMEOUT_S": value})
+    assert load({"WORKER_SESSION_TIMEOUT_S": "6"}).worker_session_timeout_s == 6
