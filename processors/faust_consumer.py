@@ -89,6 +89,16 @@ class SafeConsumer(Consumer):
         #: topic name -> the inbox of the pipeline reading it (the app's: see `processors.runtime.run`)
         self.inboxes: dict[str, Inbox[Any]] = getattr(self.app, "inboxes", {})
 
+    def verify_event_path(self, now: float, tp: Any) -> None:
+        """Faust's per-partition stall check, off. It reads each stream's inbound time, which the
+        pipelines (fed through their inbox, under the light monitor) never give it, and each
+        partition's last fetch request, standby changelogs included: a fault trial's worker
+        logged dozens of ERROR lines ("Stream has not started processing", "Aiokafka has not sent
+        fetch request") for partitions it was handling. The liveness monitor (`processors.liveness`)
+        watches what it means to: committed offsets against the log's end, with `/healthz` and an
+        exit to tell."""
+        return None
+
     def ack(self, message: Any) -> bool:
         generation = getattr(message, "generation_id", None)
         if generation is not None and generation != self.app.consumer_generation_id and not message.acked:
