@@ -13,7 +13,7 @@ from faust.sensors import Monitor
 
 from config import kafka_client
 from config.settings import Settings
-from config.topics import TopicSpec, ensure_topics
+from config.topics import PartitionMismatch, TopicSpec, ensure_topics
 from processors.batched_table import BatchedTable
 from processors.faust_consumer import SafeConsumer, SafeTransport, kafka_consumer
 from processors.inbox import Inbox
@@ -85,7 +85,10 @@ class IvrApp(faust.App):
                                 co_partitioned=True) for t in self.tables.values()]
         leader = TopicSpec(f"{self.conf.id}-{LEADER_TOPIC}", (("cleanup.policy", "compact"),), prefixed=False,
                            partitions=1)
-        await ensure_topics(self.ivr_settings, extra=(*changelogs, leader))
+        try:
+            await ensure_topics(self.ivr_settings, extra=(*changelogs, leader))
+        except PartitionMismatch as e:  # a setting at odds with the cluster: say so, as for a bad setting
+            raise SystemExit(f"error: {e}") from None
         # `kill -USR1 <pid>`: every task of the worker's event loop, with its stack, to the log
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_tasks, self)
         await super().on_first_start()

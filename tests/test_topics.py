@@ -5,7 +5,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -13,7 +17,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from config import topics
 from config.settings import Settings, load
 from config.topics import PartitionMismatch, TopicSpec, ensure_topics
-from deploy.local_kafka import KafkaBroker
+from deploy.local_kafka import ROOT, KafkaBroker, free_port
 from ingress.writer import KafkaWriter
 from tests.helpers import new_prefix
 
@@ -121,3 +125,18 @@ def test_created_meanwhile_by_another_process_with_more_is_refused(kafka: KafkaB
 
     with pytest.raises(PartitionMismatch, match=f"{name} has 4"):
         asyncio.run(go())
+
+
+def test_a_worker_started_on_topics_of_another_partition_count_says_so_in_one_line(kafka: KafkaBroker,
+                                                                                     tmp_path: Path) -> None:
+    """It printed Faust's traceback of the error (a fault trial, TOPIC_PARTITIONS=12 on topics of 6)."""
+    prefix = new_prefix()
+    _create(kafka, f"{prefix}{topics.EVENTS}", 2)
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix, "TOPIC_PARTITIONS": "3",
+           "WORKER_DATA_DIR": str(tmp_path / "w"), "WORKER_WEB_PORT": str(free_port())}
+    done = subprocess.run([sys.executable, "-m", "faust", "-A", "processors.app", "worker", "-l", "info"], env=env,
+                          cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0
+    assert f"error: topics the worker reads must have TOPIC_PARTITIONS=3 partitions; found: {prefix}{topics.EVENTS} " \
+           "has 2" in done.stderr
+    assert "Traceback" not in done.stderr + done.stdout
