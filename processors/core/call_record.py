@@ -9,6 +9,9 @@ A call closed without its IN (it came after the hang-up grace, or never) has an 
 the earliest provider time known of it stands in (an attempt's TA, or H's time less its duration
 when H has a provider time), else H's receive time less its duration. Whether a start is on the
 provider's clock is kept (`start_clocked`): a receive-time start must not move metric watermarks.
+Nor must a provider time more than `CLOCK_AHEAD_S` ahead of its own receipt (a clock set a day
+ahead, a bad value): one such webhook would close an app's and its agents' windows early and leave
+the calls still on their way out of them. Such a time is still the record's and its windows'.
 """
 
 from __future__ import annotations
@@ -115,12 +118,21 @@ def _placed(state: CallState) -> dict[str, float]:
     return out
 
 
+#: how far ahead of its receipt a provider time may be and still move metric watermarks
+CLOCK_AHEAD_S = 300.0
+
+
+def _clocked(fact: Fact) -> bool:
+    return fact.provider_time and fact.t <= fact.received + CLOCK_AHEAD_S
+
+
 def _start(state: CallState, placed: dict[str, float]) -> tuple[float, bool]:
-    """When the call began, and whether that is on the provider's clock."""
+    """When the call began, and whether that is on the provider's clock (and not ahead of our
+    receipt of it by more than CLOCK_AHEAD_S)."""
     facts = state.facts
     inn, h = facts.get("IN"), facts.get("H")
     if inn is not None:
-        return inn.t, inn.provider_time
+        return inn.t, _clocked(inn)
     # no IN: H's duration runs from IN, and every provider time is at or after the start
     clocked = [f.t for f in facts.values() if f.provider_time]
     if h is not None and h.duration is not None:
@@ -129,7 +141,8 @@ def _start(state: CallState, placed: dict[str, float]) -> tuple[float, bool]:
         elif not clocked:
             return h.t - h.duration, False
     if clocked:
-        return min(clocked), True
+        start = min(clocked)
+        return start, start <= min(f.received for f in facts.values()) + CLOCK_AHEAD_S
     return min(placed.values()), False
 
 
@@ -155,7 +168,7 @@ def view(state: CallState) -> CallView:
             # from the call log, on its TA and TE
             next((f.agent_name for f in present if f.agent_name is not None), None),
             next((f.group for f in present if f.group is not None), None),
-            ta.provider_time if ta else start_clocked,
+            _clocked(ta) if ta else start_clocked,
         ))
     if len(attempts) > 1:
         attempts.sort(key=lambda a: (_order_time(a), natural_key(a.attemptid)))

@@ -85,3 +85,29 @@ def test_a_receive_timed_item_is_counted_but_does_not_advance_the_watermark() ->
     assert add(s, "b", NOW - 5, {"x": 1}, NOW, P, advance=False) == "counted"
     assert s.watermark == T0 and len(s.windows) == 2
     assert all(not w.final for _, w in flush(s, NOW, P))
+
+
+def test_a_provider_time_a_day_ahead_of_its_receipt_does_not_close_the_windows() -> None:
+    """A fault trial: one call whose IN, TA and TC said a day ahead closed its app's and agent's
+    windows early; a call of that hour closed after it was then dropped as late. Counted in the
+    window its time names, such a call moves no watermark; a few minutes ahead (clocks differ)
+    still does."""
+    windows: dict[str, Windowed] = {}
+    counted = Run().feed([ev("IN", "a", T0), ev("H", "a", None, duration=30, received=T0 + 30)])
+    feed(windows, counted, NOW)
+    app = counted.record.app
+    ahead = T0 + 86_400
+    skewed = Run().feed([ev("IN", "f", ahead, received=T0 + 60),
+                         *[{**e, "received_at": format_ts(T0 + 61)} for e in
+                           attempt("f", 1, "A1", ahead + 2, "answered", ring=3, talk=20)],
+                         ev("H", "f", None, duration=40, received=T0 + 90)])
+    assert skewed.record.started_at == format_ts(ahead)  # the record keeps the provider's word
+    feed(windows, skewed, NOW)
+    assert windows[app].watermark == T0
+    assert all(not w.final for _, w in flush(windows[app], NOW + 20, P))
+    assert all(w.watermark < ahead for k, w in windows.items())
+    late = Run().feed([ev("IN", "g", T0 + 1200), ev("H", "g", None, duration=30, received=T0 + 1230)])
+    assert feed(windows, late, NOW + 21) == ["counted"]
+    slightly = Run().feed([ev("IN", "h", T0 + 1500, received=T0 + 1300), ev("H", "h", None, duration=9)])
+    feed(windows, slightly, NOW + 22)
+    assert windows[app].watermark == T0 + 1500
