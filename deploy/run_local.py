@@ -131,6 +131,10 @@ class Supervised(Protocol):
 
     def status(self) -> int | None: ...
 
+    def restartable(self) -> bool:
+        """Its exit asks for a restart (else the stack stops)."""
+        ...
+
 
 class Broker:
     def __init__(self, node: KafkaBroker) -> None:
@@ -146,10 +150,17 @@ class Broker:
     def status(self) -> int | None:
         return None if self.node.proc is None else self.node.proc.returncode
 
+    def restartable(self) -> bool:
+        return True
+
 
 class Worker:
     """The worker: it exits to be started again when it cannot go on (3: stalled; 70: a batch it
-    could not complete, or learnt it must not deliver), as under any supervisor."""
+    could not complete, or learnt it must not deliver), and is started again then, or when a
+    signal killed it, as under any supervisor. Another status is a worker that cannot start (a
+    setting at odds with the cluster, say, its one line in its log): the stack stops."""
+
+    RESTART_ON = frozenset({3, 70})
 
     ARGS = (sys.executable, "-m", "faust", "-A", "processors.app", "worker", "-l", "info")
 
@@ -166,6 +177,10 @@ class Worker:
 
     def status(self) -> int | None:
         return None if self.proc is None else self.proc.poll()
+
+    def restartable(self) -> bool:
+        status = self.status()
+        return status is not None and (status < 0 or status in self.RESTART_ON)
 
 
 class Restarts:
@@ -194,6 +209,8 @@ class Restarts:
                 self.down_since[name] = now
                 if now - self.started[name] <= self.STABLE_S:
                     self.quick_exits[name] = self.quick_exits.get(name, 0) + 1
+                if not process.restartable():
+                    raise BrokerError(f"{name} exited (status {process.status()}); see {process.log_path}")
                 if self.quick_exits.get(name, 0) >= self.GIVE_UP_AFTER:
                     raise BrokerError(f"{name} keeps exiting; see {process.log_path}")
                 print(f"warning: {name} exited (status {process.status()}); the rest go on; starting it again "

@@ -9,8 +9,8 @@ its commits (their generation is over) but not its writes, short of transactions
 The heartbeats tell: aiokafka heartbeats every `session / 10` here, and a worker whose last
 successful heartbeat is older than half its session has been away too long to know. Before such a
 delivery the worker waits for the next heartbeat's answer: accepted (the broker still counts it
-in: a coordinator failover, a slow machine), the batch goes out; this member's id or generation
-reset (the broker evicted it), the batch is not delivered and `Evicted` is raised (the runtime then
+in: a coordinator failover, a slow machine, a rebalance it took part in), the batch goes out; this
+member's id reset (the broker evicted it), the batch is not delivered and `Evicted` is raised (the runtime then
 stops the worker without acknowledging; a fresh one rejoins). A freeze while the batch's records
 are already in the producer's hands is not covered: those go out on waking.
 """
@@ -71,7 +71,10 @@ class Membership:
         if asked - self._ok_at <= self._session_s / 2:
             return
         while self._ok_at < asked:
-            if (coordinator.member_id, coordinator.generation) != self._ok_as:
+            # evicted: the member id is reset (it rejoins under a new one). A new generation under
+            # the same id is a rebalance this member took part in (its heartbeats pause meanwhile):
+            # wait for the next heartbeat then.
+            if coordinator.member_id != self._ok_as[0]:
                 raise Evicted(f"no heartbeat accepted for {asked - self._ok_at:.0f}s (session "
                               f"{self._session_s:.0f}s), and the broker no longer counts this worker in its group")
             await asyncio.sleep(self.poll_s)

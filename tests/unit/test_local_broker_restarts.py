@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from deploy.local_kafka import BrokerError
-from deploy.run_local import Restarts
+from deploy.run_local import Restarts, Worker
 
 
 class Node:
@@ -25,6 +25,9 @@ class Node:
 
     def status(self) -> int | None:
         return self.returncode
+
+    def restartable(self) -> bool:
+        return self.node_id != 0 or self.returncode in (3, 70, -9)  # 0: the worker (see `Worker`)
 
     def crash(self, status: int = -9) -> None:
         self.running, self.returncode = False, status
@@ -95,3 +98,21 @@ def test_the_worker_exiting_to_be_restarted_is_started_again(capsys: pytest.Capt
     restarts.check(100.0 + Restarts.RESTART_AFTER_S)
     assert worker.launches == 1 and worker.alive() and broker.launches == 0
     assert "the worker started again" in capsys.readouterr().err
+
+
+def test_a_worker_that_cannot_start_stops_the_stack_at_once() -> None:
+    """Status 1 or 2: a setting the worker refuses, at odds with the cluster: starting it again
+    would not help."""
+    worker = Node(0)
+    restarts = supervise([Node(1)], worker=worker)
+    worker.crash(1)
+    with pytest.raises(BrokerError, match="the worker exited \\(status 1\\)"):
+        restarts.check(100.0)
+    assert worker.launches == 0
+
+
+def test_the_worker_policy_restarts_on_3_70_and_signals_only() -> None:
+    w = Worker({}, Path("/dev/null"))
+    for status, again in ((3, True), (70, True), (-9, True), (-15, True), (1, False), (2, False), (0, False)):
+        w.proc = type("Proc", (), {"poll": lambda self, s=status: s})()  # type: ignore[assignment]
+        assert w.restartable() is again, status

@@ -103,3 +103,22 @@ def test_a_new_coordinator_is_watched_afresh() -> None:
     clock.now += 2 * SESSION_S
     coordinators.append(Coordinator())  # the consumer started again: its heartbeats are new
     asyncio.run(asyncio.wait_for(membership.confirmed(), 1.0))
+
+
+def test_a_rebalance_under_the_same_member_id_waits_for_a_heartbeat_not_an_exit() -> None:
+    """aiokafka pauses the heartbeats while the group rejoins (a peer's session running out can
+    take most of a session): a new generation under the same member id is not an eviction."""
+    membership, coordinator, clock = watched()
+
+    async def go() -> bool:
+        clock.now += 2 * SESSION_S / 3
+        coordinator.generation += 1
+        delivery = asyncio.ensure_future(membership.confirmed())
+        await asyncio.sleep(0.02)
+        assert not delivery.done()
+        clock.now += 0.1
+        await coordinator._do_heartbeat()
+        await asyncio.wait_for(delivery, 1.0)
+        return True
+
+    assert asyncio.run(go())
