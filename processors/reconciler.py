@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -123,8 +124,12 @@ class Reconciler:
 
     def _known(self, app: str, cursor: float) -> None:
         if app not in self.cursors_known:
-            m.CURSOR_AGE.labels(app).set_function(lambda: max(0.0, self.clock() - self.cursors_known[app]))
+            m.CURSOR_AGE.labels(app).set_function(lambda: self._age(app))
         self.cursors_known[app] = cursor
+
+    def _age(self, app: str) -> float:
+        # NaN once this worker no longer reconciles (leadership moved): the leader's is the figure
+        return max(0.0, self.clock() - self.cursors_known[app]) if self.active() else math.nan
 
     async def reconcile(self, app: str, stored: float | None) -> float:
         """Read one app's call log from its cursor; returns the cursor stored at the end."""

@@ -177,8 +177,9 @@ class Pipeline(Generic[S]):
     settle      called once per batch for each key its records changed, after them all:
                 (key, state, now) -> Result, or None when nothing changes (e.g. one revision
                 for several late events). Raising: the key keeps what its records changed, not
-                what `settle` did, and its latest record goes to the dead-letter topic with the
-                error (the step takes care that this does not happen: see `lifecycle._late`)
+                what `settle` did or would have sent, and its latest record goes to the
+                dead-letter topic with the error (the step takes care that this does not
+                happen: see `lifecycle._late`)
     on_saved    called after each batch with the keys saved (gauges); like `due`, it reads
                 them then and keeps none: the next batch may change a state in place
     on_recovered  called with every state held after a rebalance (gauges)

@@ -9,8 +9,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from schemas.records import SelfResolution
-
 AlertState = Literal["none", "pending", "sent"]
 
 
@@ -81,9 +79,8 @@ class CallState:
     # load), plus what attempts' facts added since (not the IN, the H or bookkeeping); not stored
     size: int | None = field(default=None, compare=False, repr=False)
     # a closed call that late events changed, its revision left for `lifecycle.settle` (at the end
-    # of the batch): how an answer they show resolves its alert, and the latest one's receipt;
-    # never stored (the batch settles it before the state is saved)
-    revise: SelfResolution | None = field(default=None, compare=False, repr=False)
+    # of the batch), and the latest one's receipt; never stored (settled before the state is saved)
+    revise: bool = field(default=False, compare=False, repr=False)
     revised_by: float | None = field(default=None, compare=False, repr=False)
 
     @property

@@ -137,7 +137,7 @@ def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: Li
         if not state.closed:
             return Applied(state, NOTHING, duplicate=repeated)
         # a closed call: agent name/group filled in, or the call log's fields replaced by a webhook's
-        return Applied(state, _late(state, fact, event, now, cfg, settle_later), late=True)
+        return Applied(state, _late(state, fact, now, cfg, settle_later), late=True)
     _make_room(state, key, fact, None, cfg)
     state.facts[key] = fact
     state.last_activity = now
@@ -145,35 +145,30 @@ def apply(state: CallState | None, event: Mapping[str, Any], now: float, cfg: Li
     if key == "H" and state.hangup_seen is None:
         state.hangup_seen = now
     if state.closed:
-        return Applied(state, _late(state, fact, event, now, cfg, settle_later), late=True, healed=healed)
+        return Applied(state, _late(state, fact, now, cfg, settle_later), late=True, healed=healed)
     if _complete(state):
-        return Applied(state, _close(state, now, cfg, resolution_how(event)), healed=healed)
+        return Applied(state, _close(state, now, cfg), healed=healed)
     return Applied(state, NOTHING, healed=healed)
 
 
-def _late(state: CallState, fact: Fact, event: Mapping[str, Any], now: float, cfg: LifecycleConfig,
-          settle_later: bool) -> Emission:
+def _late(state: CallState, fact: Fact, now: float, cfg: LifecycleConfig, settle_later: bool) -> Emission:
     """A late event changed a closed call: its revision now, or left for `settle`. Its record is
     made here either way, so that an event it cannot be made with fails here, where it is that
     event's error (the worker dead-letters it), not at the batch's end."""
-    how = resolution_how(event)
     if not settle_later:
-        return _revise(state, now, cfg, how)
+        return _revise(state, now, cfg)
     completed_record(state, view(state), state.revision + 1, now)
-    # an answer any late webhook of the batch shows is the webhooks' word (see `resolution_how`)
-    state.revise = how if state.revise in (None, how) else "revised_answered"
-    state.revised_by = fact.received
+    state.revise, state.revised_by = True, fact.received
     return NOTHING
 
 
 def settle(state: CallState, now: float, cfg: LifecycleConfig) -> Applied:
     """The revision the batch's late events left (`apply(..., settle_later=True)`), if any: one,
     made from everything they changed (none if, all told, the record is as it was)."""
-    how = state.revise
-    if how is None:
+    if not state.revise:
         return Applied(state, NOTHING)
-    state.revise = state.revised_by = None
-    return Applied(state, _revise(state, now, cfg, how), late=True)
+    state.revise, state.revised_by = False, None
+    return Applied(state, _revise(state, now, cfg), late=True)
 
 
 def _make_room(state: CallState, key: str, fact: Fact, seen: Fact | None, cfg: LifecycleConfig) -> None:
@@ -223,8 +218,8 @@ def tick(state: CallState, now: float, cfg: LifecycleConfig) -> Applied:
     if state.alert == "pending" and state.alert_due is not None and now >= state.alert_due:
         return Applied(state, Emission(facts=_decide(state, view(state), cfg)))
     assert state.closed_at is not None
-    if now >= max(state.closed_at, state.last_activity) + cfg.retention_s:
-        return Applied(None, NOTHING)
+    if now >= max(state.closed_at, state.last_activity) + cfg.retention_s and not state.revise:
+        return Applied(None, NOTHING)  # (a revision the batch left is settled first)
     return Applied(state, NOTHING)
 
 
@@ -238,10 +233,16 @@ def next_due(state: CallState, cfg: LifecycleConfig) -> float:
     return max(state.closed_at, state.last_activity) + cfg.retention_s
 
 
-def resolution_how(event: Mapping[str, Any]) -> SelfResolution:
-    """How an alerted call's own alert is resolved when this event shows the call answered: on the
-    provider call log's word, or on a late webhook's."""
-    return "call_log_answered" if event.get("origin") == "call_log" else "revised_answered"
+def _answer_how(state: CallState, v: CallView) -> SelfResolution:
+    """How the answer a revision shows resolves the call's own alert: on the call log's word when
+    the answering attempt's answer (its TC, its answered TE) came from the call log alone, else on
+    the late webhooks'. Read from the facts, so it does not depend on how the events were batched."""
+    a = v.answered_by
+    if a is None:
+        return "revised_answered"  # (not used: no answer to resolve with)
+    tc, te = state.facts.get(f"TC|{a.attemptid}"), state.facts.get(f"TE|{a.attemptid}")
+    webhook = (tc is not None and not tc.from_log) or (te is not None and te.result == "answered" and not te.from_log)
+    return "revised_answered" if webhook else "call_log_answered"
 
 
 def _complete(state: CallState) -> bool:
@@ -278,18 +279,18 @@ def _fingerprint(record: CompletedCall) -> str:
     return hashlib.blake2b(orjson.dumps(content), digest_size=12).hexdigest()
 
 
-def _close(state: CallState, now: float, cfg: LifecycleConfig, how: SelfResolution = "revised_answered",
-           ) -> Emission:
+def _close(state: CallState, now: float, cfg: LifecycleConfig) -> Emission:
     state.closed_at = now
     v = view(state)
     state.revision = 1
     record = completed_record(state, v, 1, now)
     state.fingerprint = _fingerprint(record)
-    return Emission(completed=record, facts=_changed(state, v, now, cfg, how), view=v)
+    return Emission(completed=record, facts=_changed(state, v, now, cfg, _answer_how(state, v)), view=v)
 
 
-def _revise(state: CallState, now: float, cfg: LifecycleConfig, how: SelfResolution) -> Emission:
+def _revise(state: CallState, now: float, cfg: LifecycleConfig) -> Emission:
     v = view(state)
+    how = _answer_how(state, v)
     record = completed_record(state, v, state.revision + 1, now)
     fingerprint = _fingerprint(record)
     if fingerprint == state.fingerprint:

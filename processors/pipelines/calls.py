@@ -21,6 +21,7 @@ from processors.core.lifecycle import (
     Applied,
     CallTooLarge,
     LifecycleConfig,
+    OtherAppsCall,
     apply,
     next_due,
     settle,
@@ -39,7 +40,7 @@ KEPT_CALLS_BYTES = 8 * 1024 * 1024
 
 def _as_loaded(state: CallState) -> CallState:
     state.size = None  # measured once per load (see `lifecycle._make_room`)
-    state.revise = state.revised_by = None  # settled before each save: never set here
+    state.revise, state.revised_by = False, None  # settled before each save: never set here
     return state
 
 
@@ -126,7 +127,7 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
             m.EVENTS.inc(str(item.get("event")))
             try:
                 applied = apply(state, item, now, cfg, settle_later=True)
-            except CallTooLarge:
+            except (CallTooLarge, OtherAppsCall):
                 if item.get("origin") != "call_log":
                     raise  # dead-lettered once, with its reason
                 # the call log's copy comes back with each new leader and each change of its
@@ -144,7 +145,7 @@ def pipeline(s: Settings) -> Pipeline[CallState]:
         return Result(applied.state, outputs(applied, None if item is TICK else parse_ts(item["received_at"])))
 
     def settled(uid: str, state: CallState, now: float) -> Result[CallState] | None:
-        if state.revise is None:  # most calls: no late event in the batch
+        if not state.revise:  # most calls: no late event in the batch
             return None
         received = state.revised_by
         applied = settle(state, now, cfg)

@@ -201,3 +201,18 @@ def test_a_batch_of_late_events_of_a_closed_call_makes_one_revision() -> None:
     records = [orjson.loads(v) for _, v in delivered.records(s.topic(topics.CALLS_COMPLETED))]
     assert [r["revision"] for r in records] == [1, 2, 3]
     assert records[2]["attempts"][0]["agent_name"] == "Asha R."
+
+
+def test_another_apps_event_with_the_uniqueid_is_dead_lettered_once_its_call_log_copy_counted() -> None:
+    s = load({})
+    pipe = calls.pipeline(s)
+    delivered, rows = Delivery(), dict[bytes, bytes]()
+    runner = Runner(pipe, pipe.store(rows), delivered, Unread(), s.topic(topics.EVENTS_UNPROCESSABLE))
+    other = {**ev("IN", "same", T0 + 5, cli="9800000002"), "app": "d" * 32}
+    batch = [ev("IN", "same", T0), other, {**other, "origin": "call_log"}]
+    before = reconcile_metrics.EVENTS_REFUSED._value.get()
+    asyncio.run(runner.handle([Rec(pipe.source, 0, i, b"same", orjson.dumps(e)) for i, e in enumerate(batch)], T0 + 9))
+    dead = [orjson.loads(v) for _, v in delivered.records(s.topic(topics.EVENTS_UNPROCESSABLE))]
+    assert [(d["offset"], d["error_type"]) for d in dead] == [(1, "OtherAppsCall")]
+    assert reconcile_metrics.EVENTS_REFUSED._value.get() - before == 1
+    assert orjson.loads(rows[b"same"])["a"] != "d" * 32

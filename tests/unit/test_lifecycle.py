@@ -84,7 +84,7 @@ class Run:
         if state is not None:
             was = self._alerted()
             self._take(settle(state, now, CFG), was)
-            assert self.state is not None and self.state.revise is None
+            assert self.state is not None and not self.state.revise
         return self
 
     def at(self, now: float) -> Run:
@@ -667,11 +667,12 @@ def test_an_answered_call_whose_tc_never_comes_closes_after_the_grace() -> None:
     assert (r.outcome, r.close_reason, r.wait_is_lower_bound) == ("answered", "hangup", True)
 
 
-@pytest.mark.parametrize("origins", [("call_log", "call_log"), ("call_log", None), (None, None)])
+@pytest.mark.parametrize("origins", [("call_log", "call_log"), ("call_log", None), (None, "call_log"), (None, None)])
 def test_a_batch_of_late_events_makes_one_revision_as_they_would_have_ended(origins: tuple[str | None, ...]) -> None:
     """An alerted call's late TA and answered TE in one batch: one revision, answered, and one
-    resolution of its alert (`call_log_answered` only if the call log alone said so), not a missed
-    revision first. The revision is the last of those the events would have made one by one."""
+    resolution of its alert (`call_log_answered` when the answer, its TE here, came from the call
+    log), not a missed revision first. The revision and the resolution are the last of those the
+    events would have made one by one."""
     uid = "lb"
 
     def alerted() -> Run:
@@ -685,8 +686,9 @@ def test_a_batch_of_late_events_makes_one_revision_as_they_would_have_ended(orig
     assert [r.revision for r in one_by_one.completed] == [1, 2, 3]
     assert replace(batched.record, revision=3) == one_by_one.record
     assert batched.record.outcome == "answered" and len(batched.missed) == 1  # no refresh before the answer
-    how = "call_log_answered" if origins == ("call_log", "call_log") else "revised_answered"
+    how = "call_log_answered" if origins[1] == "call_log" else "revised_answered"
     assert [(a.cli, a.how) for a in batched.answered] == [("9800000001", how)]
+    assert [(a.cli, a.how) for a in one_by_one.answered] == [("9800000001", how)]
     assert batched.batch(late, NOW + 400).completed[-1].revision == 2  # the same again: nothing
 
 
@@ -721,3 +723,20 @@ def test_an_event_of_another_apps_call_with_the_same_uniqueid_is_refused() -> No
     with pytest.raises(OtherAppsCall, match=f"call same is a call of app {APP}, not of app d{{32}}"):
         apply(run.state, other, NOW, CFG)
     assert run.state == before and run.record.cli == "9800000001"
+
+
+def test_a_revision_left_for_the_batchs_end_is_not_forgotten_by_a_retention_tick_before_it() -> None:
+    """The call log naming the agent of a call near its retention, then the call's retention tick,
+    in one batch: the name is a change (a revision), and the call is forgotten only after it."""
+    run = Run().feed([ev("IN", "rt", T0), *attempt("rt", 1, "A1", T0 + 1, "answered", ring=2, talk=30),
+                      ev("H", "rt", None, duration=40)]).settle()
+    assert run.state is not None and run.state.closed_at is not None
+    later = run.state.closed_at + CFG.retention_s
+    te = attempt("rt", 1, "A1", T0 + 1, "answered", ring=2, talk=30)[-1]
+    state = apply(roundtrip(run.state), {**te, "origin": "call_log", "agent_name": "Asha"}, later, CFG,
+                  settle_later=True).state
+    assert state is not None and state.revise
+    assert tick(state, later, CFG).state is state  # not forgotten yet
+    revised = settle(state, later, CFG)
+    assert revised.emission.completed is not None and revised.emission.completed.revision == 2
+    assert tick(state, later, CFG).state is None  # then it is

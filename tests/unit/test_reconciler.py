@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import replace
@@ -183,6 +184,8 @@ def test_the_cursor_age_grows_while_the_provider_cannot_be_read() -> None:
     asyncio.run(rec.run_once())
     clock[0] += 600
     assert age() == pytest.approx(1300)
+    rec.active = lambda: False  # leadership moved: another worker's figure is the one
+    assert math.isnan(age() or 0.0)
 
 
 def test_cursor_moves_only_past_pages_written() -> None:

@@ -427,3 +427,29 @@ def test_a_deadline_that_cannot_be_computed_leaves_the_key_without_one(caplog: p
     assert delivery.records(DLQ) == []  # no record is to blame
     handle(r, [ev(3, "k", 2)])
     assert r.due_keys(5000.0) == ["k"]  # its next record asks again
+
+
+def test_settle_runs_once_per_changed_key_after_the_batch_and_a_failure_is_confined_to_its_key() -> None:
+    """`Pipeline.settle`: called once per key the batch changed, after all its records (its
+    outputs after theirs). One that raises: its key keeps what its records did (not what settle
+    did), its latest record is dead-lettered with the error, the other keys are settled."""
+    settled: list[tuple[str, int]] = []
+
+    def settle(key: str, state: dict[str, Any], now: float) -> Result[dict[str, Any]] | None:
+        settled.append((key, state["total"]))
+        if key == "bad":
+            state["total"] = -1  # in place, then raises: undone
+            raise ValueError("cannot settle")
+        return Result({**state, "settled": True}, [Output(OUT, key.encode(), b"settled")])
+
+    rows, delivery = CountingRows(), Delivery()
+    pipe = Pipeline(name="counter", table="counters", store=lambda r: JsonStore(r, dict, dict), source=SRC,
+                    ticks=TICKS, decode=decode, step=step, due=due, settle=settle)
+    r = Runner(pipe, pipe.store(rows), delivery, Position(), DLQ)
+    handle(r, [ev(0, "k", 1), ev(1, "bad", 2), ev(2, "k", 3), ev(3, "noop", "noop"), ev(4, "bad", 4)])
+    assert settled == [("k", 4), ("bad", 6)]  # "noop" changed nothing: not settled
+    assert [v for k, v in delivery.records(OUT) if k == b"k"] == [b"1", b"4", b"settled"]
+    assert orjson.loads(rows[b"k"])["settled"] is True
+    assert orjson.loads(rows[b"bad"]) == {"total": 6, "due": 1010.0}
+    dead = [orjson.loads(v) for _, v in delivery.records(DLQ)]
+    assert [(d["offset"], d["error_type"], d["key"]) for d in dead] == [(4, "ValueError", "bad")]
