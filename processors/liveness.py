@@ -99,14 +99,16 @@ class LivenessMonitor:
         return self.watchdog.verdict(time.monotonic())
 
     def readiness(self) -> tuple[bool, dict[str, object]]:
-        """Ready: in the group (joined, a generation), partitions assigned and tables restored."""
+        """Ready: in the group (joined, a generation, so its assignment given), not rebalancing and
+        tables restored. Holding no partition is not a reason: with more workers than partitions
+        one waits, counted in, for a share (a rollout must not wait on it for ever)."""
         consumer = kafka_consumer(self.app)
         coordinator = getattr(consumer, "_coordinator", None)
         joined = coordinator is not None and getattr(coordinator, "generation", -1) > 0
         assigned = len(self._assignment()) > 0
         rebalancing = bool(self.app.rebalancing)
         recovering = bool(self.app.in_recovery)
-        ready = joined and assigned and not rebalancing and not recovering
+        ready = joined and not rebalancing and not recovering
         return ready, {"status": "ready" if ready else "not_ready", "joined": joined, "assigned": assigned,
                        "rebalancing": rebalancing, "recovering": recovering}
 

@@ -7,6 +7,7 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from bench.run_all import truth_mismatches
@@ -120,6 +121,10 @@ def test_more_workers_than_partitions_the_idle_one_waits(kafka: KafkaBroker, tmp
         assert truth_mismatches(kafka.bootstrap, env["TOPIC_PREFIX"], truth) == 0
         assert all(w.alive() for w, _ in workers), [w.log()[-2000:] for w, _ in workers if not w.alive()]
         assert not any("could not be completed" in w.log() for w, _ in workers)
+        # the idle one is counted in: a rollout waiting on its readiness must not wait for ever
+        ready = [httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=10) for _, port in workers]
+        assert [r.status_code for r in ready] == [200, 200, 200], [r.text for r in ready]
+        assert sorted(r.json()["assigned"] for r in ready) == [False, True, True]
     finally:
         for w, _ in workers:
             w.stop()
