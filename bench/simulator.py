@@ -96,15 +96,17 @@ def agent_label(agent: str) -> tuple[str, str]:
 
 
 def generate(calls: int, start: float, span_s: float, profile: Profile, seed: int = 1,
-             app: str = APP, prefix: str = "") -> tuple[list[dict[str, str]], list[Truth]]:
+             app: str = APP, prefix: str = "", first_seq: int = 0) -> tuple[list[dict[str, str]], list[Truth]]:
     """Events in delivery order (each the provider's fields) and the ground truth per call."""
-    timed, truth = generate_timed(calls, start, span_s, profile, seed, app, prefix)
+    timed, truth = generate_timed(calls, start, span_s, profile, seed, app, prefix, first_seq)
     return [e for _, e in timed], truth
 
 
 def generate_timed(calls: int, start: float, span_s: float, profile: Profile, seed: int = 1,
-                   app: str = APP, prefix: str = "") -> tuple[list[tuple[float, dict[str, str]]], list[Truth]]:
-    """Events in delivery order with the time each is sent, and the ground truth per call."""
+                   app: str = APP, prefix: str = "", first_seq: int = 0,
+                   ) -> tuple[list[tuple[float, dict[str, str]]], list[Truth]]:
+    """Events in delivery order with the time each is sent, and the ground truth per call. Call
+    ids are `<start second>.<first_seq + n>` (the provider's form)."""
     rng = random.Random(seed)
     agents = [f"9000000{i:03d}" for i in range(profile.agents)]
     next_agent = 0
@@ -113,7 +115,7 @@ def generate_timed(calls: int, start: float, span_s: float, profile: Profile, se
     seq = 0
     for n in range(calls):
         t0 = float(int(start + rng.random() * span_s))
-        uid = f"{prefix}{int(t0)}.{n}"
+        uid = f"{prefix}{int(t0)}.{first_seq + n}"
         cli = f"98{rng.randrange(10**8):08d}"
         events: list[tuple[float, dict[str, str]]] = [
             (t0, {"app": app, "event": "IN", "uniqueid": uid, "cli": cli, "time": _fmt_time(t0, rng)})]
@@ -262,6 +264,10 @@ class NoAnswer(Exception):
     """The ingress does not answer (not running, or gone for longer than `NO_ANSWER_S`)."""
 
 
+#: call ids a seed's runs use (`--calls` past it would reach the next seed's)
+SEQ_PER_SEED = 1_000_000
+
+
 async def post_events(url: str, token: str, events: list[dict[str, str]], rate: float, concurrency: int = 32,
                       progress: bool = True, transport: Any = None) -> dict[int, int]:
     """POST each event (form) at about `rate` per second; returns a count per HTTP status. Retries 503
@@ -280,7 +286,9 @@ async def post_events(url: str, token: str, events: list[dict[str, str]], rate: 
     answered = [False]  # the ingress has answered a request (so a refusal now is a restart)
     bar = Progress(len(events), "posting") if progress else None
     queues: list[asyncio.Queue[dict[str, str] | None]] = [asyncio.Queue() for _ in range(concurrency)]
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    # an idle connection is dropped here well before the ingress closes it (5 s): a request sent on
+    # one as the server closed it failed (ReadError) and stopped the run
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0)
 
     async def worker(client: httpx.AsyncClient, queue: asyncio.Queue[dict[str, str] | None]) -> None:
         while (e := await queue.get()) is not None:
@@ -292,9 +300,10 @@ async def post_events(url: str, token: str, events: list[dict[str, str]], rate: 
                         answered[0] = True
                         break
                     except httpx.TransportError as error:
-                        # refused: not sent, so sent again (a request cut off mid-way may have been
-                        # taken: sent again, it would be a duplicate the simulation did not ask for)
-                        if (not isinstance(error, httpx.ConnectError) or not answered[0]
+                        # refused, or the server closed a kept-alive connection before answering:
+                        # not taken, so sent again (a request cut off mid-way may have been taken:
+                        # sent again, it would be a duplicate the simulation did not ask for)
+                        if (not isinstance(error, httpx.ConnectError | httpx.RemoteProtocolError) or not answered[0]
                                 or time.monotonic() - unanswered > NO_ANSWER_S):
                             raise NoAnswer(f"no answer from {url} ({type(error).__name__})") from None
                         await asyncio.sleep(1.0)
@@ -379,7 +388,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--reorder", type=float, default=0.0, help="share of calls with two webhooks swapped (0-1)")
     ap.add_argument("--missing-hangups", type=float, default=0.0,
                     help="share of calls whose hang-up is never sent (0-1): they close by timeout")
-    ap.add_argument("--seed", type=int, default=1, help="random seed: the same seed, the same calls")
+    ap.add_argument("--seed", type=int, default=1,
+                    help="random seed: the same seed, the same calls; other seeds, other call ids (default: 1)")
     ap.add_argument("--url", help="ingress webhook URL")
     ap.add_argument("--token", default="", help="webhook token (`ivr simulate` fills it in)")
     ap.add_argument("--kafka", help="bootstrap servers: write straight to ivr.events instead")
@@ -394,7 +404,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     profile = Profile(agents=args.agents, p_duplicate=args.duplicates, p_reorder=args.reorder,
                       p_missing_hangup=args.missing_hangups)
     start = args.start if args.start is not None else time.time() - args.span_s
-    timed, truth = generate_timed(args.calls, start, args.span_s, profile, args.seed)
+    # a call id per seed: runs of other seeds over the same hour never share one (`<second>.<n>`
+    # alone did, now and then: the second run's events revised the first run's call)
+    timed, truth = generate_timed(args.calls, start, args.span_s, profile, args.seed,
+                                  first_seq=abs(args.seed) * SEQ_PER_SEED)
     outage = None
     if args.outage:
         begin, _, length = args.outage.partition(":")

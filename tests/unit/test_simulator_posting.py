@@ -64,3 +64,37 @@ def test_posting_rides_through_an_ingress_restart_and_stops_at_once_when_none_an
     with pytest.raises(NoAnswer, match=r"no answer from http://ingress/webhooks/ivr \(ConnectError\)"):
         asyncio.run(post_events("http://ingress/webhooks/ivr", "t", events, rate=0, progress=False,
                                 transport=Restarting(refusals=len(events), answering=0)))
+
+
+class ClosingKeptAlive(httpx.AsyncBaseTransport):
+    """A server that closed a kept-alive connection as a request went out on it, now and then:
+    httpx says RemoteProtocolError (disconnected without a response); the request was not taken."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        self.calls += 1
+        if self.calls % 3 == 2:
+            raise httpx.RemoteProtocolError("Server disconnected without sending a response.")
+        return httpx.Response(202)
+
+
+def test_a_request_on_a_connection_the_ingress_just_closed_is_sent_again() -> None:
+    """A new user's `ivr simulate` stopped with 'no answer ... is the ingress running?' while the
+    ingress answered every request it got."""
+    events = [{"uniqueid": f"c{c}", "event": "IN"} for c in range(6)]
+    statuses = asyncio.run(post_events("http://ingress/webhooks/ivr", "t", events, rate=0, concurrency=1,
+                                       progress=False, transport=ClosingKeptAlive()))
+    assert statuses == {202: 6}
+
+
+def test_other_seeds_give_other_call_ids() -> None:
+    """`ivr simulate` runs of two seeds over the same hour shared call ids now and then (the
+    second run's events then revised the first run's call)."""
+    from bench.simulator import SEQ_PER_SEED, Profile, generate
+
+    ids = [{e["uniqueid"] for e in generate(300, 1_796_000_000, 60, Profile(), seed=s, first_seq=s * SEQ_PER_SEED)[0]}
+           for s in (1, 5)]
+    assert not ids[0] & ids[1]
+    assert all(u.split(".")[1].startswith(("1", "5")) for u in ids[0] | ids[1])
