@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import logging
 import os
@@ -698,14 +699,21 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
             runner.recovered({tp.partition: offset for tp, offset in positions.items() if tp.topic == pipeline.source})
             return
 
+    reported: set[str] = set()  # the source's partitions this worker's lag gauge shows
+
     async def report_lag() -> None:
         m.PARKED_TICKS.labels(pipeline.name).set(runner.parked_keys)
-        for tp in app.assignor.assigned_actives():
-            if tp.topic == pipeline.source:
-                highwater = app.consumer.highwater(tp)
-                if highwater is not None:
-                    lag = max(0, highwater - runner.next_offset.get(tp.partition, 0))
-                    m.LAG.labels(pipeline.source, str(tp.partition)).set(lag)
+        held = {str(tp.partition): tp for tp in app.assignor.assigned_actives() if tp.topic == pipeline.source}
+        for partition, tp in held.items():
+            highwater = app.consumer.highwater(tp)
+            if highwater is not None:
+                lag = max(0, highwater - runner.next_offset.get(tp.partition, 0))
+                m.LAG.labels(pipeline.source, partition).set(lag)
+        for gone in reported - held.keys():  # moved to another worker: its lag is that one's to show
+            with contextlib.suppress(KeyError):
+                m.LAG.remove(pipeline.source, gone)
+        reported.clear()
+        reported.update(held)
 
     app.timer(interval=5.0, name=f"lag_{pipeline.name}")(survives(f"lag_{pipeline.name}", report_lag))
     return runner
