@@ -27,8 +27,8 @@ EVENTS_HEALED = Counter("ivr_reconcile_events_healed_total",
                         "Call-log events the webhooks had not delivered (new facts for the processor)",
                         registry=REGISTRY)
 EVENTS_REFUSED = Counter("ivr_reconcile_events_refused_total",
-                         "Call-log events a call did not take: at its size bound, or another app's call with "
-                         "that uniqueid (not dead-lettered: each new leader writes them again)", registry=REGISTRY)
+                         "Call-log events a call did not take: at its size bound, or of another app's call with "
+                         "that id (not dead-lettered: each new leader writes them again)", registry=REGISTRY)
 API_ERRORS = Counter("ivr_reconcile_api_errors_total",
                      "Failed provider API requests, by HTTP status (or timeout, network)", ["status"],
                      registry=REGISTRY)
