@@ -18,7 +18,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -229,24 +229,17 @@ def bare_faust_rate(bootstrap: str, topic: str, total: int, tmp: Path) -> float:
 
 
 def truth_mismatches(bootstrap: str, prefix: str, truth: list[Any], timeout: float = 120) -> int:
+    from bench.truth import check, latest
     from deploy.topic_reader import read_all
 
     deadline = time.monotonic() + timeout
-    latest: dict[str, Any] = {}
+    records: dict[str, Any] = {}
     while time.monotonic() < deadline:
-        for _, v in read_all(bootstrap, f"{prefix}ivr.calls.completed", settle=1.0):
-            if v["uniqueid"] not in latest or v["revision"] > latest[v["uniqueid"]]["revision"]:
-                latest[v["uniqueid"]] = v
-        if len(latest) >= len(truth):
+        records = latest(v for _, v in read_all(bootstrap, f"{prefix}ivr.calls.completed", settle=1.0))
+        if len(records) >= len(truth):
             break
-    bad = 0
-    for t in truth:
-        r = latest.get(t.uniqueid)
-        if r is None or (r["outcome"], r["missed_reason"], r["answered_by"], r["close_reason"],
-                         [a["result"] for a in r["attempts"]]) != (
-                t.outcome, t.missed_reason, t.answered_by, t.close_reason, [a.result for a in t.attempts]):
-            bad += 1
-    return bad
+    checked = check([asdict(t) for t in truth], records)
+    return len(checked.missing) + checked.wrong
 
 
 def bench_processor(broker: KafkaBroker, tmp: Path, s: Scale) -> dict[str, Any]:

@@ -11,7 +11,9 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import orjson
@@ -190,6 +192,58 @@ def topics() -> None:
     out.print(table)
     if missing:
         err.print(f"not created yet: {', '.join(missing)}")
+
+
+@app.command()
+def check(
+    truth_file: Annotated[Path, typer.Argument(metavar="TRUTH", help="the file `ivr simulate --truth` wrote",
+                                               exists=True, dir_okay=False, readable=True)],
+    wait: Annotated[float, typer.Option(help="seconds to wait for calls without a record yet", min=0)] = 30.0,
+    show: Annotated[int, typer.Option(help="differences to list at most", min=0)] = 20,
+) -> None:
+    """The completed-call records against a simulation's ground truth: each call's latest revision
+    must say what the simulator decided (outcome, missed reason, answering agent, close reason, each
+    attempt's result). Exit 0 when every call is right, 1 otherwise."""
+    from bench.truth import check as check_truth
+    from bench.truth import latest
+
+    try:
+        truth = orjson.loads(truth_file.read_bytes())
+        if not isinstance(truth, list) or not all(isinstance(t, dict) and "uniqueid" in t for t in truth):
+            raise ValueError("not a list of calls")
+    except ValueError as e:
+        err.print(f"error: {truth_file}: not a truth file of `ivr simulate --truth` ({e})")
+        raise typer.Exit(2) from None
+    settings = load_or_exit()
+    topic = settings.topic(TOPICS["calls"])
+    wanted = {t["uniqueid"] for t in truth}
+
+    async def go() -> dict[str, Any]:
+        deadline = time.monotonic() + wait
+        while True:
+            records = latest(r for r in (_decode(x.value) for x in await kafka.read_to_end(settings, topic))
+                             if isinstance(r, dict))
+            if wanted <= records.keys() or time.monotonic() >= deadline:
+                return records
+            await asyncio.sleep(1.0)
+
+    checked = check_truth(truth, _run(go(), settings))
+    if checked.differences and show:
+        table = Table(title="records that differ from the truth", title_justify="left")
+        for column in ("uniqueid", "field", "truth", "record"):
+            table.add_column(column)
+        for d in checked.differences[:show]:
+            table.add_row(d.uniqueid, d.field, str(d.expected), str(d.got))
+        out.print(table)
+    if checked.missing and show:
+        listed = ", ".join(checked.missing[:show]) + (", ..." if len(checked.missing) > show else "")
+        out.print(f"no record for: {listed}")
+    out.print(f"{checked.calls} calls in the truth: {checked.right} right, {checked.wrong} different, "
+              f"{len(checked.missing)} without a record")
+    if checked.missing:
+        err.print("(a call without its hang-up closes after CALL_IDLE_TIMEOUT_S of quiet; a call whose webhooks "
+                  "were all lost is healed by call-log reconciliation, when PROVIDER_API_KEY is set)")
+    raise typer.Exit(0 if checked.right == checked.calls else 1)
 
 
 def _dev_token(settings: Settings) -> str:

@@ -79,6 +79,11 @@ def _num(x: Any) -> str:
     return str(x)
 
 
+def _secs(x: Any) -> str:
+    """Seconds with their unit; `-` alone when unknown (no answered attempt to average)."""
+    return "-" if x is None else f"{_num(x)}s"
+
+
 def _rate(x: Any) -> str:
     return "-" if x is None else f"{100 * float(x):.0f}%"
 
@@ -102,7 +107,7 @@ def summary(kind: str, record: dict[str, Any], mask: bool = False) -> Text:
             t.append(f" by {record.get('answered_by')}")
         else:
             t.append(f" ({record.get('missed_reason')})")
-        t.append(f"  wait {_num(record.get('wait_s'))}s  talk {_num(record.get('talk_s'))}s"
+        t.append(f"  wait {_secs(record.get('wait_s'))}  talk {_secs(record.get('talk_s'))}"
                  f"  attempts {len(record.get('attempts') or [])}  rev {record.get('revision')}")
         if record.get("close_reason") == "timeout":
             t.append("  closed by timeout", "yellow")
@@ -111,7 +116,7 @@ def summary(kind: str, record: dict[str, Any], mask: bool = False) -> Text:
         t.append(_short_time(record.get("at")), "dim")
         t.append(f"  {_app(record)}  ")
         t.append(f"{_caller(record, mask):<12}", "bold")
-        t.append(f"  {record.get('missed_reason')}  waited {_num(record.get('wait_s'))}s"
+        t.append(f"  {record.get('missed_reason')}  waited {_secs(record.get('wait_s'))}"
                  f"  attempts {record.get('attempts')}")
         repeat = record.get("repeat_count")
         t.append(f"  repeat {repeat}", "red" if isinstance(repeat, int) and repeat > 1 else "")
@@ -131,13 +136,13 @@ def summary(kind: str, record: dict[str, Any], mask: bool = False) -> Text:
                      f"  noanswer {record.get('noanswer')}  busy {record.get('busy')}"
                      f"  congestion {record.get('congestion')}  caller_hangup {record.get('caller_hangup')}"
                      f"  answer_rate {_rate(record.get('answer_rate'))}"
-                     f"  avg_ring {_num(record.get('avg_ring_s'))}s")
+                     f"  avg_ring {_secs(record.get('avg_ring_s'))}")
         else:
             t.append(f"offered {record.get('offered')}  answered {record.get('answered')}"
                      f"  missed {record.get('missed')}  abandoned_in_ivr {record.get('abandoned_in_ivr')}"
                      f"  short_abandons {record.get('short_abandons')}"
                      f"  service_level {_rate(record.get('service_level'))}"
-                     f"  asa {_num(record.get('avg_speed_of_answer_s'))}s")
+                     f"  asa {_secs(record.get('avg_speed_of_answer_s'))}")
         t.append("  final" if record.get("final") else "  interim", "bold" if record.get("final") else "dim")
     elif kind == "events":
         t.append(_short_time(record.get("time")), "dim")

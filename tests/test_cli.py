@@ -14,6 +14,7 @@ from typing import Any
 import orjson
 import pytest
 
+from bench.truth import Difference, check, latest
 from config.settings import load
 from config.topics import ensure_topics
 from deploy.local_kafka import KafkaBroker
@@ -62,6 +63,9 @@ def test_other_summaries() -> None:
                            "busy": 0, "congestion": 0, "caller_hangup": 0, "answer_rate": 0.75,
                            "avg_ring_s": 4.5, "final": True}).plain
     assert "+1h" in m and "agent 9000000001" in m and "answer_rate 75%" in m and "final" in m
+    assert "avg_ring 4.5s" in m
+    unanswered = summary("agents", {"agent": "9000000001", "offered": 1, "answered": 0, "avg_ring_s": None}).plain
+    assert "avg_ring -" in unanswered and "-s" not in unanswered  # no answer to average: no unit either
     e = summary("events", {"app": APP, "event": "TE", "uniqueid": "1.1", "cli": "", "attemptid": "1.1.1",
                            "to": "9000000001", "result": "noanswer", "duration": 15.0,
                            "time": "2017-06-22T05:48:00.000Z", "time_source": "received"}).plain
@@ -85,6 +89,28 @@ def test_filters_masking_and_open_alerts() -> None:
     alerts = [alert("a", "2017-06-22T05:00:00.000Z"), alert("b", "2017-06-22T06:00:00.000Z"),
               alert("c", "2017-06-22T07:00:00.000Z"), alert("a", "2017-06-22T05:00:00.000Z")]  # a replayed
     assert [x["uniqueid"] for x in open_alerts(alerts, [{"uniqueid": "b"}])] == ["c", "a"]
+
+
+def test_check_against_the_truth() -> None:
+    truth: list[dict[str, Any]] = [
+        {"uniqueid": "1.1", "outcome": "answered", "missed_reason": None, "answered_by": "9000000001",
+         "close_reason": "hangup", "attempts": [{"result": "answered"}]},
+        {"uniqueid": "1.2", "outcome": "missed", "missed_reason": "no_answer", "answered_by": None,
+         "close_reason": "hangup", "attempts": [{"result": "noanswer"}, {"result": "busy"}]},
+        {"uniqueid": "1.3", "outcome": "missed", "missed_reason": "no_answer", "answered_by": None,
+         "close_reason": "timeout", "attempts": []}]
+    first = {**truth[0], "revision": 1, "attempts": [{"result": "noanswer"}]}
+    records = latest([{**truth[1], "revision": 1, "attempts": [{"result": "noanswer"}, {"result": "busy"}]},
+                      {**first, "revision": 2, "attempts": [{"result": "answered"}]}, first,  # revision 2 wins
+                      {"uniqueid": "1.9"}, {"revision": 1}])  # unreadable ones skipped
+    assert set(records) == {"1.1", "1.2"} and records["1.1"]["revision"] == 2
+    checked = check(truth, records)
+    assert (checked.calls, checked.right, checked.wrong, checked.missing) == (3, 2, 0, ["1.3"])
+    records["1.2"] = {**records["1.2"], "missed_reason": "busy", "attempts": [{"result": "noanswer"}]}
+    checked = check(truth, records)
+    assert (checked.right, checked.wrong) == (1, 1)
+    assert checked.differences == [Difference("1.2", "missed_reason", "no_answer", "busy"),
+                                   Difference("1.2", "attempts", ["noanswer", "busy"], ["noanswer"])]
 
 
 # --- against the broker ----------------------------------------------------------------------------
@@ -125,6 +151,30 @@ def produce(bootstrap: str, topic: str, records: list[tuple[str, dict[str, Any]]
 def create_topics(kafka: KafkaBroker, prefix: str) -> None:
     asyncio.run(ensure_topics(load({"KAFKA_BOOTSTRAP_SERVERS": kafka.bootstrap, "TOPIC_PREFIX": prefix,
                                     "TOPIC_PARTITIONS": "3"})))
+
+
+@pytest.mark.kafka
+def test_check_compares_the_latest_records_with_a_truth_file(kafka: KafkaBroker, prefix: str, tmp_path: Path) -> None:
+    create_topics(kafka, prefix)
+    env = _env(kafka, prefix)
+    truth = tmp_path / "truth.json"
+    answered = {k: call("5.1")[k] for k in ("uniqueid", "outcome", "missed_reason", "answered_by", "close_reason")}
+    missed = {**answered, "uniqueid": "5.2", "outcome": "missed", "missed_reason": "no_answer", "answered_by": None}
+    truth.write_bytes(orjson.dumps([{**answered, "attempts": [{"result": "answered"}]},
+                                    {**missed, "attempts": [{"result": "noanswer"}]}]))
+    topic = f"{prefix}ivr.calls.completed"
+    produce(kafka.bootstrap, topic, [("5.1", call("5.1", attempts=[{"result": "answered"}])),
+                                     ("5.2", call("5.2", attempts=[{"result": "answered"}]))])
+    wrong = ivr(env, "check", str(truth), "--wait", "0")
+    assert wrong.returncode == 1, wrong.stderr
+    assert "2 calls in the truth: 1 right, 1 different, 0 without a record" in wrong.stdout, wrong.stdout
+    assert "outcome" in wrong.stdout and "no_answer" in wrong.stdout
+    produce(kafka.bootstrap, topic, [("5.2", call("5.2", outcome="missed", revision=2,
+                                                  attempts=[{"result": "noanswer"}]))])
+    right = ivr(env, "check", str(truth), "--wait", "0")
+    assert right.returncode == 0 and "2 right" in right.stdout, (right.stdout, right.stderr)
+    truth.write_text("{}")
+    assert ivr(env, "check", str(truth)).returncode == 2
 
 
 @pytest.mark.kafka
