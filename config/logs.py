@@ -12,24 +12,34 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Iterable
 
-from config.redact import Scrubber, mask_cli_params, redact_token_params
+from config.redact import Scrubber, mask_callers, redact_token_params
 
 
 class RedactSecrets(logging.Filter):
-    def __init__(self, tokens: Iterable[str] = (), mask_callers: bool = True) -> None:
+    """`flatten`: the message is formatted and cleaned whole (any argument, whatever its type: a
+    handler's filter for every logger of a process); without it, string arguments are cleaned one
+    by one and stay arguments (uvicorn's access formatter reads them by position)."""
+
+    def __init__(self, tokens: Iterable[str] = (), mask_callers: bool = True, flatten: bool = False) -> None:
         super().__init__()
         self.scrubber = Scrubber(tokens)
         self.mask_callers = mask_callers
+        self.flatten = flatten
 
     def _clean(self, text: str) -> str:
         text = redact_token_params(self.scrubber.text(text))
-        return mask_cli_params(text) if self.mask_callers else text
+        return mask_callers(text) if self.mask_callers else text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if self.flatten and record.args:
+            # arguments that do not fit the format are left as they are: logging reports that itself
+            with contextlib.suppress(Exception):
+                record.msg, record.args = record.getMessage(), None
         if isinstance(record.args, tuple):
             record.args = tuple(self._clean(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
@@ -129,6 +139,16 @@ QUIET_LEVELS = {"aiokafka": logging.WARNING, "faust": logging.INFO, "mode": logg
 
 
 REDACTED_LOGGERS = ("uvicorn.access", "uvicorn.error", "ingress", "ingress.writer")
+
+
+def redact_handlers(tokens: Iterable[str] = (), caller_numbers: str = "masked") -> None:
+    """Every record any logger of the process writes through the root's handlers is cleaned (the
+    worker: Faust's, aiokafka's and the pipelines' loggers alike). Call it once the handlers exist
+    (Faust's worker replaces them as it starts); called again, it replaces its filters."""
+    for handler in logging.root.handlers:
+        for old in [f for f in handler.filters if isinstance(f, RedactSecrets)]:
+            handler.removeFilter(old)
+        handler.addFilter(RedactSecrets(tokens, mask_callers=caller_numbers != "full", flatten=True))
 
 
 def install_filters(tokens: Iterable[str] = (), caller_numbers: str = "masked") -> None:

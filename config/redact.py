@@ -73,6 +73,8 @@ def _param(name: str) -> re.Pattern[str]:
 
 TOKEN_PARAM = _param("token")
 CLI_PARAM = _param("cli")
+#: `"cli": "..."` in JSON or `'cli': '...'` in a dict's repr (an event or record in a message)
+CLI_FIELD = re.compile(r"""(["']cli["']\s*:\s*["'])([^"']*)""")
 
 
 def redact_token_params(text: str) -> str:
@@ -109,11 +111,16 @@ def drop_token_params(query: str) -> str:
 
 
 def mask_number(value: str) -> str:
-    """A caller number with only its last digits kept: 4 of 8 or more, 2 of 4 to 7, none of fewer."""
+    """A caller number with only its last digits kept: 4 of 8 or more, 2 of 4 to 7, none of fewer.
+    A number masked already stays as it is (a record may pass two filters)."""
+    if value.startswith(MASK):
+        return value
     digits = [c for c in unquote_plus(value, errors="replace") if c.isdigit()]
     keep = 4 if len(digits) >= 8 else 2 if len(digits) >= 4 else 0
     return MASK + "".join(digits[len(digits) - keep:]) if digits else value
 
 
-def mask_cli_params(text: str) -> str:
-    return CLI_PARAM.sub(lambda m: m.group(1) + mask_number(m.group(2)), text)
+def mask_callers(text: str) -> str:
+    """Caller numbers masked where text names them: `cli=` parameters and `cli` fields."""
+    text = CLI_PARAM.sub(lambda m: m.group(1) + mask_number(m.group(2)), text)
+    return CLI_FIELD.sub(lambda m: m.group(1) + mask_number(m.group(2)), text) if "cli" in text else text

@@ -70,7 +70,7 @@ class Settings:
     topic_partitions: int = 6
     topic_replication: int = 1
     max_body_bytes: int = 16384
-    log_caller_numbers: str = "masked"  # masked | full: caller numbers in the ingress access log
+    log_caller_numbers: str = "masked"  # masked | full: caller numbers in the logs (ingress and worker)
     produce_timeout_s: float = 5.0
     worker_store: str = "rocksdb://"
     worker_data_dir: str = "./var/worker"

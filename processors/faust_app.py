@@ -12,6 +12,7 @@ import faust
 from faust.sensors import Monitor
 
 from config import kafka_client
+from config.logs import redact_handlers
 from config.settings import Settings
 from config.topics import PartitionMismatch, TopicSpec, ensure_topics
 from processors.batched_table import BatchedTable
@@ -89,6 +90,11 @@ class IvrApp(faust.App):
             await ensure_topics(self.ivr_settings, extra=(*changelogs, leader))
         except PartitionMismatch as e:  # a setting at odds with the cluster: say so, as for a bad setting
             raise SystemExit(f"error: {e}") from None
+        # Faust's worker has set up logging by now: from here on no log line shows a secret or a
+        # caller's number in full, whichever logger writes it
+        settings = self.ivr_settings
+        redact_handlers((settings.provider_api_key, settings.kafka_sasl_password, *settings.webhook_tokens),
+                        settings.log_caller_numbers)
         # `kill -USR1 <pid>`: every task of the worker's event loop, with its stack, to the log
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_tasks, self)
         await super().on_first_start()

@@ -98,3 +98,40 @@ def test_exception_text_is_cleaned_too() -> None:
     text = stream.getvalue()
     assert "ValueError: bad request" in text and "request failed" in text  # the traceback is there
     assert TOKEN not in text and "9716700271" not in text and "cli=***0271" in text
+
+
+def test_worker_lines_mask_callers_in_fields_and_any_argument() -> None:
+    """The worker's handlers clean the whole message: a caller number inside an event's JSON, a
+    dict's repr or an exception passed as an argument, a secret anywhere."""
+    flt = RedactSecrets([TOKEN], flatten=True)
+    event = {"event": "IN", "cli": "9716700271", "uniqueid": "1.1"}
+    record = logging.LogRecord("processors.runtime", logging.WARNING, __file__, 1, "%s: %r / %s / %d",
+                               ("calls", event, ValueError(f'bad {{"cli": "+919716700271", "k": "{TOKEN}"}}'), 7),
+                               None)
+    assert flt.filter(record)
+    line = record.getMessage()
+    assert "9716700271" not in line and TOKEN not in line, line
+    assert "'cli': '***0271'" in line and '"cli": "***0271"' in line and "/ 7" in line and "1.1" in line
+    assert flt.filter(record) and record.getMessage() == line  # a second filter masks nothing more
+    kept = RedactSecrets([TOKEN], mask_callers=False, flatten=True)
+    full = logging.LogRecord("x", logging.INFO, __file__, 1, "%s", (str(event),), None)
+    assert kept.filter(full) and "9716700271" in full.getMessage()
+
+
+def test_redact_handlers_covers_every_logger_through_the_root_handlers() -> None:
+    import io
+
+    from config.logs import redact_handlers
+
+    stream = io.StringIO()
+    handler = logging.StreamHandler(stream)
+    logging.root.addHandler(handler)
+    try:
+        redact_handlers([TOKEN])
+        redact_handlers([TOKEN])  # replaces, does not stack
+        assert sum(isinstance(f, RedactSecrets) for f in handler.filters) == 1
+        logging.getLogger("faust.some.child").warning("value %s", {"cli": "9716700271", "key": TOKEN})
+    finally:
+        logging.root.removeHandler(handler)
+    assert "9716700271" not in stream.getvalue() and TOKEN not in stream.getvalue()
+    assert "***0271" in stream.getvalue()
