@@ -5,6 +5,7 @@ build it with other steps (`bench.peers.floor_app`, `bench.peers.calls_only_app`
 from __future__ import annotations
 
 import gc
+import socket
 from collections.abc import Iterable
 
 from config.logs import install_filters
@@ -14,8 +15,22 @@ from processors.faust_app import IvrApp, create_app
 from processors.runtime import Pipeline
 
 
+def check_web_port(host: str, port: int) -> None:
+    """Exit with one line when the worker's web port is taken (another worker on this host):
+    Faust would bind it after starting everything else and end with a traceback. The probe
+    binds as aiohttp does (SO_REUSEADDR), so a port a worker just left is free here too."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as e:
+            raise SystemExit(f"error: the worker's web port {host}:{port} cannot be used ({e.strerror}): another "
+                             "worker on this host? Give each its own WORKER_WEB_PORT") from None
+
+
 def build(settings: Settings, pipelines: Iterable[Pipeline]) -> tuple[IvrApp, liveness.LivenessMonitor]:  # type: ignore[type-arg]
     install_filters()
+    check_web_port(settings.worker_web_host, settings.worker_web_port)
     app = create_app(settings)
     for pipeline in pipelines:
         runtime.run(app, pipeline)

@@ -131,3 +131,18 @@ def test_a_session_timeout_the_brokers_refuse_is_refused_at_start(value: str) ->
     with pytest.raises(SettingsError, match=f"WORKER_SESSION_TIMEOUT_S={value} must be from 6 to 1800"):
         load({"WORKER_SESSION_TIMEOUT_S": value})
     assert load({"WORKER_SESSION_TIMEOUT_S": "6"}).worker_session_timeout_s == 6
+
+
+def test_a_worker_whose_web_port_is_taken_stops_in_one_line() -> None:
+    """Faust bound its web port last, after joining the group, and ended with a traceback (exit 1)."""
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = {**os.environ, "WORKER_WEB_HOST": "127.0.0.1", "WORKER_WEB_PORT": str(port),
+               "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:9"}  # never reached: the check comes first
+        done = subprocess.run([sys.executable, "-m", "faust", "-A", "processors.app", "worker"], env=env,
+                              capture_output=True, text=True, timeout=120)
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.startswith(f"error: the worker's web port 127.0.0.1:{port} cannot be used"), done.stderr
+    assert "WORKER_WEB_PORT" in done.stderr and "Traceback" not in done.stderr
