@@ -29,6 +29,7 @@ from mode import Service
 from prometheus_client import Counter, Gauge
 
 from config.kafka_client import aiokafka_kwargs
+from config.logs import RateLimit
 from config.settings import Settings
 from processors.core.liveness import Observation, Verdict, Watchdog
 from processors.faust_consumer import kafka_consumer
@@ -42,6 +43,9 @@ SINCE_PROGRESS = Gauge("ivr_worker_seconds_since_progress",
                        registry=REGISTRY)
 IN_GROUP = Gauge("ivr_worker_in_group", "1 while the broker lists this worker as a member of its consumer group",
                  registry=REGISTRY)
+STORE_ERRORS = Counter("ivr_worker_store_errors_total",
+                       "Writes of restored changelog records to the worker's local store that failed (e.g. a full "
+                       "disk); Faust keeps the records in memory and tries again", registry=REGISTRY)
 GROUP_ERRORS = Counter("ivr_worker_group_errors_total",
                        "Consumer group errors aiokafka waited on and the worker read so coordination goes on",
                        registry=REGISTRY)
@@ -92,6 +96,7 @@ class LivenessMonitor:
         self._admin: Any = None
         self._probe: Any = None
         self._complained_at = -1e9
+        self.store_errors = _store_errors()
 
     # --- what the web pages answer ----------------------------------------------------------
 
@@ -163,7 +168,7 @@ class LivenessMonitor:
         ends = {(tp.topic, tp.partition): int(end) for tp, end in ends_raw.items()}
         recovery = getattr(self.app.tables, "recovery", None)
         remaining = recovery.active_remaining_total() if recovery is not None and self.app.in_recovery else None
-        return Observation(time.monotonic(), in_group, committed, ends, remaining)
+        return Observation(time.monotonic(), in_group, committed, ends, remaining, self.store_errors.take())
 
     async def _repair(self) -> None:
         consumer = kafka_consumer(self.app)
@@ -215,6 +220,44 @@ class LivenessMonitor:
             logging.shutdown()
             os._exit(EXIT_STATUS)  # a stalled Faust may not finish a graceful stop; nothing is committed anyway
         return verdict
+
+class StoreErrors(logging.Filter):
+    """Faust's restore logs a failed write to the local store (`Error in recovery ...`) and goes on,
+    once per changelog record it reads (170 lines a second on a full disk): counted here for the
+    liveness verdict and the metric; the logger's rate limit comes after this filter."""
+
+    PREFIX = "Error in recovery"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if str(record.msg).startswith(self.PREFIX):
+            self.count += 1
+            STORE_ERRORS.inc()
+        return True
+
+    def take(self) -> int:
+        """The errors since the last call."""
+        count, self.count = self.count, 0
+        return count
+
+
+RECOVERY_LOGGER = "faust.tables.recovery"
+
+
+def _store_errors() -> StoreErrors:
+    """The one filter on Faust's restore logger, added (before its rate limit) on first use."""
+    logger = logging.getLogger(RECOVERY_LOGGER)
+    found = next((f for f in logger.filters if isinstance(f, StoreErrors)), None)
+    if found is None:
+        found = StoreErrors()
+        logger.filters.insert(0, found)
+    if not any(isinstance(f, RateLimit) for f in logger.filters):
+        logger.addFilter(RateLimit())
+    return found
+
 
 class _Watch(Service):
     """Runs the monitor from the moment the app starts: Faust starts `app.task`s and extra

@@ -80,6 +80,11 @@ CASES: dict[str, list[Case]] = {
         "20m", [({"instance": "w0:6066", "timer": "close_idle"},
                  "Worker w0:6066: timer close_idle failed 15 times in 15 min")],
     )],
+    "IvrWorkerStoreFailing": [(
+        [(f'ivr_worker_store_errors_total{{{W}, instance="w0:6066"}}', "0x5 170+170x10"),
+         (f'ivr_worker_store_errors_total{{{W}, instance="w1:6066"}}', "0x15")],
+        "15m", [({"instance": "w0:6066"}, "Worker w0:6066: 1.7k writes to its local store failed in 10 min")],
+    )],
     "IvrLateEventsSpiking": [
         ([(f'ivr_worker_events_total{{{W}, instance="w0:6066", event="TE"}}', "0+600x30"),
           (f'ivr_worker_late_events_total{{{W}, instance="w0:6066"}}', "0+60x30")],

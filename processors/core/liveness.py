@@ -10,6 +10,9 @@ seconds (committed offsets, log end offsets, the group's members) and asks for a
 * Out of group: the broker did not list this worker's member for longer than `stall_timeout_s`
   (a rebalance takes seconds; a worker evicted and never rejoining stays out).
 * Exit: unhealthy for `exit_after_s` more (0: never exit), so a supervisor restarts the worker.
+* Store failing: while the local store cannot be written (a full disk), Faust's restore goes on
+  reading the changelog and keeps what it read in memory. Fewer records left to restore is then no
+  progress: the worker is stalled, and the verdict names the store.
 * Broker unreachable: the clocks stop. A worker cannot progress without its broker, and a
   restart would not bring the broker back; once it answers again the worker gets its full time.
   (A frozen process observes nothing at all: that time counts.)
@@ -30,12 +33,13 @@ class Observation:
     committed: Mapping[TopicPartition, int]  # the group's committed offsets (missing: none yet)
     ends: Mapping[TopicPartition, int]  # log end offsets of the source partitions to watch
     recovery_remaining: int | None = None  # changelog records left to restore; None: not restoring
+    store_errors: int = 0  # the local store's write errors since the last observation
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
     healthy: bool
-    reason: str  # "ok", "stalled" or "out_of_group"
+    reason: str  # "ok", "stalled", "store_failing" (stalled, the local store failing) or "out_of_group"
     exit: bool  # unhealthy long enough that the process should exit
     since_progress_s: float  # 0 while no partition holds lag
     out_of_group_s: float
@@ -62,6 +66,7 @@ class Watchdog:
     _in_group: bool | None = None
     _recovery_remaining: int | None = None
     _blind_since: float | None = None  # since when the broker has not answered
+    _store_failing: bool = False  # the last observation saw the local store fail
 
     def unreachable(self, at: float) -> None:
         """The broker did not answer at `at`: no facts, and the clocks stop until it does."""
@@ -75,7 +80,8 @@ class Watchdog:
             self._fine_at = {tp: min(obs.at, t + gap) for tp, t in self._fine_at.items()}
             if self._out_since is not None:
                 self._out_since = min(obs.at, self._out_since + gap)
-        restoring = obs.recovery_remaining is not None and (
+        self._store_failing = obs.store_errors > 0
+        restoring = not self._store_failing and obs.recovery_remaining is not None and (
             self._recovery_remaining is None or obs.recovery_remaining < self._recovery_remaining)
         self._recovery_remaining = obs.recovery_remaining
         for tp in [tp for tp in self._fine_at if tp not in obs.ends]:  # no longer watched (revoked)
@@ -107,7 +113,7 @@ class Watchdog:
         if out_for > self.stall_timeout_s:
             reason, worst = "out_of_group", out_for
         elif since_progress > self.stall_timeout_s:
-            reason, worst = "stalled", since_progress
+            reason, worst = "store_failing" if self._store_failing else "stalled", since_progress
         else:
             reason, worst = "ok", max(out_for, since_progress)
         healthy = reason == "ok"

@@ -104,6 +104,35 @@ def test_table_restore_progress_counts() -> None:
     assert not w.verdict(370).healthy
 
 
+def test_a_restore_whose_writes_fail_is_no_progress() -> None:
+    """A full disk: Faust's restore reads on (fewer records left) while every write to the local
+    store fails, and /healthz stayed 200 with the lag growing."""
+    w = dog()
+    for i, t in enumerate(range(0, 65, 5)):
+        w.observe(Observation(t, True, {P0: 0}, {P0: 100}, 10_000 - 100 * i, store_errors=170))
+    verdict = w.verdict(65)
+    assert not verdict.healthy and verdict.reason == "store_failing", verdict
+    w.observe(Observation(70, True, {P0: 0}, {P0: 100}, 8_000))  # space again: writes go through
+    assert w.verdict(71).healthy
+
+
+def test_the_store_error_filter_counts_and_faust_lines_are_rate_limited() -> None:
+    import logging
+
+    from processors.liveness import RECOVERY_LOGGER, STORE_ERRORS, _store_errors
+
+    counter = _store_errors()
+    assert _store_errors() is counter  # one filter, however often asked
+    counter.take()
+    before = STORE_ERRORS._value.get()
+    logger = logging.getLogger(RECOVERY_LOGGER)
+    passed = sum(logger.filter(logging.LogRecord(RECOVERY_LOGGER, logging.WARNING, __file__, 1,
+                                                 "Error in recovery IO error: No space left on device", None, None))
+                 is not False for _ in range(170))
+    assert counter.take() == 170 and counter.take() == 0 and STORE_ERRORS._value.get() == before + 170
+    assert passed == 1  # the other 169 held back, counted in the next line let through
+
+
 def test_revoked_partitions_are_forgotten() -> None:
     w = dog()
     w.observe(obs(0, {P0: 0, P1: 0}, {P0: 5, P1: 5}))
