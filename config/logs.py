@@ -37,9 +37,10 @@ class RedactSecrets(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.flatten and record.args:
-            # arguments that do not fit the format are left as they are: logging reports that itself
+            # arguments that do not fit the format are left as they are: logging reports that itself.
+            # `()`, not None: Faust's formatter makes None an argument again (`(None,)`)
             with contextlib.suppress(Exception):
-                record.msg, record.args = record.getMessage(), None
+                record.msg, record.args = record.getMessage(), ()
         if isinstance(record.args, tuple):
             record.args = tuple(self._clean(a) if isinstance(a, str) else a for a in record.args)
         if isinstance(record.msg, str):
