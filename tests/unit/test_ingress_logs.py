@@ -121,9 +121,9 @@ def test_worker_lines_mask_callers_in_fields_and_any_argument() -> None:
 def test_redact_handlers_covers_every_logger_through_the_root_handlers() -> None:
     import io
 
-    from config.logs import redact_handlers
-
     from mode.utils.logging import ExtensionFormatter
+
+    from config.logs import redact_handlers
 
     stream = io.StringIO()
     handler = logging.StreamHandler(stream)
