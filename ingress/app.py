@@ -121,19 +121,20 @@ class Ingress:
     async def _webhook(self, request: Request) -> tuple[Response, str]:
         received_at = time.time()
         query_string = request.scope.get("query_string", b"").decode("latin-1")
+        query_errors: list[FieldError] = []
         try:
             query = bodies.parse_pairs(query_string, "query")
-        except InvalidWebhook:
-            query = {}
-            query_bad = True
-        else:
-            query_bad = False
-        presented = request.headers.get(TOKEN_HEADER) or query.get("token")
-        if not self.tokens.accepts(presented if isinstance(presented, str) else None):
+        except InvalidWebhook as e:  # refused below, once authenticated: its token still counts
+            query, query_errors = {}, e.errors
+        # the header wins; in the query, every `token` given must be accepted (one, or the same twice)
+        header = request.headers.get(TOKEN_HEADER)
+        given = [header] if header else (bodies.lenient_pairs(query_string).get("token", []) if query_errors
+                                         else [query["token"]] if isinstance(query.get("token"), str) else [])
+        if not given or not all(self.tokens.accepts(t) for t in given):
             if not self.tokens.configured and received_at - self._warned_no_tokens > 60:
                 self._warned_no_tokens = received_at
                 log.error("refused a webhook: WEBHOOK_TOKENS is not set, so no token is accepted")
-            reason = "missing token" if not presented else "invalid token"
+            reason = "missing token" if not any(given) else "invalid token"
             return _json(401, {"error": "unauthorized", "detail": reason}), "unknown"
         query.pop("token", None)
 
@@ -148,8 +149,8 @@ class Ingress:
                 kind = bodies.media_type(request)
                 if kind not in (bodies.FORM, bodies.JSON):
                     raise bodies.UnsupportedMediaType
-            if query_bad:
-                raise InvalidWebhook([FieldError("query", "not valid UTF-8 url-encoded data")])
+            if query_errors:  # a field given twice with different values, or not UTF-8
+                raise InvalidWebhook(query_errors)
             fields = bodies.merge(query, bodies.parse_body(kind, body)) if request.method == "POST" else query
             fields = self.scrubber.fields(fields)
             event = normalise(fields, received_at, self.tz)
@@ -176,7 +177,8 @@ class Ingress:
             return await self._dead_letter(request, received_at, query_string, body, refused,
                                            415, "unsupported_media_type"), "unknown"
         except InvalidWebhook as e:
-            label = event_label(fields.get("event") or query.get("event"))
+            label = event_label(fields.get("event") or query.get("event")
+                                or next(iter(bodies.lenient_pairs(query_string).get("event", [])), None))
             return await self._dead_letter(request, received_at, query_string, body, e.errors), label
 
         try:
@@ -245,9 +247,10 @@ def _unavailable() -> Response:
 def _guess_app(query_string: str, body: str) -> str:
     """The `app` of a refused request, for the dead-letter record's key field; empty if unreadable."""
     for source in (body, query_string):
-        try:
-            data = orjson.loads(source) if source.lstrip().startswith("{") else bodies.parse_pairs(source, "x")
-        except (orjson.JSONDecodeError, InvalidWebhook):
+        try:  # leniently: a field given twice or a byte that is not UTF-8 is why many were refused
+            data = orjson.loads(source) if source.lstrip().startswith("{") else {
+                k: v[0] for k, v in bodies.lenient_pairs(source).items()}
+        except orjson.JSONDecodeError:
             continue
         value = data.get("app") if isinstance(data, dict) else None
         if isinstance(value, str) and 0 < len(value) <= 64:
@@ -277,12 +280,15 @@ class HeaderLimit:
 
 def create_app(settings: Settings | None = None, writer: Writer | None = None) -> Starlette:
     """The ASGI app; `writer` defaults to the real Kafka writer (tests pass a fake)."""
-    settings = settings or settings_module.load()
+    settings = settings or settings_module.load_or_exit()  # `uvicorn ingress.app:app`: one line, exit 2
     install_filters(settings.webhook_tokens, settings.log_caller_numbers)
     ingress = Ingress(settings, writer or KafkaWriter(settings))
+    webhooks = Route("/webhooks/ivr", ingress.webhook, methods=["GET", "POST"])
+    assert webhooks.methods is not None
+    webhooks.methods.discard("HEAD")  # Starlette adds it to a GET route: a HEAD would write an event
     return Starlette(
         routes=[
-            Route("/webhooks/ivr", ingress.webhook, methods=["GET", "POST"]),
+            webhooks,
             Route("/healthz", ingress.healthz, methods=["GET"]),
             Route("/readyz", ingress.readyz, methods=["GET"]),
             Route("/metrics", ingress.metrics, methods=["GET"]),

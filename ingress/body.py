@@ -83,6 +83,15 @@ def parse_pairs(data: str, where: str) -> dict[str, Any]:
     return fields
 
 
+def lenient_pairs(data: str) -> dict[str, list[str]]:
+    """Every value of every field, bytes that are not UTF-8 replaced: what a query or form that
+    `parse_pairs` refuses still says (its token, its app), never taken as the event's fields."""
+    out: dict[str, list[str]] = {}
+    for key, value in parse_qsl(data, keep_blank_values=True, errors="replace"):
+        out.setdefault(key, []).append(value)
+    return out
+
+
 def parse_body(kind: str, body: bytes) -> dict[str, Any]:
     if kind == JSON:
         body = body.removeprefix(b"\xef\xbb\xbf")  # UTF-8 with a byte order mark: still UTF-8 JSON

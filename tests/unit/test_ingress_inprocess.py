@@ -76,6 +76,23 @@ def test_accepted_event_is_written_keyed_and_202(client: TestClient, writer: Fak
     assert r.status_code == 202 and writer.records[-1][2]["duration"] == 40.0
 
 
+@pytest.mark.parametrize("query", ["cli=111&cli=222", "cli=%FF"])
+def test_a_query_refused_as_invalid_still_counts_its_token_and_is_kept(
+        client: TestClient, writer: FakeWriter, query: str) -> None:
+    """Its token was dropped with the rest of the query: 401 "missing token", and nothing kept."""
+    url = f"{URL}?token={TOKEN}&app={APP}&event=IN&uniqueid=9.1&{query}"
+    r = client.get(url)
+    assert r.status_code == 422, r.text
+    [dead] = writer.on("u.ivr.events.invalid")
+    assert dead["app"] == APP and TOKEN not in orjson.dumps(dead).decode()
+    fields = {e["field"] for e in r.json()["errors"]}
+    assert fields == ({"cli"} if "&cli=" in query[3:] else {"query"}), r.json()
+    assert client.get(url.replace(TOKEN, "nope-nope-nope")).status_code == 401
+    assert client.get(f"{URL}?token={TOKEN}&token={OTHER}&{query}").status_code == 422  # both accepted
+    assert client.get(f"{URL}?token={TOKEN}&token=nope&{query}").status_code == 401  # not every one
+    assert writer.on("u.ivr.events") == []
+
+
 def test_401_missing_or_wrong_token_writes_nothing(client: TestClient, writer: FakeWriter) -> None:
     r = client.post(URL, data=IN)
     assert r.status_code == 401 and r.json()["detail"] == "missing token"
@@ -320,9 +337,11 @@ def test_a_body_cut_short_writes_nothing(writer: FakeWriter) -> None:
                       headers={"content-type": "application/x-www-form-urlencoded"}).status_code == 202
 
 
-def test_other_methods_and_paths_get_json_errors(client: TestClient) -> None:
+def test_other_methods_and_paths_get_json_errors(client: TestClient, writer: FakeWriter) -> None:
     r = client.put(URL, params={"token": TOKEN}, data=IN)
     assert (r.status_code, r.json()["error"]) == (405, "method_not_allowed")
-    assert set(r.headers["allow"].split(", ")) == {"GET", "HEAD", "POST"}
+    assert set(r.headers["allow"].split(", ")) == {"GET", "POST"}
+    r = client.head(URL, params={"token": TOKEN, **H})  # a GET's twin: it wrote the event (and answered 202)
+    assert r.status_code == 405 and writer.records == []
     r = client.get("/nowhere")
     assert (r.status_code, r.json()["error"]) == (404, "not_found")
