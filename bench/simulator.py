@@ -375,18 +375,47 @@ async def write_events(bootstrap: str | Mapping[str, Any], topic: str, events: l
         await producer.stop()
 
 
+def _share(text: str) -> float:
+    value = float(text)  # argparse says "invalid _share value" for a ValueError
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a share from 0 to 1")
+    return value
+
+
+def _at_least(low: float, kind: type = float) -> Any:
+    def parse(text: str) -> Any:
+        value = kind(text)
+        if not value >= low:  # (nan too)
+            raise argparse.ArgumentTypeError(f"{text} must be at least {low:g}")
+        return value
+    parse.__name__ = kind.__name__  # argparse names it in "invalid ... value"
+    return parse
+
+
+def _outage(text: str) -> tuple[float, float]:
+    begin, sep, length = text.partition(":")
+    try:
+        values = float(begin), float(length)
+        if not sep or not values[1] >= 0:
+            raise ValueError
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not FROM:SECONDS (e.g. 900:120)") from None
+    return values
+
+
 def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--calls", type=int, default=1000, help="calls to generate (default: %(default)s)")
-    ap.add_argument("--agents", type=int, default=5, help="agents the calls are transferred to (default: %(default)s)")
-    ap.add_argument("--span-s", type=float, default=3600.0,
+    ap.add_argument("--calls", type=_at_least(1, int), default=1000, help="calls to generate (default: %(default)s)")
+    ap.add_argument("--agents", type=_at_least(1, int), default=5,
+                    help="agents the calls are transferred to (default: %(default)s)")
+    ap.add_argument("--span-s", type=_at_least(0), default=3600.0,
                     help="event-time span the calls start in, in seconds (default: %(default)s)")
     ap.add_argument("--start", type=float, default=None, help="epoch of the first call (default: now - span)")
-    ap.add_argument("--rate", type=float, default=200.0,
+    ap.add_argument("--rate", type=_at_least(0), default=200.0,
                     help="webhooks per second when posting (0: unlimited; default: %(default)s)")
-    ap.add_argument("--duplicates", type=float, default=0.0, help="share of webhooks delivered twice (0-1)")
-    ap.add_argument("--reorder", type=float, default=0.0, help="share of calls with two webhooks swapped (0-1)")
-    ap.add_argument("--missing-hangups", type=float, default=0.0,
+    ap.add_argument("--duplicates", type=_share, default=0.0, help="share of webhooks delivered twice (0-1)")
+    ap.add_argument("--reorder", type=_share, default=0.0, help="share of calls with two webhooks swapped (0-1)")
+    ap.add_argument("--missing-hangups", type=_share, default=0.0,
                     help="share of calls whose hang-up is never sent (0-1): they close by timeout")
     ap.add_argument("--seed", type=int, default=1,
                     help="random seed: the same seed, the same calls; other seeds, other call ids (default: 1)")
@@ -395,10 +424,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     ap.add_argument("--kafka", help="bootstrap servers: write straight to ivr.events instead")
     ap.add_argument("--topic-prefix", default="")
     ap.add_argument("--truth", help="write the ground truth (JSON) here")
-    ap.add_argument("--lose", type=float, default=0.0, help="share of webhooks lost at random")
-    ap.add_argument("--lose-hangups", type=float, default=0.0, help="share of hang-ups lost")
-    ap.add_argument("--lose-calls", type=float, default=0.0, help="share of calls whose webhooks are all lost")
-    ap.add_argument("--outage", default=None, metavar="FROM:SECONDS",
+    ap.add_argument("--lose", type=_share, default=0.0, help="share of webhooks lost at random")
+    ap.add_argument("--lose-hangups", type=_share, default=0.0, help="share of hang-ups lost")
+    ap.add_argument("--lose-calls", type=_share, default=0.0, help="share of calls whose webhooks are all lost")
+    ap.add_argument("--outage", type=_outage, default=None, metavar="FROM:SECONDS",
                     help="every webhook lost from FROM seconds after --start, for SECONDS")
     args = ap.parse_args(argv)
     profile = Profile(agents=args.agents, p_duplicate=args.duplicates, p_reorder=args.reorder,
@@ -410,8 +439,8 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
                                   first_seq=abs(args.seed) * SEQ_PER_SEED)
     outage = None
     if args.outage:
-        begin, _, length = args.outage.partition(":")
-        outage = (start + float(begin), start + float(begin) + float(length))
+        begin, length = args.outage
+        outage = (start + begin, start + begin + length)
     events = lose(timed, Loss(args.lose, args.lose_hangups, args.lose_calls, outage), args.seed)
     print(f"{len(truth)} calls, {len(events)} webhooks ({len(timed) - len(events)} lost)", file=sys.stderr)
     if args.truth:

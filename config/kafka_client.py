@@ -143,10 +143,12 @@ async def check_connection(settings: Settings, timeout_s: float = 10.0) -> None:
     kwargs = aiokafka_kwargs(settings)
     hosts = [h.strip() for h in settings.kafka_bootstrap_servers.split(",") if h.strip()]
     for hostport in hosts:
-        host, _, port = hostport.rpartition(":")
+        host, _, port = hostport.rpartition(":") if not hostport.endswith("]") else (hostport, "", "")
+        if not host:  # `host` alone: Kafka's default port
+            host, port = hostport, ""
         try:
             conn = await asyncio.wait_for(create_conn(
-                host.strip("[]") or hostport, int(port or 9092), client_id="ivr-check",
+                host.strip("[]"), int(port or 9092), client_id="ivr-check",
                 request_timeout_ms=int(timeout_s * 1000),
                 ssl_context=kwargs.get("ssl_context"), security_protocol=kwargs["security_protocol"],
                 sasl_mechanism=kwargs.get("sasl_mechanism", "PLAIN"),

@@ -26,6 +26,8 @@ SSL_PROTOCOLS = ("SSL", "SASL_SSL")
 SASL_MECHANISMS = ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512")
 #: UPGRADE_FROM's values: none, or a version whose workers read other internal formats than this one's
 UPGRADE_FROM = ("", "0.1")
+#: the table stores a worker can use (WORKER_STORE, a Faust store URL)
+WORKER_STORES = ("rocksdb", "memory")
 TOPIC_PREFIX_CHARS = re.compile(r"[A-Za-z0-9._-]*")  # what Kafka takes in a topic name
 #: the longest name made from it, `<prefix>ivr-processor-agent_windows-changelog`, within Kafka's 249
 MAX_TOPIC_PREFIX = 200
@@ -126,21 +128,38 @@ def _parse(name: str, raw: str, default: object) -> object:
     if isinstance(default, tuple):
         return tuple(t.strip() for t in raw.split(",") if t.strip())
     if isinstance(default, bool):
-        return raw.lower() in {"1", "true", "yes", "on"}
+        if raw.lower() in {"1", "true", "yes", "on"}:
+            return True
+        if raw.lower() in {"0", "false", "no", "off"}:
+            return False
+        raise SettingsError(f"{name}={raw!r}: use on or off (1/0, true/false, yes/no)")
     try:
         if isinstance(default, int):
-            value: object = int(raw)
+            value: object = _whole(name, raw)
         elif isinstance(default, float):
             value = float(raw)
             if not math.isfinite(value):  # nan, inf, 1e400: no interval, timeout or rate is one
                 raise ValueError
         else:
             return raw
+    except SettingsError:
+        raise
     except ValueError:
         raise SettingsError(f"{name}={raw!r} is not a number") from None
     if value < 0:  # type: ignore[operator]
         raise SettingsError(f"{name}={raw!r} must not be negative")
     return value
+
+
+def _whole(name: str, raw: str) -> int:
+    """`3600`, and `3600.0` or `3.6e3` too (the same number); `3600.5` is refused as not whole."""
+    try:
+        return int(raw)
+    except ValueError:
+        number = float(raw)  # not a number at all: ValueError, said by the caller
+        if not number.is_integer():  # (nan and inf are not either)
+            raise SettingsError(f"{name}={raw!r} must be a whole number") from None
+        return int(number)
 
 
 def load_or_exit() -> Settings:
@@ -196,7 +215,37 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                             "'.', '_' and '-'")
     if settings.kafka_nodes not in (1, 3):
         raise SettingsError(f"KAFKA_NODES={settings.kafka_nodes} must be 1 or 3")
+    for name, port, top in (("WORKER_WEB_PORT", settings.worker_web_port, 65535),
+                            ("INGRESS_PORT", settings.ingress_port, 65535),
+                            ("KAFKA_PORT", settings.kafka_port, 65534)):  # its controller listens on the next one
+        if not 1 <= port <= top:
+            raise SettingsError(f"{name}={port} is not a TCP port (1 to {top})")
+    _bootstrap_servers(settings.kafka_bootstrap_servers)
+    if settings.worker_store.split("://", 1)[0].lower() not in WORKER_STORES or "://" not in settings.worker_store:
+        raise SettingsError(f"WORKER_STORE={settings.worker_store!r} must be one of "
+                            f"{', '.join(s + '://' for s in WORKER_STORES)}")
+    if not settings.processor_id or not TOPIC_PREFIX_CHARS.fullmatch(settings.processor_id):
+        raise SettingsError(f"PROCESSOR_ID={settings.processor_id!r}: it names the consumer group and the tables' "
+                            "changelog topics, so it takes only ASCII letters, digits, '.', '_' and '-'")
     return _kafka_security(settings)
+
+
+def _bootstrap_servers(value: str) -> None:
+    """`host:port` (or `host`, port 9092), comma-separated; an IPv6 address in brackets."""
+    entries = [e.strip() for e in value.split(",") if e.strip()]
+    if not entries:
+        raise SettingsError("KAFKA_BOOTSTRAP_SERVERS is empty: give host:port of one broker or more")
+    for entry in entries:
+        host, port = entry, "9092"
+        if entry.startswith("["):
+            host, _, rest = entry[1:].partition("]")
+            if rest:
+                port = rest.removeprefix(":") if rest.startswith(":") else "?"
+        elif ":" in entry:
+            host, _, port = entry.rpartition(":")
+        if not host or not port.isdigit() or not 1 <= int(port) <= 65535 or "/" in host or " " in host:
+            raise SettingsError(f"KAFKA_BOOTSTRAP_SERVERS={value!r}: {entry!r} is not host:port (a port from 1 to "
+                                "65535)")
 
 
 def _kafka_security(settings: Settings) -> Settings:

@@ -98,3 +98,20 @@ def test_other_seeds_give_other_call_ids() -> None:
            for s in (1, 5)]
     assert not ids[0] & ids[1]
     assert all(u.split(".")[1].startswith(("1", "5")) for u in ids[0] | ids[1])
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["--outage", "bad"], "'bad' is not FROM:SECONDS"),  # was a traceback
+    (["--outage", "10:-1"], "is not FROM:SECONDS"),
+    (["--duplicates", "2"], "2 is not a share from 0 to 1"),  # was taken, and posted
+    (["--lose", "nan"], "is not a share from 0 to 1"),
+    (["--rate", "-5"], "-5 must be at least 0"),
+    (["--calls", "0"], "0 must be at least 1"),
+])
+def test_arguments_out_of_their_range_stop_with_a_usage_line(
+        args: list[str], message: str, capsys: pytest.CaptureFixture[str]) -> None:
+    from bench.simulator import main
+
+    with pytest.raises(SystemExit) as stopped:
+        main(["--calls", "2", *args])
+    assert stopped.value.code == 2 and message in capsys.readouterr().err

@@ -113,6 +113,7 @@ def test_the_worker_web_port_listens_where_worker_web_host_says() -> None:
 
 
 @pytest.mark.parametrize("program", [["-m", "ingress", "--port", "1"],
+                                     ["-m", "uvicorn", "ingress.app:app", "--port", "1"],  # the contract's
                                      ["-m", "faust", "-A", "processors.app", "worker"],
                                      ["-m", "deploy.run_local"]])  # make run
 def test_a_bad_setting_stops_the_ingress_the_worker_and_make_run_in_one_line(program: list[str]) -> None:
@@ -146,3 +147,34 @@ def test_a_worker_whose_web_port_is_taken_stops_in_one_line() -> None:
     assert done.returncode == 1, done.stderr
     assert done.stderr.startswith(f"error: the worker's web port 127.0.0.1:{port} cannot be used"), done.stderr
     assert "WORKER_WEB_PORT" in done.stderr and "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"KAFKA_BOOTSTRAP_SERVERS": "localhost:abc"}, "'localhost:abc' is not host:port"),  # was a 500 per webhook
+    ({"KAFKA_BOOTSTRAP_SERVERS": "a:1,b:70000"}, "'b:70000' is not host:port"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": "kafka://a:1"}, "is not host:port"),
+    ({"KAFKA_BOOTSTRAP_SERVERS": " , "}, "KAFKA_BOOTSTRAP_SERVERS is empty"),
+    ({"WORKER_WEB_PORT": "99999"}, "WORKER_WEB_PORT=99999 is not a TCP port"),  # was Faust's traceback
+    ({"INGRESS_PORT": "0"}, "INGRESS_PORT=0 is not a TCP port"),
+    ({"KAFKA_PORT": "70000"}, "KAFKA_PORT=70000 is not a TCP port"),  # was make run's traceback
+    ({"KAFKA_PORT": "65535"}, "KAFKA_PORT=65535 is not a TCP port (1 to 65534)"),  # the controller's is next
+    ({"WORKER_STORE": "foo://"}, "WORKER_STORE='foo://' must be one of rocksdb://, memory://"),
+    ({"PROCESSOR_ID": "a b"}, "PROCESSOR_ID='a b'"),  # the worker hung at "Starting..."
+    ({"AGENT_WINDOW_S": "36.5"}, "AGENT_WINDOW_S='36.5' must be a whole number"),
+    ({"AGENT_WINDOW_S": "abc"}, "AGENT_WINDOW_S='abc' is not a number"),
+    ({"METRICS_AGENT_LABEL": "maybe"}, "METRICS_AGENT_LABEL='maybe': use on or off"),  # was read as off
+])
+def test_values_no_client_could_use_are_refused_naming_the_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(SettingsError) as refused:
+        load(env)
+    assert message in str(refused.value)
+
+
+def test_values_that_mean_the_same_are_taken() -> None:
+    assert load({"AGENT_WINDOW_S": "3600.0"}).agent_window_s == 3600  # "is not a number", it said
+    assert load({"AGENT_WINDOW_S": "1.8e3"}).agent_window_s == 1800
+    assert load({"KAFKA_BOOTSTRAP_SERVERS": "b1:9092, b2:9093,[::1]:9094,kafka"}).kafka_bootstrap_servers
+    assert load({"WORKER_STORE": "memory://"}).worker_store == "memory://"
+    for on, off in (("on", "off"), ("1", "0"), ("TRUE", "false"), ("yes", "no")):
+        assert load({"METRICS_AGENT_LABEL": on}).metrics_agent_label
+        assert not load({"METRICS_AGENT_LABEL": off}).metrics_agent_label
