@@ -11,6 +11,8 @@ from processors.worker_metrics import REGISTRY
 POLLS = Counter("ivr_reconcile_polls_total",
                 "Call-log polls of one app (or of the app list, when it fails), by result (ok, failed, preempted)",
                 ["result"], registry=REGISTRY)
+for _result in ("ok", "failed", "preempted"):  # at 0 from the start: a first failure shows in `increase()`
+    POLLS.labels(_result)
 PASSES_FAILED = Counter("ivr_reconcile_passes_failed_total",
                         "Reconciliation passes that could not run (the cursors could not be read from Kafka)",
                         registry=REGISTRY)

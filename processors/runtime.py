@@ -518,6 +518,7 @@ def _anywhere(_: int) -> None:
 
 def survives(name: str, timer: Callable[[], Awaitable[None]]) -> Callable[[], Awaitable[None]]:
     """A Faust timer that raises stops the whole worker: log the error and try again next time."""
+    m.TIMER_ERRORS.labels(name)  # its series at 0 from the start: the first failure shows in `increase()`
 
     @functools.wraps(timer)
     async def guarded() -> None:
@@ -556,6 +557,7 @@ def run(app: Any, pipeline: Pipeline[S]) -> Runner[S]:
     s = app.ivr_settings
     parts = s.topic_partitions
     table = app.batched_table(pipeline.table)
+    m.UNPROCESSABLE.labels(pipeline.name)  # at 0 from the start: a first dead letter shows in `increase()`
 
     async def deliver(records: Sequence[Record], placed: Sequence[Placed]) -> Offsets:
         await app.membership.confirmed()  # raises Evicted: the runtime then stops, acknowledging nothing

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
@@ -29,12 +29,15 @@ class Tally:
     """
 
     def __init__(self, name: str, documentation: str, label: str | None = None,
-                 registry: CollectorRegistry = REGISTRY) -> None:
+                 registry: CollectorRegistry = REGISTRY, values: Iterable[str] = ()) -> None:
         self.name, self.documentation, self.label = name, documentation, label
         self.counts: dict[str, float] = {}
         self.created: dict[str, float] = {}
-        if label is None:
-            self.inc("", 0)  # an unlabelled counter shows 0 from the start
+        # shown at 0 from the start (`values`: the label's known values): a series that first
+        # appears at 1 hides that first increase from `increase()` and `rate()`, and a rule over a
+        # series that does not exist yet (no event processed since a restart) cannot fire
+        for value in values if label is not None else ("",):
+            self.inc(value, 0)
         registry.register(self)
 
     def inc(self, value: str = "", amount: float = 1) -> None:
@@ -53,7 +56,7 @@ class Tally:
         yield family
 
 
-EVENTS = Tally("ivr_worker_events_total", "Events processed, by type", "event")
+EVENTS = Tally("ivr_worker_events_total", "Events processed, by type", "event", values=("IN", "TA", "TC", "TE", "H"))
 DUPLICATES = Tally("ivr_worker_duplicates_total", "Repeated deliveries absorbed")
 LATE_EVENTS = Tally("ivr_worker_late_events_total", "Events for calls already closed")
 UNPROCESSABLE = Counter("ivr_worker_unprocessable_events_total",

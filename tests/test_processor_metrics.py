@@ -203,7 +203,9 @@ def test_worker_metrics_endpoint(metrics_stack: Stack) -> None:
                  "ivr_worker_late_events_total", "ivr_worker_calls_open", "ivr_worker_calls_closed_total{reason=",
                  "ivr_worker_alerts_raised_total", "ivr_worker_processing_latency_seconds_bucket{",
                  "ivr_worker_consumer_lag{", "ivr_worker_batch_events_bucket{", "ivr_worker_deliver_seconds_bucket{",
-                 'ivr_worker_parked_ticks{pipeline="calls"}'):
+                 'ivr_worker_parked_ticks{pipeline="calls"}',
+                 # at 0 before the first dead letter, so that the alert rules see the first one
+                 'ivr_worker_unprocessable_events_total{pipeline="callers"} 0.0'):
         assert name in text, name
     assert float(re.search(r"^ivr_worker_events_total\{event=\"IN\"\} (\S+)$", text, re.M).group(1)) > 0  # type: ignore[union-attr]
     # bounded labels: no call id or caller number anywhere

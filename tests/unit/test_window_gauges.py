@@ -89,3 +89,29 @@ def test_metrics_agent_label_setting() -> None:
     assert load({}).metrics_agent_label is True
     assert load({"METRICS_AGENT_LABEL": "off"}).metrics_agent_label is False
     assert load({"METRICS_AGENT_LABEL": "on"}).metrics_agent_label is True
+
+
+def test_counters_the_alert_rules_read_are_at_zero_before_their_first_event() -> None:
+    """A series that first appears at 1 hides that first increase from `increase()` (the rule
+    IvrUnprocessableEvents missed a new build's first dead letters), and a rule over a series that
+    does not exist (no event since a restart: IvrWorkerNotConsuming) cannot fire."""
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from processors import reconcile_metrics  # noqa: F401  (registers its counters)
+    from processors.runtime import survives
+    from processors.worker_metrics import REGISTRY, UNPROCESSABLE, Tally
+
+    async def tick() -> None:
+        return None
+
+    survives("unit_timer", tick)
+    UNPROCESSABLE.labels("unit_pipeline")  # as `runtime.run` does for each pipeline
+    text = generate_latest(REGISTRY).decode()
+    for series in ('ivr_worker_timer_errors_total{timer="unit_timer"} 0.0',
+                   'ivr_worker_unprocessable_events_total{pipeline="unit_pipeline"} 0.0'):
+        assert series in text, series
+    for series in ('ivr_worker_events_total{event="H"} ', 'ivr_reconcile_polls_total{result="failed"} '):
+        assert series in text, series  # (other tests may have counted some by now)
+    fresh = CollectorRegistry()
+    Tally("unit_events_total", "doc", "event", registry=fresh, values=("IN", "H"))
+    assert 'unit_events_total{event="IN"} 0.0' in generate_latest(fresh).decode()
