@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -32,7 +33,7 @@ from config.redact import Scrubber, drop_token_params, redact_token_fields
 from config.settings import Settings
 from ingress import body as bodies
 from ingress.auth import TokenCheck
-from ingress.metrics import DEAD_LETTERED, IN_FLIGHT, INCOMPLETE, REGISTRY, REQUESTS, UNAVAILABLE, event_label
+from ingress.metrics import DEAD_LETTERED, IN_FLIGHT, INCOMPLETE, REGISTRY, REQUESTS, UNAVAILABLE, WRITABLE, event_label
 from ingress.writer import KafkaWriter, NotDurable, Writer
 from schemas.codec import dumps
 from schemas.records import FieldError, InvalidEvent
@@ -45,6 +46,7 @@ RETRY_AFTER_S = "5"
 # A body must arrive within this many seconds of the request's headers: a client trickling bytes
 # cannot hold a connection (and a handler) for longer. Provider bodies are a few hundred bytes.
 BODY_TIMEOUT_S = 10.0
+WRITABLE_CHECK_S = 5.0  # how often `ivr_ingress_kafka_writable` is checked
 # Request headers larger than this are refused with 431. The project launcher (`python -m ingress`)
 # makes the HTTP parser itself enforce it; under another server the app checks it on arrival.
 MAX_HEADER_BYTES = 16384
@@ -103,10 +105,25 @@ class Ingress:
         if not self.tokens.configured:
             log.error("WEBHOOK_TOKENS is empty: every webhook will be refused with 401 until it is set")
         await self.writer.start()
+        watch = asyncio.create_task(self._watch_writable())
         try:
             yield
         finally:
+            watch.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await watch
             await self.writer.stop()
+
+    async def _watch_writable(self) -> None:
+        """`ivr_ingress_kafka_writable`, kept current whoever asks /readyz: an ingress that cannot
+        write answers 503 and, under Kubernetes, leaves its Service, so no request may come to
+        show it (IvrIngressCannotWrite reads this)."""
+        while True:
+            try:
+                WRITABLE.set(1 if await self.writer.ready() else 0)
+            except Exception:  # (ready() says False for the broker's errors; anything else: not known)
+                WRITABLE.set(0)
+            await asyncio.sleep(WRITABLE_CHECK_S)
 
     async def webhook(self, request: Request) -> Response:
         IN_FLIGHT.inc()
@@ -228,7 +245,9 @@ class Ingress:
         return _json(200, {"status": "alive"})
 
     async def readyz(self, request: Request) -> Response:
-        if await self.writer.ready():
+        ready = await self.writer.ready()
+        WRITABLE.set(1 if ready else 0)
+        if ready:
             return _json(200, {"status": "ready"})
         return _json(503, {"status": "not ready", "detail": "cannot reach Kafka"}, {"Retry-After": RETRY_AFTER_S})
 

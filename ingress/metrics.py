@@ -15,6 +15,9 @@ PRODUCE_SECONDS = Histogram(
     ["topic"], registry=REGISTRY,
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5),
 )
+WRITABLE = Gauge("ivr_ingress_kafka_writable",
+                 "1 while this ingress can make webhooks durable (what /readyz answers), checked every few seconds",
+                 registry=REGISTRY)
 IN_FLIGHT = Gauge("ivr_ingress_in_flight_requests", "Webhook requests being handled", registry=REGISTRY)
 DEAD_LETTERED = Counter(
     "ivr_ingress_dead_lettered_total", "Authenticated requests refused as invalid and kept", registry=REGISTRY

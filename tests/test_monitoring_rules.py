@@ -50,6 +50,12 @@ CASES: dict[str, list[Case]] = {
         [(f"up{{{I}}}", "1x5 0x10"), ('up{job="ivr-ingress", instance="ingress-1:8080"}', "1x15")],
         "10m", [({"job": "ivr-ingress", "instance": "ingress-0:8080"}, "Ingress ingress-0:8080 is down")],
     )],
+    "IvrIngressCannotWrite": [
+        # ingress-0 loses the brokers after 5 min; ingress-1 blips once (one check), which is not an outage
+        ([(f'ivr_ingress_kafka_writable{{{I}}}', "1x5 0x10"),
+          ('ivr_ingress_kafka_writable{job="ivr-ingress", instance="ingress-1:8080"}', "1x7 0 1x7")],
+         "10m", [({"instance": "ingress-0:8080"}, "Ingress ingress-0:8080 cannot make webhooks durable for 2 min")]),
+    ],
     "IvrWorkerNotConsuming": [(
         [(f'ivr_worker_consumer_lag{{{W}, instance="w0:6066", topic="ivr.events", partition="0"}}', "500x20"),
          (f'ivr_worker_events_total{{{W}, instance="w0:6066", event="IN"}}', "100x20"),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Iterator
 from typing import Any
 from urllib.parse import urlencode
@@ -166,6 +167,25 @@ def test_503_when_not_durable(client: TestClient, writer: FakeWriter) -> None:
     assert r.status_code == 503 and r.headers["retry-after"]
     assert client.get("/readyz").status_code == 503
     assert client.get("/healthz").status_code == 200
+    assert "ivr_ingress_kafka_writable 0.0" in client.get("/metrics").text
+
+
+def test_the_writable_gauge_is_kept_current_without_anyone_asking_readyz(writer: FakeWriter) -> None:
+    """Under Kubernetes an ingress that cannot write leaves its Service: only this gauge shows it."""
+    import ingress.app as ingress_app
+
+    writer.fail = True
+    before = ingress_app.WRITABLE_CHECK_S
+    ingress_app.WRITABLE_CHECK_S = 0.05
+    try:
+        with TestClient(create_app(SETTINGS, writer=writer)) as c:
+            time.sleep(0.2)
+            assert "ivr_ingress_kafka_writable 0.0" in c.get("/metrics").text
+            writer.fail = False
+            time.sleep(0.2)
+            assert "ivr_ingress_kafka_writable 1.0" in c.get("/metrics").text
+    finally:
+        ingress_app.WRITABLE_CHECK_S = before
 
 
 def test_unreadable_and_invalid_fields_are_one_error_type() -> None:
