@@ -271,9 +271,8 @@ SEQ_PER_SEED = 1_000_000
 async def post_events(url: str, token: str, events: list[dict[str, str]], rate: float, concurrency: int = 32,
                       progress: bool = True, transport: Any = None) -> dict[int, int]:
     """POST each event (form) at about `rate` per second; returns a count per HTTP status. Retries 503
-    and, once the ingress has answered, a connection refused (the ingress restarting) for up to
-    `NO_ANSWER_S`; past that, if the ingress never answered, or on a request cut off mid-way,
-    raises `NoAnswer`.
+    and, once the ingress has answered, a connection refused (the ingress restarting) or cut, for
+    up to `NO_ANSWER_S`; past that, or if the ingress never answered, raises `NoAnswer` at once.
 
     A call's events are posted one after the other, in the order given (by the same poster): with
     the posts in flight together, a TA could overtake its call's hang-up by a few milliseconds, and
@@ -290,48 +289,68 @@ async def post_events(url: str, token: str, events: list[dict[str, str]], rate: 
     # one as the server closed it failed (ReadError) and stopped the run
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency, keepalive_expiry=2.0)
 
+    resent = [0]  # requests cut off mid-way and sent again
+    failed: list[BaseException] = []  # a poster that gave up: the run stops at once, not at its end
+
+    async def post(client: httpx.AsyncClient, e: dict[str, str]) -> httpx.Response:
+        unanswered = time.monotonic()
+        while True:
+            try:
+                r = await client.post(url, data=e, headers={"X-Webhook-Token": token})
+                answered[0] = True
+                return r
+            except httpx.TransportError as error:
+                # refused, the server closed a kept-alive connection before answering, or reset it
+                # mid-request (an ingress frozen past its keep-alive): sent again while the ingress
+                # has answered before, for up to NO_ANSWER_S. A request cut off mid-way may have been
+                # taken: then it is delivered twice, as a provider sometimes does (the pipeline
+                # absorbs it; the record's `duplicates` counts it), and counted in `resent`
+                if not answered[0] or time.monotonic() - unanswered > NO_ANSWER_S:
+                    raise NoAnswer(f"no answer from {url} ({type(error).__name__})") from None
+                if not isinstance(error, httpx.ConnectError | httpx.RemoteProtocolError):
+                    resent[0] += 1
+                await asyncio.sleep(1.0)
+
     async def worker(client: httpx.AsyncClient, queue: asyncio.Queue[dict[str, str] | None]) -> None:
-        while (e := await queue.get()) is not None:
-            for _ in range(20):
-                unanswered = time.monotonic()
-                while True:
-                    try:
-                        r = await client.post(url, data=e, headers={"X-Webhook-Token": token})
-                        answered[0] = True
+        try:
+            while (e := await queue.get()) is not None:
+                for _ in range(20):
+                    r = await post(client, e)
+                    if r.status_code != 503:
                         break
-                    except httpx.TransportError as error:
-                        # refused, or the server closed a kept-alive connection before answering:
-                        # not taken, so sent again (a request cut off mid-way may have been taken:
-                        # sent again, it would be a duplicate the simulation did not ask for)
-                        if (not isinstance(error, httpx.ConnectError | httpx.RemoteProtocolError) or not answered[0]
-                                or time.monotonic() - unanswered > NO_ANSWER_S):
-                            raise NoAnswer(f"no answer from {url} ({type(error).__name__})") from None
-                        await asyncio.sleep(1.0)
-                if r.status_code != 503:
-                    break
-                await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
-            statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
-            if bar:
-                bar.step()
+                    await asyncio.sleep(float(r.headers.get("Retry-After", "1")))
+                statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+                if bar:
+                    bar.step()
+        except Exception as error:
+            failed.append(error)
+            raise
 
     async with httpx.AsyncClient(limits=limits, timeout=30, transport=transport) as client:
         tasks = [asyncio.create_task(worker(client, q)) for q in queues]
         try:
             t0 = time.monotonic()
             for i, e in enumerate(events):
+                if failed:  # its queue would never drain: stop now, with its error
+                    break
                 if rate > 0:
                     delay = t0 + i / rate - time.monotonic()
                     if delay > 0:
                         await asyncio.sleep(delay)
                 call = e.get("uniqueid")
                 queues[zlib.crc32(call.encode()) % concurrency if call else i % concurrency].put_nowait(e)
+            if failed:
+                raise failed[0]
             for q in queues:
                 q.put_nowait(None)
             await asyncio.gather(*tasks)
-        finally:  # interrupted (Ctrl-C): the posters stop before the client closes under them
+        finally:  # interrupted (Ctrl-C) or failed: the posters stop before the client closes under them
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+    if resent[0] and progress:
+        print(f"{resent[0]} webhook(s) sent again after their connection was cut mid-request (any the ingress had "
+              "taken are duplicates: absorbed, counted in the records' `duplicates`)", file=sys.stderr)
     return statuses
 
 

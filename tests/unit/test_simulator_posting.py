@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 from urllib.parse import parse_qs
 
 import httpx
@@ -87,6 +88,53 @@ def test_a_request_on_a_connection_the_ingress_just_closed_is_sent_again() -> No
     statuses = asyncio.run(post_events("http://ingress/webhooks/ivr", "t", events, rate=0, concurrency=1,
                                        progress=False, transport=ClosingKeptAlive()))
     assert statuses == {202: 6}
+
+
+class ResetOnce(httpx.AsyncBaseTransport):
+    """An ingress frozen past its keep-alive resets the connections of requests sent meanwhile
+    (ReadError): one poster died of it, its queue was never drained, and the run ended 70-90 s
+    later short of webhooks, the truth file no longer what was sent."""
+
+    def __init__(self, resets: int, answering: bool = True) -> None:
+        self.resets, self.answering, self.taken = resets, answering, 0
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        if self.taken and self.resets:
+            self.resets -= 1
+            raise httpx.ReadError("[Errno 104] Connection reset by peer")
+        if not self.answering:
+            raise httpx.ConnectError("refused")
+        self.taken += 1
+        return httpx.Response(202)
+
+
+def test_a_request_whose_connection_is_reset_is_sent_again_and_a_poster_that_gives_up_stops_all(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    events = [{"uniqueid": f"c{c}", "event": "IN"} for c in range(40)]
+    reset = ResetOnce(resets=3)
+    statuses = asyncio.run(post_events("http://ingress/webhooks/ivr", "t", events, rate=0, concurrency=4,
+                                       progress=False, transport=reset))
+    assert statuses == {202: 40} and reset.taken == 40
+    # an ingress that went away for good: the run ends as soon as a poster gives up, not at the end
+    import bench.simulator as simulator
+
+    monkeypatch.setattr(simulator, "NO_ANSWER_S", 0.0)
+    gone = ResetOnce(resets=0)
+    started = asyncio.get_event_loop_policy().new_event_loop()
+    try:
+        async def run() -> None:
+            task = asyncio.create_task(post_events("http://ingress/webhooks/ivr", "t", events, rate=5,
+                                                   concurrency=4, progress=False, transport=gone))
+            await asyncio.sleep(0.1)
+            gone.answering = False
+            await task
+
+        t0 = time.monotonic()
+        with pytest.raises(NoAnswer):
+            started.run_until_complete(run())
+        assert time.monotonic() - t0 < 4  # not when all 40 are fed, at 5/s: 8 s
+    finally:
+        started.close()
 
 
 def test_other_seeds_give_other_call_ids() -> None:
