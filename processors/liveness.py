@@ -221,6 +221,7 @@ class LivenessMonitor:
             os._exit(EXIT_STATUS)  # a stalled Faust may not finish a graceful stop; nothing is committed anyway
         return verdict
 
+
 class StoreErrors(logging.Filter):
     """Faust's restore logs a failed write to the local store (`Error in recovery ...`) and goes on,
     once per changelog record it reads (170 lines a second on a full disk): counted here for the
