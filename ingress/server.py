@@ -25,6 +25,7 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from config.logs import ingress_log_config
 from ingress.app import MAX_HEADER_BYTES
 
 HEADER_TIMEOUT_S = 10.0
@@ -142,6 +143,7 @@ def config(host: str, port: int, **overrides: object) -> uvicorn.Config:
         "timeout_keep_alive": KEEP_ALIVE_S,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
         "server_header": False,
+        "log_config": ingress_log_config(),  # every line with its time, level and logger
         **overrides,
     }
     return uvicorn.Config("ingress.app:app", **options)  # type: ignore[arg-type]
