@@ -8,6 +8,8 @@
   identical lines are let through at most once per interval, with a count of those held back.
 * While a worker starts, aiokafka logs retries of things that are expected then as ERRORs (the
   group's coordinator not known yet, changelog topics not created yet): see StartupNoise.
+* The ingress's launcher writes every line in one format, the worker's with the logger's name:
+  see ingress_log_config.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import contextlib
 import logging
 import time
 from collections.abc import Iterable
+from typing import Any
 
 from config.redact import Scrubber, mask_callers, redact_token_params
 
@@ -168,3 +171,29 @@ def install_filters(tokens: Iterable[str] = (), caller_numbers: str = "masked") 
     for name in ("aiokafka", "aiokafka.client", "aiokafka.conn", "aiokafka.producer.sender",
                  "aiokafka.consumer.group_coordinator", "aiokafka.consumer.fetcher"):
         _add(name, RateLimit())
+
+
+# The worker's (Faust's) line, `[2026-11-30 06:36:08,788] [5854] [WARNING] ...`, naming the logger
+LINE_FORMAT = "[%(asctime)s] [%(process)d] [%(levelname)s] %(name)s: %(message)s"
+
+
+def ingress_log_config() -> dict[str, Any]:
+    """uvicorn's `log_config` for `python -m ingress`: one handler, to stderr, on the root logger, and
+    one format for every line: uvicorn's error and access logs (which uvicorn otherwise formats
+    without a time, the access log to stdout), the app's `ingress.*` loggers and aiokafka's (which
+    otherwise reach only Python's last-resort handler: bare text, WARNING and above). uvicorn's
+    loggers propagate to it rather than keep handlers of their own. The filters of install_filters
+    stay on their loggers, which run them before a record propagates; `--no-access-log` still works
+    (uvicorn then empties `uvicorn.access` and stops its propagation)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,  # the app's loggers exist already (and carry the filters)
+        "formatters": {"line": {"format": LINE_FORMAT}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "line", "stream": "ext://sys.stderr"}},
+        "root": {"handlers": ["stderr"], "level": "INFO"},
+        "loggers": {
+            "uvicorn": {"handlers": [], "level": "INFO", "propagate": True},
+            "uvicorn.error": {"level": "INFO"},
+            "uvicorn.access": {"handlers": [], "level": "INFO", "propagate": True},
+        },
+    }

@@ -9,7 +9,10 @@ launcher runs uvicorn with h11 and a protocol that closes those connections:
 * header timeout: a request's complete headers must arrive within HEADER_TIMEOUT_S of the
   connection opening or of the previous response; otherwise `408` and the connection is closed;
 * header size: over MAX_HEADER_BYTES, h11 stops buffering and the client gets `431`;
-* idle keep-alive: closed KEEP_ALIVE_S after the last response (uvicorn's own timer).
+* idle keep-alive: closed KEEP_ALIVE_S after the last response (uvicorn's own timer);
+* a stall is not idleness: both timers, fired late (the process was stopped, a VM paused, the loop
+  starved of CPU), start over once instead of closing, so that bytes that arrived meanwhile are
+  read first (see `_fired_late`).
 """
 
 from __future__ import annotations
@@ -22,12 +25,17 @@ import h11
 import uvicorn
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
+from config.logs import ingress_log_config
 from ingress.app import MAX_HEADER_BYTES
 
 HEADER_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
+# a timer firing this much past its time means the event loop did not run meanwhile
+STALL_S = 0.25
+STALL_LOG_EVERY_S = 10.0  # one line per stall, not one per connection
 
 log = logging.getLogger("uvicorn.error")
+_stall_logged_at = float("-inf")
 _TIMEOUT_RESPONSE = b"HTTP/1.1 408 Request Timeout\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
 
 
@@ -63,6 +71,33 @@ class GuardedH11Protocol(H11Protocol):
             self._header_timer.cancel()
         super().connection_lost(exc)
 
+    def _fired_late(self, timer: asyncio.TimerHandle | None) -> bool:
+        """Whether `timer`, firing now, is late: the loop was stalled past its time (SIGSTOP, a VM
+        pause, CPU starvation). Bytes a client sent meanwhile wait unread in the socket: on waking,
+        uvloop runs due timers before it polls the sockets, and asyncio's poll, interrupted by the
+        stop (EINTR), returns no events, so its timers too run before the reads. Closing then loses
+        the request and the kernel answers the unread bytes with a reset. So a late timer starts over
+        once, with its whole period: time the process did not run is not time the client was idle."""
+        if timer is None:
+            return False
+        late = self.loop.time() - timer.when()
+        if late <= STALL_S:
+            return False
+        global _stall_logged_at
+        if self.loop.time() - _stall_logged_at > STALL_LOG_EVERY_S:
+            _stall_logged_at = self.loop.time()
+            log.warning("connection timers fired %.1fs late (the process was stopped, its VM paused or it was "
+                        "starved of CPU): they start over once, so that what clients sent meanwhile is read", late)
+        return True
+
+    def timeout_keep_alive_handler(self) -> None:
+        if self._fired_late(self.timeout_keep_alive_task):
+            # read whatever arrived; closed if the connection is still idle after a whole keep-alive
+            self.timeout_keep_alive_task = self.loop.call_later(self.timeout_keep_alive,
+                                                                super().timeout_keep_alive_handler)
+            return
+        super().timeout_keep_alive_handler()
+
     def _arm_header_timer(self) -> None:
         if self._header_timer is not None:
             self._header_timer.cancel()
@@ -70,6 +105,12 @@ class GuardedH11Protocol(H11Protocol):
         self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout)
 
     def _header_timeout(self) -> None:
+        if self._fired_late(self._header_timer):
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_timeout_now)
+            return
+        self._header_timeout_now()
+
+    def _header_timeout_now(self) -> None:
         self._header_timer = None
         if self.transport.is_closing() or self.cycle is not self._armed_for:
             return
@@ -102,6 +143,7 @@ def config(host: str, port: int, **overrides: object) -> uvicorn.Config:
         "timeout_keep_alive": KEEP_ALIVE_S,
         "h11_max_incomplete_event_size": MAX_HEADER_BYTES,
         "server_header": False,
+        "log_config": ingress_log_config(),  # every line with its time, level and logger
         **overrides,
     }
     return uvicorn.Config("ingress.app:app", **options)  # type: ignore[arg-type]

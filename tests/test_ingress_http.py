@@ -180,7 +180,9 @@ def test_pipelined_connection_closed_early_logs_no_error(kind: str, tmp_path: Pa
     finally:
         service.stop()
     log = service.log()
-    assert "Traceback" not in log and "ERROR" not in log, log[-3000:]
+    # aiokafka's ERRORs say the broker is away (it is, on purpose); nothing else is an error
+    errors = [line for line in log.splitlines() if "ERROR" in line and "aiokafka" not in line]
+    assert "Traceback" not in log and errors == [], log[-3000:]
     assert log.count("client closed the connection") <= 10
 
 

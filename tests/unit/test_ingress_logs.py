@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import re
+from pathlib import Path
 
+import httpx
 import pytest
 
 from config.logs import RedactSecrets, install_filters
@@ -140,3 +143,52 @@ def test_redact_handlers_covers_every_logger_through_the_root_handlers() -> None
     lines = stream.getvalue().splitlines()
     assert "9716700271" not in lines[0] and TOKEN not in lines[0] and "***0271" in lines[0], lines
     assert lines[1:] == ["Creating topic 't-100%'"], lines  # no "--- Logging error ---"
+
+
+LINE = re.compile(r"^\[\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}\] \[\d+\] \[(INFO|WARNING|ERROR|CRITICAL)\] ([\w.]+): ")
+
+
+def _run_ingress(tmp_path: Path, *options: str) -> tuple[str, str]:
+    """`python -m ingress` without a broker: a query with the token and a caller number, then SIGTERM."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from deploy.local_kafka import free_port
+    from tests.helpers import wait_http
+
+    port = free_port()
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": f"127.0.0.1:{free_port()}", "WEBHOOK_TOKENS": TOKEN}
+    out, err = tmp_path / "stdout", tmp_path / "stderr"
+    with open(out, "wb") as o, open(err, "wb") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "ingress", "--port", str(port), *options], env=env,
+                                stdout=o, stderr=e)
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
+        assert httpx.get(f"http://127.0.0.1:{port}/healthz?token={TOKEN}&cli=9716700271").status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(30)
+    return out.read_text(), err.read_text()
+
+
+def test_the_launcher_logs_every_line_with_time_level_and_logger_to_stderr(tmp_path: Path) -> None:
+    out, err = _run_ingress(tmp_path)
+    assert out == ""
+    lines = err.splitlines()
+    assert lines and all(LINE.match(line) for line in lines), err
+    loggers = {m.group(2) for line in lines if (m := LINE.match(line))}
+    # uvicorn's own, the app's (the broker is away: the writer says so), aiokafka's
+    assert {"uvicorn.error", "uvicorn.access", "ingress.writer", "aiokafka"} <= loggers, err
+    [access] = [line for line in lines if "/healthz?" in line]
+    assert "[INFO] uvicorn.access: 127.0.0.1:" in access
+    assert access.endswith('"GET /healthz?token=***&cli=***0271 HTTP/1.1" 200'), access
+    assert TOKEN not in err and "9716700271" not in err
+
+
+def test_the_launcher_without_access_log_still_logs_the_rest(tmp_path: Path) -> None:
+    out, err = _run_ingress(tmp_path, "--no-access-log")
+    assert out == "" and "/healthz" not in err and "uvicorn.access" not in err
+    assert "[INFO] uvicorn.error: Application startup complete." in err
+    assert all(LINE.match(line) for line in err.splitlines()), err
