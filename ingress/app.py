@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import settings as settings_module
 from config import topics
-from config.logs import install_filters
+from config.logs import install_filters, redact_handlers
 from config.redact import Scrubber, drop_token_params, redact_token_fields
 from config.settings import Settings
 from ingress import body as bodies
@@ -102,6 +102,10 @@ class Ingress:
     @asynccontextmanager
     async def lifespan(self, app: Starlette) -> AsyncIterator[None]:
         install_filters(self.settings.webhook_tokens, self.settings.log_caller_numbers)
+        # the root's handlers (`python -m ingress` logs every logger through one): any other
+        # logger's line (aiokafka's, config.kafka's) is cleaned too. (Under plain uvicorn the root
+        # has none, and uvicorn's access formatter reads its arguments by position: left alone.)
+        redact_handlers(self.settings.webhook_tokens, self.settings.log_caller_numbers)
         if not self.tokens.configured:
             log.error("WEBHOOK_TOKENS is empty: every webhook will be refused with 401 until it is set")
         await self.writer.start()
