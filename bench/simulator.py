@@ -307,7 +307,7 @@ async def post_events(url: str, token: str, events: list[dict[str, str]], rate: 
                 # absorbs it; the record's `duplicates` counts it), and counted in `resent`
                 if not answered[0] or time.monotonic() - unanswered > NO_ANSWER_S:
                     raise NoAnswer(f"no answer from {url} ({type(error).__name__})") from None
-                if not isinstance(error, httpx.ConnectError | httpx.RemoteProtocolError):
+                if not isinstance(error, httpx.ConnectError):  # (never sent: refused)
                     resent[0] += 1
                 await asyncio.sleep(1.0)
 

@@ -149,10 +149,16 @@ def redact_handlers(tokens: Iterable[str] = (), caller_numbers: str = "masked") 
     """Every record any logger of the process writes through the root's handlers is cleaned (the
     worker: Faust's, aiokafka's and the pipelines' loggers alike). Call it once the handlers exist
     (Faust's worker replaces them as it starts); called again, it replaces its filters."""
+    unredact_handlers()
+    for handler in logging.root.handlers:
+        handler.addFilter(RedactSecrets(tokens, mask_callers=caller_numbers != "full", flatten=True))
+
+
+def unredact_handlers() -> None:
+    """The filters of `redact_handlers` removed (an app stopping in a process that goes on: tests)."""
     for handler in logging.root.handlers:
         for old in [f for f in handler.filters if isinstance(f, RedactSecrets)]:
             handler.removeFilter(old)
-        handler.addFilter(RedactSecrets(tokens, mask_callers=caller_numbers != "full", flatten=True))
 
 
 def install_filters(tokens: Iterable[str] = (), caller_numbers: str = "masked") -> None:

@@ -73,8 +73,11 @@ def _param(name: str) -> re.Pattern[str]:
 
 TOKEN_PARAM = _param("token")
 CLI_PARAM = _param("cli")
-#: `"cli": "..."` in JSON or `'cli': '...'` in a dict's repr (an event or record in a message)
-CLI_FIELD = re.compile(r"""(["']cli["']\s*:\s*["'])([^"']*)""")
+#: `"cli": "..."` in JSON, `'cli': '...'` in a dict's repr, `cli='...'` in a dataclass's (an event or
+#: record in a message)
+CLI_FIELD = re.compile(r"""(?i)((?:["']cli["']\s*:|(?<![\w%])cli=)\s*["'])([^"']*)""")
+#: what `mask_number` makes: not masked again (a record may pass two filters)
+MASKED = re.compile(r"\*\*\*\d{0,4}")
 
 
 def redact_token_params(text: str) -> str:
@@ -113,7 +116,7 @@ def drop_token_params(query: str) -> str:
 def mask_number(value: str) -> str:
     """A caller number with only its last digits kept: 4 of 8 or more, 2 of 4 to 7, none of fewer.
     A number masked already stays as it is (a record may pass two filters)."""
-    if value.startswith(MASK):
+    if MASKED.fullmatch(value):
         return value
     digits = [c for c in unquote_plus(value, errors="replace") if c.isdigit()]
     keep = 4 if len(digits) >= 8 else 2 if len(digits) >= 4 else 0
@@ -123,4 +126,4 @@ def mask_number(value: str) -> str:
 def mask_callers(text: str) -> str:
     """Caller numbers masked where text names them: `cli=` parameters and `cli` fields."""
     text = CLI_PARAM.sub(lambda m: m.group(1) + mask_number(m.group(2)), text)
-    return CLI_FIELD.sub(lambda m: m.group(1) + mask_number(m.group(2)), text) if "cli" in text else text
+    return CLI_FIELD.sub(lambda m: m.group(1) + mask_number(m.group(2)), text)

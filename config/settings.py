@@ -31,6 +31,8 @@ WORKER_STORES = ("rocksdb", "memory")
 TOPIC_PREFIX_CHARS = re.compile(r"[A-Za-z0-9._-]*")  # what Kafka takes in a topic name
 #: the longest name made from it, `<prefix>ivr-processor-agent_windows-changelog`, within Kafka's 249
 MAX_TOPIC_PREFIX = 200
+MAX_TOPIC_NAME = 249
+LONGEST_CHANGELOG_SUFFIX = "-agent_windows-changelog"  # the tables' changelogs: <prefix><PROCESSOR_ID><suffix>
 
 
 @dataclass(frozen=True, slots=True)
@@ -215,18 +217,25 @@ def load(environ: Mapping[str, str] | None = None) -> Settings:
                             "'.', '_' and '-'")
     if settings.kafka_nodes not in (1, 3):
         raise SettingsError(f"KAFKA_NODES={settings.kafka_nodes} must be 1 or 3")
+    # `make run`'s brokers: node i on KAFKA_PORT + 2i, its controller on the next port
     for name, port, top in (("WORKER_WEB_PORT", settings.worker_web_port, 65535),
                             ("INGRESS_PORT", settings.ingress_port, 65535),
-                            ("KAFKA_PORT", settings.kafka_port, 65534)):  # its controller listens on the next one
+                            ("KAFKA_PORT", settings.kafka_port, 65535 - (2 * settings.kafka_nodes - 1))):
         if not 1 <= port <= top:
             raise SettingsError(f"{name}={port} is not a TCP port (1 to {top})")
     _bootstrap_servers(settings.kafka_bootstrap_servers)
-    if settings.worker_store.split("://", 1)[0].lower() not in WORKER_STORES or "://" not in settings.worker_store:
+    scheme, sep, rest = settings.worker_store.partition("://")
+    if scheme.lower() not in WORKER_STORES or not sep:
         raise SettingsError(f"WORKER_STORE={settings.worker_store!r} must be one of "
                             f"{', '.join(s + '://' for s in WORKER_STORES)}")
+    settings = replace(settings, worker_store=f"{scheme.lower()}://{rest}")
     if not settings.processor_id or not TOPIC_PREFIX_CHARS.fullmatch(settings.processor_id):
         raise SettingsError(f"PROCESSOR_ID={settings.processor_id!r}: it names the consumer group and the tables' "
                             "changelog topics, so it takes only ASCII letters, digits, '.', '_' and '-'")
+    longest = f"{settings.topic_prefix}{settings.processor_id}{LONGEST_CHANGELOG_SUFFIX}"
+    if len(longest) > MAX_TOPIC_NAME:
+        raise SettingsError(f"TOPIC_PREFIX and PROCESSOR_ID make a changelog topic of {len(longest)} characters "
+                            f"({longest[:40]}...): Kafka's topic names stop at {MAX_TOPIC_NAME}")
     return _kafka_security(settings)
 
 

@@ -28,7 +28,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from config import settings as settings_module
 from config import topics
-from config.logs import install_filters, redact_handlers
+from config.logs import install_filters, redact_handlers, unredact_handlers
 from config.redact import Scrubber, drop_token_params, redact_token_fields
 from config.settings import Settings
 from ingress import body as bodies
@@ -117,6 +117,7 @@ class Ingress:
             with contextlib.suppress(asyncio.CancelledError):
                 await watch
             await self.writer.stop()
+            unredact_handlers()
 
     async def _watch_writable(self) -> None:
         """`ivr_ingress_kafka_writable`, kept current whoever asks /readyz: an ingress that cannot

@@ -198,14 +198,15 @@ def topics() -> None:
 def check(
     truth_file: Annotated[Path, typer.Argument(metavar="TRUTH", help="the file `ivr simulate --truth` wrote",
                                                exists=True, dir_okay=False, readable=True)],
-    wait: Annotated[float, typer.Option(help="seconds to wait for calls without a record yet", min=0)] = 30.0,
+    wait: Annotated[float, typer.Option(help="seconds to wait for calls not right yet (a record or revision on "
+                                              "its way)", min=0)] = 30.0,
     show: Annotated[int, typer.Option(help="differences to list at most", min=0)] = 20,
 ) -> None:
     """The completed-call records against a simulation's ground truth: each call's latest revision
     must say what the simulator decided (outcome, missed reason, answering agent, close reason, each
     attempt's result). Exit 0 when every call is right, 1 otherwise."""
+    from bench.truth import Checked, latest
     from bench.truth import check as check_truth
-    from bench.truth import latest
 
     try:
         truth = orjson.loads(truth_file.read_bytes())
@@ -216,18 +217,20 @@ def check(
         raise typer.Exit(2) from None
     settings = load_or_exit()
     topic = settings.topic(TOPICS["calls"])
-    wanted = {t["uniqueid"] for t in truth}
 
-    async def go() -> dict[str, Any]:
+    async def go() -> Checked:
+        # until every call is right (a record missing, or a revision still to come, may be on its
+        # way) or the wait is over
         deadline = time.monotonic() + wait
         while True:
             records = latest(r for r in (_decode(x.value) for x in await kafka.read_to_end(settings, topic))
                              if isinstance(r, dict))
-            if wanted <= records.keys() or time.monotonic() >= deadline:
-                return records
+            checked = check_truth(truth, records)
+            if checked.right == checked.calls or time.monotonic() >= deadline:
+                return checked
             await asyncio.sleep(1.0)
 
-    checked = check_truth(truth, _run(go(), settings))
+    checked = _run(go(), settings)
     if checked.differences and show:
         table = Table(title="records that differ from the truth", title_justify="left")
         for column in ("uniqueid", "field", "truth", "record"):

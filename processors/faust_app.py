@@ -71,6 +71,11 @@ class IvrApp(faust.App):
         super().__init__(**kwargs)
 
     async def on_first_start(self) -> None:
+        # Faust's worker has set up logging by now: from here on no log line shows a secret or a
+        # caller's number in full, whichever logger writes it
+        settings = self.ivr_settings
+        redact_handlers((settings.provider_api_key, settings.kafka_sasl_password, *settings.webhook_tokens),
+                        settings.log_caller_numbers)
         # Faust creates only the last level of its data directory: a worker started on a fresh host,
         # or from another directory than the checkout, would crash with FileNotFoundError.
         datadir = Path(self.conf.datadir)
@@ -90,11 +95,6 @@ class IvrApp(faust.App):
             await ensure_topics(self.ivr_settings, extra=(*changelogs, leader))
         except PartitionMismatch as e:  # a setting at odds with the cluster: say so, as for a bad setting
             raise SystemExit(f"error: {e}") from None
-        # Faust's worker has set up logging by now: from here on no log line shows a secret or a
-        # caller's number in full, whichever logger writes it
-        settings = self.ivr_settings
-        redact_handlers((settings.provider_api_key, settings.kafka_sasl_password, *settings.webhook_tokens),
-                        settings.log_caller_numbers)
         # `kill -USR1 <pid>`: every task of the worker's event loop, with its stack, to the log
         asyncio.get_running_loop().add_signal_handler(signal.SIGUSR1, log_tasks, self)
         await super().on_first_start()

@@ -223,11 +223,13 @@ class LivenessMonitor:
 
 
 class StoreErrors(logging.Filter):
-    """Faust's restore logs a failed write to the local store (`Error in recovery ...`) and goes on,
-    once per changelog record it reads (170 lines a second on a full disk): counted here for the
-    liveness verdict and the metric; the logger's rate limit comes after this filter."""
+    """Faust's restore logs a failed write to the local store (`Error in recovery IO error: No space
+    left on device ...`) and goes on, once per changelog record it reads (170 lines a second on a
+    full disk): counted here for the liveness verdict and the metric; the logger's rate limit comes
+    after this filter. Faust logs its recovery loop's other errors the same way: only RocksDB's
+    I/O errors count."""
 
-    PREFIX = "Error in recovery"
+    PREFIX = "Error in recovery IO error"
 
     def __init__(self) -> None:
         super().__init__()

@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import gc
 import socket
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Sequence
 
 from config.logs import install_filters
 from config.settings import Settings
@@ -28,9 +29,27 @@ def check_web_port(host: str, port: int) -> None:
                              "worker on this host? Give each its own WORKER_WEB_PORT") from None
 
 
+def web_address(settings: Settings, argv: Sequence[str]) -> tuple[str, int] | None:
+    """Where `faust -A ... worker` will listen (its `--web-bind`/`--web-port` options win over
+    the settings); None for Faust's other commands and `--without-web`, which listen nowhere."""
+    if "worker" not in argv or "--without-web" in argv:
+        return None
+    host, port = settings.worker_web_host, settings.worker_web_port
+    for i, arg in enumerate(argv):
+        name, eq, value = arg.partition("=")
+        given = value if eq else argv[i + 1] if i + 1 < len(argv) else ""
+        if name in ("--web-port", "-p") and given.isdigit():
+            port = int(given)
+        elif name in ("--web-bind", "-b") and given:
+            host = given
+    return host, port
+
+
 def build(settings: Settings, pipelines: Iterable[Pipeline]) -> tuple[IvrApp, liveness.LivenessMonitor]:  # type: ignore[type-arg]
     install_filters()
-    check_web_port(settings.worker_web_host, settings.worker_web_port)
+    address = web_address(settings, sys.argv[1:])
+    if address is not None:
+        check_web_port(*address)
     app = create_app(settings)
     for pipeline in pipelines:
         runtime.run(app, pipeline)

@@ -55,6 +55,8 @@ CASES: dict[str, list[Case]] = {
         ([(f'ivr_ingress_kafka_writable{{{I}}}', "1x5 0x10"),
           ('ivr_ingress_kafka_writable{job="ivr-ingress", instance="ingress-1:8080"}', "1x7 0 1x7")],
          "10m", [({"instance": "ingress-0:8080"}, "Ingress ingress-0:8080 cannot make webhooks durable for 2 min")]),
+        # a new pod: its first check runs before its producer has connected
+        ([('ivr_ingress_kafka_writable{job="ivr-ingress", instance="ingress-2:8080"}', "_x4 0 1x10")], "2m15s", []),
     ],
     "IvrWorkerNotConsuming": [(
         [(f'ivr_worker_consumer_lag{{{W}, instance="w0:6066", topic="ivr.events", partition="0"}}', "500x20"),

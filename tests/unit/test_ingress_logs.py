@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from config.logs import RedactSecrets, install_filters
-from config.redact import mask_number
+from config.redact import mask_callers, mask_number
 from config.settings import SettingsError, load
 
 TOKEN = "unit-token-0123456789"
@@ -116,6 +116,8 @@ def test_worker_lines_mask_callers_in_fields_and_any_argument() -> None:
     assert "9716700271" not in line and TOKEN not in line, line
     assert "'cli': '***0271'" in line and '"cli": "***0271"' in line and "/ 7" in line and "1.1" in line
     assert flt.filter(record) and record.getMessage() == line  # a second filter masks nothing more
+    for text in ("CallerFact(app='x', cli='9716700271')", '{"CLI": "9716700271"}', "cli=***9716700271"):
+        assert "9716700271" not in mask_callers(text), text  # a dataclass's repr; any case; not a mask
     kept = RedactSecrets([TOKEN], mask_callers=False, flatten=True)
     full = logging.LogRecord("x", logging.INFO, __file__, 1, "%s", (str(event),), None)
     assert kept.filter(full) and "9716700271" in full.getMessage()

@@ -131,6 +131,9 @@ def test_the_store_error_filter_counts_and_faust_lines_are_rate_limited() -> Non
                  is not False for _ in range(170))
     assert counter.take() == 170 and counter.take() == 0 and STORE_ERRORS._value.get() == before + 170
     assert passed == 1  # the other 169 held back, counted in the next line let through
+    logger.filter(logging.LogRecord(RECOVERY_LOGGER, logging.WARNING, __file__, 1,
+                                    "Error in recovery 'NoneType' object is not subscriptable", None, None))
+    assert counter.take() == 0  # Faust's recovery loop logs its other errors alike: not the store
 
 
 def test_revoked_partitions_are_forgotten() -> None:

@@ -158,6 +158,8 @@ def test_a_worker_whose_web_port_is_taken_stops_in_one_line() -> None:
     ({"INGRESS_PORT": "0"}, "INGRESS_PORT=0 is not a TCP port"),
     ({"KAFKA_PORT": "70000"}, "KAFKA_PORT=70000 is not a TCP port"),  # was make run's traceback
     ({"KAFKA_PORT": "65535"}, "KAFKA_PORT=65535 is not a TCP port (1 to 65534)"),  # the controller's is next
+    ({"KAFKA_PORT": "65532", "KAFKA_NODES": "3"}, "KAFKA_PORT=65532 is not a TCP port (1 to 65530)"),
+    ({"PROCESSOR_ID": "p" * 120, "TOPIC_PREFIX": "t" * 120}, "make a changelog topic of 264 characters"),
     ({"WORKER_STORE": "foo://"}, "WORKER_STORE='foo://' must be one of rocksdb://, memory://"),
     ({"PROCESSOR_ID": "a b"}, "PROCESSOR_ID='a b'"),  # the worker hung at "Starting..."
     ({"AGENT_WINDOW_S": "36.5"}, "AGENT_WINDOW_S='36.5' must be a whole number"),
@@ -175,6 +177,18 @@ def test_values_that_mean_the_same_are_taken() -> None:
     assert load({"AGENT_WINDOW_S": "1.8e3"}).agent_window_s == 1800
     assert load({"KAFKA_BOOTSTRAP_SERVERS": "b1:9092, b2:9093,[::1]:9094,kafka"}).kafka_bootstrap_servers
     assert load({"WORKER_STORE": "memory://"}).worker_store == "memory://"
+    assert load({"WORKER_STORE": "RocksDB://"}).worker_store == "rocksdb://"  # as the store options read it
     for on, off in (("on", "off"), ("1", "0"), ("TRUE", "false"), ("yes", "no")):
         assert load({"METRICS_AGENT_LABEL": on}).metrics_agent_label
         assert not load({"METRICS_AGENT_LABEL": off}).metrics_agent_label
+
+
+def test_the_web_port_checked_is_the_one_the_worker_command_will_bind() -> None:
+    from processors.worker import web_address
+
+    s = load({"WORKER_WEB_PORT": "7001", "WORKER_WEB_HOST": "127.0.0.1"})
+    assert web_address(s, ["-A", "processors.app", "worker", "-l", "info"]) == ("127.0.0.1", 7001)
+    assert web_address(s, ["-A", "processors.app", "worker", "--web-port", "7002"]) == ("127.0.0.1", 7002)
+    assert web_address(s, ["-A", "processors.app", "worker", "-p", "7003", "--web-bind=0.0.0.0"]) == ("0.0.0.0", 7003)
+    assert web_address(s, ["-A", "processors.app", "worker", "--without-web"]) is None
+    assert web_address(s, ["-A", "processors.app", "tables"]) is None  # Faust's other commands bind nothing
