@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import sys
 import time
@@ -462,16 +463,44 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
         outage = (start + begin, start + begin + length)
     events = lose(timed, Loss(args.lose, args.lose_hangups, args.lose_calls, outage), args.seed)
     print(f"{len(truth)} calls, {len(events)} webhooks ({len(timed) - len(events)} lost)", file=sys.stderr)
-    if args.truth:
-        with open(args.truth, "wb") as f:
-            f.write(orjson.dumps([asdict(t) for t in truth], option=orjson.OPT_INDENT_2))
-    if args.url:
+    truth_file = None
+    if args.truth:  # opened first: a path that cannot be written stops the run before anything is sent
         try:
-            statuses = asyncio.run(post_events(args.url, args.token, events, args.rate))
-        except NoAnswer as e:
-            print(f"error: {e}: is the ingress running? (`make run` starts it)", file=sys.stderr)
-            return 1
+            truth_file = open(args.truth, "wb")  # noqa: SIM115  (written once the run is over)
+        except OSError as e:
+            print(f"error: --truth {args.truth}: {e.strerror}", file=sys.stderr)
+            return 2
+    finished = False
+    try:
+        code = _deliver(args, events)
+        finished = True
+    except NoAnswer as e:
+        print(f"error: {e}: is the ingress running? (`make run` starts it)", file=sys.stderr)
+        code = 1
+    finally:
+        if truth_file is not None:
+            if finished:  # what the run sent; a run cut short would leave a truth it did not play
+                truth_file.write(orjson.dumps([asdict(t) for t in truth], option=orjson.OPT_INDENT_2))
+            truth_file.close()
+            if not finished:
+                os.unlink(args.truth)
+                print(f"(no truth written to {args.truth}: the run did not finish)", file=sys.stderr)
+    return code
+
+
+#: what a status other than 202 most likely means, for the run's last lines
+HINTS = {401: "the ingress refused the token (--token; the ingress's WEBHOOK_TOKENS)",
+         404: "nothing answers at that URL's path (the ingress's is /webhooks/ivr)",
+         422: "refused as invalid and kept (`ivr tail invalid -b` says why)",
+         503: "not made durable: Kafka did not acknowledge in time, even after retries"}
+
+
+def _deliver(args: argparse.Namespace, events: list[dict[str, str]]) -> int:
+    if args.url:
+        statuses = asyncio.run(post_events(args.url, args.token, events, args.rate))
         print(f"HTTP statuses: {statuses}", file=sys.stderr)
+        for status in sorted(set(statuses) & HINTS.keys()):
+            print(f"  {status}: {HINTS[status]}", file=sys.stderr)
         return 0 if set(statuses) == {202} else 1
     if args.kafka:
         from config.kafka_client import aiokafka_kwargs

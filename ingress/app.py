@@ -34,6 +34,7 @@ from config.settings import Settings
 from ingress import body as bodies
 from ingress.auth import TokenCheck
 from ingress.metrics import DEAD_LETTERED, IN_FLIGHT, INCOMPLETE, REGISTRY, REQUESTS, UNAVAILABLE, WRITABLE, event_label
+from ingress.stall import patient_timeout
 from ingress.writer import KafkaWriter, NotDurable, Writer
 from schemas.codec import dumps
 from schemas.records import FieldError, InvalidEvent
@@ -165,7 +166,7 @@ class Ingress:
         fields: dict[str, Any] = {}
         try:
             if request.method == "POST":
-                async with asyncio.timeout(BODY_TIMEOUT_S):
+                async with patient_timeout(BODY_TIMEOUT_S):  # a stall of the process does not count
                     body = await bodies.read_body(request, self.settings.max_body_bytes,
                                                   self.settings.max_body_bytes + self._token_margin)
                 kind = bodies.media_type(request)

@@ -27,11 +27,10 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from config.logs import ingress_log_config
 from ingress.app import MAX_HEADER_BYTES
+from ingress.stall import STALL_S
 
 HEADER_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
-# a timer firing this much past its time means the event loop did not run meanwhile
-STALL_S = 0.25
 STALL_LOG_EVERY_S = 10.0  # one line per stall, not one per connection
 
 log = logging.getLogger("uvicorn.error")

@@ -5,9 +5,11 @@ from __future__ import annotations
 import asyncio
 import random
 import time
+from pathlib import Path
 from urllib.parse import parse_qs
 
 import httpx
+import orjson
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -163,3 +165,16 @@ def test_arguments_out_of_their_range_stop_with_a_usage_line(
     with pytest.raises(SystemExit) as stopped:
         main(["--calls", "2", *args])
     assert stopped.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_the_truth_is_written_only_for_a_run_that_finished(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A run that could not post left a truth file, and `ivr check` then reported calls "without a
+    record"; a path that cannot be written was a traceback."""
+    from bench.simulator import main
+
+    truth = tmp_path / "t.json"
+    assert main(["--calls", "2", "--truth", str(truth), "--url", "http://127.0.0.1:9/webhooks/ivr"]) == 1
+    assert not truth.exists() and "no truth written" in capsys.readouterr().err
+    assert main(["--calls", "2", "--truth", str(tmp_path / "none" / "t.json")]) == 2
+    assert "\nerror: --truth" in capsys.readouterr().err
+    assert main(["--calls", "2", "--truth", str(truth)]) == 0 and len(orjson.loads(truth.read_bytes())) == 2
