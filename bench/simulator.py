@@ -464,9 +464,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
     events = lose(timed, Loss(args.lose, args.lose_hangups, args.lose_calls, outage), args.seed)
     print(f"{len(truth)} calls, {len(events)} webhooks ({len(timed) - len(events)} lost)", file=sys.stderr)
     truth_file = None
+    part = f"{args.truth}.part"  # the truth, until the run has finished (a file of that name is kept till then)
     if args.truth:  # opened first: a path that cannot be written stops the run before anything is sent
         try:
-            truth_file = open(args.truth, "wb")  # noqa: SIM115  (written once the run is over)
+            truth_file = open(part, "wb")  # noqa: SIM115  (written once the run is over)
         except OSError as e:
             print(f"error: --truth {args.truth}: {e.strerror}", file=sys.stderr)
             return 2
@@ -482,8 +483,10 @@ def main(argv: list[str] | None = None, prog: str | None = None) -> int:
             if finished:  # what the run sent; a run cut short would leave a truth it did not play
                 truth_file.write(orjson.dumps([asdict(t) for t in truth], option=orjson.OPT_INDENT_2))
             truth_file.close()
-            if not finished:
-                os.unlink(args.truth)
+            if finished:
+                os.replace(part, args.truth)
+            else:
+                os.unlink(part)
                 print(f"(no truth written to {args.truth}: the run did not finish)", file=sys.stderr)
     return code
 

@@ -175,6 +175,9 @@ def test_the_truth_is_written_only_for_a_run_that_finished(tmp_path: Path, capsy
     truth = tmp_path / "t.json"
     assert main(["--calls", "2", "--truth", str(truth), "--url", "http://127.0.0.1:9/webhooks/ivr"]) == 1
     assert not truth.exists() and "no truth written" in capsys.readouterr().err
+    truth.write_text("an earlier run's")  # kept by a run that does not finish
+    assert main(["--calls", "2", "--truth", str(truth), "--url", "http://127.0.0.1:9/webhooks/ivr"]) == 1
+    assert truth.read_text() == "an earlier run's" and list(tmp_path.iterdir()) == [truth]
     assert main(["--calls", "2", "--truth", str(tmp_path / "none" / "t.json")]) == 2
     assert "\nerror: --truth" in capsys.readouterr().err
     assert main(["--calls", "2", "--truth", str(truth)]) == 0 and len(orjson.loads(truth.read_bytes())) == 2
