@@ -81,13 +81,18 @@ class QuietDisconnects(logging.Filter):
 
 
 class RateLimit(logging.Filter):
-    def __init__(self, interval_s: float = 10.0) -> None:
+    """`only`: limit the lines that start with it, let every other line through."""
+
+    def __init__(self, interval_s: float = 10.0, only: str | None = None) -> None:
         super().__init__()
         self.interval = interval_s
+        self.only = only
         self._last: dict[str, tuple[float, int]] = {}
 
     def filter(self, record: logging.LogRecord) -> bool:
         key = str(record.msg)
+        if self.only is not None and not key.startswith(self.only):
+            return True
         now = time.monotonic()
         last, held = self._last.get(key, (0.0, 0))
         if now - last < self.interval:

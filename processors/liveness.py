@@ -258,7 +258,8 @@ def _store_errors() -> StoreErrors:
         found = StoreErrors()
         logger.filters.insert(0, found)
     if not any(isinstance(f, RateLimit) for f in logger.filters):
-        logger.addFilter(RateLimit())
+        # its error lines only: the logger's other lines ("Worker ready" after each rebalance) all count
+        logger.addFilter(RateLimit(only="Error in recovery"))
     return found
 
 

@@ -134,6 +134,9 @@ def test_the_store_error_filter_counts_and_faust_lines_are_rate_limited() -> Non
     logger.filter(logging.LogRecord(RECOVERY_LOGGER, logging.WARNING, __file__, 1,
                                     "Error in recovery 'NoneType' object is not subscriptable", None, None))
     assert counter.take() == 0  # Faust's recovery loop logs its other errors alike: not the store
+    ready = [logging.LogRecord(RECOVERY_LOGGER, logging.INFO, __file__, 1, "[^---Recovery]: Worker ready", None, None)
+             for _ in range(3)]
+    assert all(logger.filter(r) is not False for r in ready)  # each rebalance's line is logged (tests wait on it)
 
 
 def test_revoked_partitions_are_forgotten() -> None:
