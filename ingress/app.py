@@ -14,7 +14,6 @@ import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
-from urllib.parse import parse_qsl
 
 import orjson
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -71,9 +70,9 @@ def _presented_secrets(request: Request, query_string: str, body: bytes) -> set[
     found = {request.headers.get(TOKEN_HEADER, "")}
     text = body.decode("utf-8", errors="replace")
     for source in (query_string, text):
-        for key, value in parse_qsl(source, keep_blank_values=True, errors="replace"):
+        for key, values in bodies.lenient_pairs(source).items():
             if key.strip().lower() == "token":
-                found.add(value)
+                found.update(values)
     try:
         data = orjson.loads(body) if body.lstrip().startswith(b"{") else None
     except orjson.JSONDecodeError:

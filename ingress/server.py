@@ -27,7 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from config.logs import ingress_log_config
 from ingress.app import MAX_HEADER_BYTES
-from ingress.stall import STALL_S
+from ingress.stall import late
 
 HEADER_TIMEOUT_S = 10.0
 KEEP_ALIVE_S = 5
@@ -77,16 +77,14 @@ class GuardedH11Protocol(H11Protocol):
         stop (EINTR), returns no events, so its timers too run before the reads. Closing then loses
         the request and the kernel answers the unread bytes with a reset. So a late timer starts over
         once, with its whole period: time the process did not run is not time the client was idle."""
-        if timer is None:
-            return False
-        late = self.loop.time() - timer.when()
-        if late <= STALL_S:
+        if timer is None or not late(self.loop, timer.when()):
             return False
         global _stall_logged_at
         if self.loop.time() - _stall_logged_at > STALL_LOG_EVERY_S:
             _stall_logged_at = self.loop.time()
             log.warning("connection timers fired %.1fs late (the process was stopped, its VM paused or it was "
-                        "starved of CPU): they start over once, so that what clients sent meanwhile is read", late)
+                        "starved of CPU): they start over once, so that what clients sent meanwhile is read",
+                        self.loop.time() - timer.when())
         return True
 
     def timeout_keep_alive_handler(self) -> None:
